@@ -1,0 +1,380 @@
+//! The file engine: a (sparse) regular file, or a memfd for the `memory` backstore.
+//!
+//! I/O runs on tokio's blocking pool with positioned reads and writes, so no file offset is
+//! shared. A reader-writer lock makes COMPARE AND WRITE atomic against every other write: writes
+//! hold it shared (uncontended, one atomic operation), compare-and-write holds it exclusively.
+//! Thin provisioning uses `fallocate(PUNCH_HOLE)` (reads of a hole return zeroes: LBPRZ) and
+//! `lseek(SEEK_DATA/SEEK_HOLE)` for allocation status. Ownership is an OFD lock (`F_OFD_SETLK`),
+//! which another process — another gateway on a shared file system — sees.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::{check_range, BackstoreError, BlockDevice, Capabilities, Extent, Result};
+
+struct Inner {
+    file: File,
+    size: u64,
+    /// Shared by writes, exclusive for compare-and-write.
+    write_order: RwLock<()>,
+    /// Where metadata lives: a sidecar directory beside the file, or memory for a memfd.
+    meta: Meta,
+    path: Option<PathBuf>,
+}
+
+enum Meta {
+    Dir(PathBuf),
+    Memory(Mutex<HashMap<String, Vec<u8>>>),
+}
+
+/// A block device over a file descriptor.
+#[derive(Clone)]
+pub struct FileDevice {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FileDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileDevice({:?}, {} bytes)", self.inner.path, self.inner.size)
+    }
+}
+
+fn errno() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+impl FileDevice {
+    /// Opens `path`; when it does not exist and `create_size` is given, creates it sparse.
+    pub fn open(path: &Path, create_size: Option<u64>) -> Result<Self> {
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound && create_size.is_some() => {
+                if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let f = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+                f.set_len(create_size.unwrap_or(0))?;
+                f
+            }
+            Err(e) => {
+                return Err(BackstoreError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))
+            }
+        };
+        let md = file.metadata()?;
+        if !md.is_file() {
+            return Err(BackstoreError::Other(format!("{} is not a regular file", path.display())));
+        }
+        let mut sidecar = path.as_os_str().to_owned();
+        sidecar.push(".rbdgw");
+        Ok(Self::from_file(file, md.len(), Meta::Dir(sidecar.into()), Some(path.to_path_buf())))
+    }
+
+    /// A memory-backed device of `size` bytes: an anonymous memfd, sparse until written.
+    pub fn memory(size: u64) -> Result<Self> {
+        // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new fd or -1.
+        let fd = unsafe { libc::memfd_create(c"rbdgw-memory".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(errno().into());
+        }
+        // SAFETY: fd is a freshly created descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(size)?;
+        Ok(Self::from_file(file, size, Meta::Memory(Mutex::new(HashMap::new())), None))
+    }
+
+    fn from_file(file: File, size: u64, meta: Meta, path: Option<PathBuf>) -> Self {
+        FileDevice { inner: Arc::new(Inner { file, size, write_order: RwLock::new(()), meta, path }) }
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| BackstoreError::Other(format!("I/O task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    fn read_range(&self, offset: u64, len: usize) -> Result<Bytes> {
+        let mut buf = BytesMut::zeroed(len);
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf.freeze())
+    }
+
+    fn shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        // A panic while holding the lock cannot leave file data inconsistent: ignore poison.
+        self.write_order.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
+        // SAFETY: plain syscall on an fd we own.
+        let r = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, len as i64) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(errno())
+        }
+    }
+
+    fn zero_by_writing(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        const CHUNK: u64 = 1 << 20;
+        let zeroes = vec![0u8; CHUNK.min(len) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = CHUNK.min(len - done) as usize;
+            self.file.write_all_at(&zeroes[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn seek(&self, offset: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
+        // SAFETY: plain syscall on an fd we own.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), offset as i64, whence) };
+        if r >= 0 {
+            Ok(Some(r as u64))
+        } else {
+            let e = errno();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+    }
+
+    fn ofd_lock(&self, kind: libc::c_short) -> std::io::Result<bool> {
+        // SAFETY: flock is plain data; zeroed is a valid "whole file" range.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = kind;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: F_OFD_SETLK with a valid flock pointer.
+        let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = errno();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+            _ => Err(e),
+        }
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { discard_zeroes: true, allocation_status: true }
+    }
+
+    async fn read(&self, offset: u64, len: usize) -> Result<Bytes> {
+        check_range(offset, len as u64, self.inner.size)?;
+        self.blocking(move |i| i.read_range(offset, len)).await
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<()> {
+        check_range(offset, data.len() as u64, self.inner.size)?;
+        self.blocking(move |i| {
+            let _g = i.shared();
+            i.file.write_all_at(&data, offset)?;
+            if fua {
+                i.file.sync_data()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.blocking(|i| Ok(i.file.sync_data()?)).await
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        check_range(offset, len, self.inner.size)?;
+        self.blocking(move |i| {
+            let _g = i.shared();
+            match i.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+                Ok(()) => Ok(()),
+                // A file system without hole punching still owes zeroes (we advertise LBPRZ).
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(i.zero_by_writing(offset, len)?),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        check_range(offset, len, self.inner.size)?;
+        self.blocking(move |i| {
+            let _g = i.shared();
+            match i.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+                Ok(()) => Ok(()),
+                Err(_) => Ok(i.zero_by_writing(offset, len)?),
+            }
+        })
+        .await
+    }
+
+    async fn compare_and_write(&self, offset: u64, compare: Bytes, data: Bytes) -> Result<Option<u64>> {
+        check_range(offset, compare.len().max(data.len()) as u64, self.inner.size)?;
+        self.blocking(move |i| {
+            let _g = i.write_order.write().unwrap_or_else(|e| e.into_inner());
+            let current = i.read_range(offset, compare.len())?;
+            if let Some(pos) = current.iter().zip(compare.iter()).position(|(a, b)| a != b) {
+                return Ok(Some(pos as u64));
+            }
+            i.file.write_all_at(&data, offset)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn allocation(&self, offset: u64, len: u64) -> Result<Extent> {
+        let size = self.inner.size;
+        check_range(offset, len, size)?;
+        self.blocking(move |i| {
+            let end = offset + len;
+            let data = i.seek(offset, libc::SEEK_DATA)?.unwrap_or(size);
+            if data > offset {
+                // A hole from offset up to the next data.
+                return Ok(Extent { offset, len: data.min(end) - offset, mapped: false });
+            }
+            let hole = i.seek(offset, libc::SEEK_HOLE)?.unwrap_or(size);
+            Ok(Extent { offset, len: hole.min(end).max(offset + 1) - offset, mapped: true })
+        })
+        .await
+    }
+
+    async fn metadata_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let key = key.to_string();
+        match &self.inner.meta {
+            Meta::Memory(m) => Ok(m.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned()),
+            Meta::Dir(_) => {
+                self.blocking(move |i| {
+                    let Meta::Dir(dir) = &i.meta else { unreachable!() };
+                    match std::fs::read(dir.join(&key)) {
+                        Ok(v) => Ok(Some(v)),
+                        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                        Err(e) => Err(e.into()),
+                    }
+                })
+                .await
+            }
+        }
+    }
+
+    async fn metadata_set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        let key = key.to_string();
+        match &self.inner.meta {
+            Meta::Memory(m) => {
+                m.lock().unwrap_or_else(|e| e.into_inner()).insert(key, value);
+                Ok(())
+            }
+            Meta::Dir(_) => {
+                self.blocking(move |i| {
+                    let Meta::Dir(dir) = &i.meta else { unreachable!() };
+                    std::fs::create_dir_all(dir)?;
+                    // Write, sync, rename: a crash leaves the old value or the new one.
+                    let tmp = dir.join(format!(".{key}.tmp.{}", std::process::id()));
+                    let mut f = File::create(&tmp)?;
+                    f.write_all(&value)?;
+                    f.sync_all()?;
+                    std::fs::rename(&tmp, dir.join(&key))?;
+                    File::open(dir)?.sync_all()?;
+                    Ok(())
+                })
+                .await
+            }
+        }
+    }
+
+    async fn try_acquire_ownership(&self) -> Result<bool> {
+        self.blocking(|i| Ok(i.ofd_lock(libc::F_WRLCK as libc::c_short)?)).await
+    }
+
+    async fn release_ownership(&self) -> Result<()> {
+        self.blocking(|i| {
+            i.ofd_lock(libc::F_UNLCK as libc::c_short)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("rbdgw-bs-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    async fn exercise(dev: FileDevice) {
+        assert_eq!(dev.size(), 1 << 20);
+        dev.write(4096, Bytes::from(vec![7u8; 8192]), false).await.unwrap();
+        assert_eq!(&dev.read(4096, 8192).await.unwrap()[..], &[7u8; 8192][..]);
+        assert!(matches!(dev.read((1 << 20) - 1, 2).await, Err(BackstoreError::OutOfRange { .. })));
+        // Compare and write: mismatch offset, then success.
+        let mut cmp = vec![7u8; 512];
+        cmp[100] = 1;
+        let r = dev.compare_and_write(4096, Bytes::from(cmp), Bytes::from(vec![9u8; 512])).await.unwrap();
+        assert_eq!(r, Some(100));
+        let r = dev.compare_and_write(4096, Bytes::from(vec![7u8; 512]), Bytes::from(vec![9u8; 512])).await.unwrap();
+        assert_eq!(r, None);
+        assert_eq!(&dev.read(4096, 512).await.unwrap()[..], &[9u8; 512][..]);
+        // Discard reads back as zeroes and becomes a hole.
+        dev.discard(0, 65536).await.unwrap();
+        assert_eq!(&dev.read(4096, 512).await.unwrap()[..], &[0u8; 512][..]);
+        let e = dev.allocation(0, 1 << 20).await.unwrap();
+        assert!(!e.mapped);
+        dev.write(131072, Bytes::from(vec![1u8; 4096]), true).await.unwrap();
+        let e = dev.allocation(131072, 4096).await.unwrap();
+        assert!(e.mapped, "{e:?}");
+        dev.write_zeroes(131072, 4096).await.unwrap();
+        assert_eq!(&dev.read(131072, 4096).await.unwrap()[..], &[0u8; 4096][..]);
+        // Metadata round trip.
+        assert_eq!(dev.metadata_get("pr").await.unwrap(), None);
+        dev.metadata_set("pr", b"v1".to_vec()).await.unwrap();
+        assert_eq!(dev.metadata_get("pr").await.unwrap(), Some(b"v1".to_vec()));
+        dev.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn memory_device() {
+        exercise(FileDevice::memory(1 << 20).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn file_device_and_ownership() {
+        let d = tmpdir();
+        let p = d.join("img");
+        assert!(FileDevice::open(&p, None).is_err(), "missing file without size");
+        let dev = FileDevice::open(&p, Some(1 << 20)).unwrap();
+        exercise(dev.clone()).await;
+        // A second open file description is another gateway: the lock excludes it.
+        let other = FileDevice::open(&p, None).unwrap();
+        assert!(dev.try_acquire_ownership().await.unwrap());
+        assert!(!other.try_acquire_ownership().await.unwrap());
+        dev.release_ownership().await.unwrap();
+        assert!(other.try_acquire_ownership().await.unwrap());
+        assert_eq!(other.metadata_get("pr").await.unwrap(), Some(b"v1".to_vec()), "metadata is shared");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

@@ -1,0 +1,165 @@
+//! The seam between SCSI logical units and storage: [`BlockDevice`].
+//!
+//! A backstore offers byte-addressed asynchronous I/O plus the optional capabilities SBC-3
+//! commands map onto (discard for UNMAP, write_zeroes for WRITE SAME, compare_and_write for
+//! COMPARE AND WRITE, allocation status for GET LBA STATUS), small persistent metadata (the
+//! persistent reservation state lives there) and an ownership lock (the hook for the exclusive
+//! lock that makes failover safe). librbd's aio calls map one-to-one onto this trait.
+//!
+//! Engines: [`file::FileDevice`] (a sparse file; `memory` is the same engine over a memfd) and
+//! the enum [`Device`] that the gateway holds, so dispatch costs no allocation per I/O.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+pub mod file;
+
+pub use file::FileDevice;
+
+#[derive(Debug, Error)]
+pub enum BackstoreError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("range {offset}+{len} is beyond the end of the device ({size} bytes)")]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+    /// This node no longer owns the device (its lock was taken over, or it was fenced):
+    /// it must not write.
+    #[error("this gateway does not hold the device's ownership lock")]
+    NotOwner,
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, BackstoreError>;
+
+/// Allocation state of a range (SBC-3 §5.5 GET LBA STATUS provisioning status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+    pub mapped: bool,
+}
+
+/// What a device does natively. The SCSI layer advertises thin provisioning from this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// `discard` frees space and later reads return zeroes (SBC-3 LBPME with LBPRZ).
+    pub discard_zeroes: bool,
+    /// `allocation` reports real holes.
+    pub allocation_status: bool,
+}
+
+/// An asynchronous block device. Offsets and lengths are in bytes.
+pub trait BlockDevice: Send + Sync + 'static {
+    /// Current size in bytes.
+    fn size(&self) -> u64;
+
+    fn capabilities(&self) -> Capabilities;
+
+    fn read(&self, offset: u64, len: usize) -> impl Future<Output = Result<Bytes>> + Send;
+
+    /// Writes `data` at `offset`; with `fua` the data is durable when this returns.
+    fn write(&self, offset: u64, data: Bytes, fua: bool) -> impl Future<Output = Result<()>> + Send;
+
+    /// Makes every completed write durable.
+    fn flush(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Deallocates a range; reads of it return zeroes afterwards when
+    /// [`Capabilities::discard_zeroes`] is set.
+    fn discard(&self, offset: u64, len: u64) -> impl Future<Output = Result<()>> + Send;
+
+    /// Writes zeroes over a range.
+    fn write_zeroes(&self, offset: u64, len: u64) -> impl Future<Output = Result<()>> + Send;
+
+    /// Atomically, against every other write to the device: if the range holds `compare`,
+    /// write `data` there and return `None`; else write nothing and return the offset (from
+    /// `offset`) of the first differing byte.
+    fn compare_and_write(
+        &self,
+        offset: u64,
+        compare: Bytes,
+        data: Bytes,
+    ) -> impl Future<Output = Result<Option<u64>>> + Send;
+
+    /// The allocation state from `offset`: the first extent (mapped or not) that starts there,
+    /// at most `len` long.
+    fn allocation(&self, offset: u64, len: u64) -> impl Future<Output = Result<Extent>> + Send;
+
+    /// Reads a small persistent metadata value (e.g. the persistent reservation state).
+    fn metadata_get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+
+    /// Replaces a small persistent metadata value, atomically.
+    fn metadata_set(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Takes the ownership lock (exclusive between gateways) if it is free; `Ok(false)` when
+    /// another holder has it.
+    fn try_acquire_ownership(&self) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Gives the ownership lock up.
+    fn release_ownership(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Checks `offset + len <= size`.
+pub fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(BackstoreError::OutOfRange { offset, len, size }),
+    }
+}
+
+/// The devices a gateway can serve, dispatched without boxing.
+pub enum Device {
+    File(FileDevice),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $d:ident => $e:expr) => {
+        match $self {
+            Device::File($d) => $e,
+        }
+    };
+}
+
+impl BlockDevice for Device {
+    fn size(&self) -> u64 {
+        dispatch!(self, d => d.size())
+    }
+    fn capabilities(&self) -> Capabilities {
+        dispatch!(self, d => d.capabilities())
+    }
+    async fn read(&self, offset: u64, len: usize) -> Result<Bytes> {
+        dispatch!(self, d => d.read(offset, len).await)
+    }
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<()> {
+        dispatch!(self, d => d.write(offset, data, fua).await)
+    }
+    async fn flush(&self) -> Result<()> {
+        dispatch!(self, d => d.flush().await)
+    }
+    async fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        dispatch!(self, d => d.discard(offset, len).await)
+    }
+    async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        dispatch!(self, d => d.write_zeroes(offset, len).await)
+    }
+    async fn compare_and_write(&self, offset: u64, compare: Bytes, data: Bytes) -> Result<Option<u64>> {
+        dispatch!(self, d => d.compare_and_write(offset, compare, data).await)
+    }
+    async fn allocation(&self, offset: u64, len: u64) -> Result<Extent> {
+        dispatch!(self, d => d.allocation(offset, len).await)
+    }
+    async fn metadata_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        dispatch!(self, d => d.metadata_get(key).await)
+    }
+    async fn metadata_set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        dispatch!(self, d => d.metadata_set(key, value).await)
+    }
+    async fn try_acquire_ownership(&self) -> Result<bool> {
+        dispatch!(self, d => d.try_acquire_ownership().await)
+    }
+    async fn release_ownership(&self) -> Result<()> {
+        dispatch!(self, d => d.release_ownership().await)
+    }
+}
