@@ -1,0 +1,79 @@
+//! Asymmetric logical unit access, implicit only (SPC-4 §5.16): REPORT TARGET PORT GROUPS.
+//! One target port group per gateway; the LU's owner gateway is Active/Optimized, the others
+//! Active/Non-optimized.
+
+use backstore::BlockDevice;
+
+use crate::cdb::be32;
+use crate::lu::LogicalUnit;
+use crate::sense::SenseData;
+use crate::{CmdResult, ScsiResponse};
+
+/// A target port group: its tag (the iSCSI TPGT) and the one target port in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetPortGroup {
+    pub tag: u16,
+    pub relative_port: u16,
+}
+
+/// Asymmetric access states (SPC-4 §5.16.2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AccessState {
+    ActiveOptimized = 0x0,
+    ActiveNonOptimized = 0x1,
+    Standby = 0x2,
+    Unavailable = 0x3,
+    Transitioning = 0xf,
+}
+
+impl<B: BlockDevice> LogicalUnit<B> {
+    /// The access state of a TPG for this LU.
+    pub fn access_state(&self, tag: u16) -> AccessState {
+        match self.state().owner_tpg {
+            None => AccessState::ActiveOptimized,
+            Some(owner) if owner == tag => AccessState::ActiveOptimized,
+            Some(_) => AccessState::ActiveNonOptimized,
+        }
+    }
+
+    /// Sets the owning TPG; a change raises ASYMMETRIC ACCESS STATE CHANGED (SPC-4 §5.16.2.6)
+    /// for every nexus.
+    pub fn set_owner_tpg(&self, owner: Option<u16>) {
+        let mut st = self.state();
+        if st.owner_tpg != owner {
+            st.owner_tpg = owner;
+            st.ua_all(crate::sense::Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, None);
+        }
+    }
+
+    /// REPORT TARGET PORT GROUPS (SPC-4 §6.37), length-only or extended header.
+    pub(crate) fn report_target_port_groups(&self, cdb: &[u8]) -> CmdResult {
+        let format = cdb[1] >> 5;
+        let alloc = be32(cdb, 6) as usize;
+        if format > 1 {
+            return Err(SenseData::invalid_cdb(1, Some(7)));
+        }
+        let mut body = Vec::new();
+        for g in &self.cfg.port_groups {
+            body.push(0x80 * (self.access_state(g.tag) == AccessState::ActiveOptimized) as u8 | self.access_state(g.tag) as u8);
+            // Supported states: transitioning, unavailable, standby, non-optimized, optimized.
+            body.push(0x80 | 0x08 | 0x04 | 0x02 | 0x01);
+            body.extend_from_slice(&g.tag.to_be_bytes());
+            body.push(0);
+            body.push(0x02); // STATUS CODE: altered by implicit asymmetric access behaviour
+            body.push(0);
+            body.push(1); // TARGET PORT COUNT
+            body.extend_from_slice(&[0, 0]);
+            body.extend_from_slice(&g.relative_port.to_be_bytes());
+        }
+        let mut d = Vec::with_capacity(8 + body.len());
+        // RETURN DATA LENGTH counts the descriptors only, in both formats.
+        d.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        if format == 1 {
+            d.extend_from_slice(&[0x10, 0x02, 0, 0]); // FORMAT TYPE 001b, IMPLICIT TRANSITION TIME
+        }
+        d.extend_from_slice(&body);
+        Ok(ScsiResponse::data_alloc(d, alloc))
+    }
+}

@@ -1,0 +1,334 @@
+//! The logical unit: configuration, shared state (unit attentions, mode parameters,
+//! reservations) and the command dispatcher.
+//!
+//! Checks run in the order SAM-5 §5.14 and SPC-4 §5.9 give them: CDB sanity, unit attention,
+//! reservation conflict, then the command itself.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+use backstore::{BackstoreError, BlockDevice};
+use tracing::warn;
+
+use crate::alua::TargetPortGroup;
+use crate::cdb::{cdb_len, get};
+use crate::pr::PrState;
+use crate::sense::{Asc, SenseData, SenseKey};
+use crate::{CmdResult, ItNexus, ScsiCommand, ScsiResponse};
+
+/// Static description of a logical unit.
+#[derive(Debug, Clone)]
+pub struct LuConfig {
+    pub lun: u64,
+    /// VPD 0x80 unit serial number (lrbd: the entry's uuid, or uuid3 of pool+target+image).
+    pub serial: String,
+    pub vendor: String,
+    pub product: String,
+    pub revision: String,
+    /// Logical block length in bytes (512 or 4096).
+    pub block_size: u32,
+    pub read_only: bool,
+    /// The iSCSI target name, for the SCSI name string designators of VPD 0x83.
+    pub target_name: String,
+    /// The target port group this gateway serves the LU through.
+    pub local_tpg: u16,
+    /// Every target port group of the target, on every gateway (ALUA, SPC-4 §5.16).
+    pub port_groups: Vec<TargetPortGroup>,
+    /// Initial write cache enable (caching mode page WCE).
+    pub write_cache: bool,
+    /// Block limits (VPD 0xB0), in logical blocks.
+    pub max_transfer_blocks: u32,
+    pub max_unmap_lba_count: u32,
+    pub max_unmap_descriptors: u32,
+    pub max_write_same_blocks: u32,
+    pub max_compare_and_write_blocks: u8,
+    pub optimal_unmap_granularity: u32,
+}
+
+impl LuConfig {
+    /// Sensible defaults for a LU of `serial`, served by TPG 1 alone.
+    pub fn new(lun: u64, serial: impl Into<String>, target_name: impl Into<String>) -> Self {
+        LuConfig {
+            lun,
+            serial: serial.into(),
+            vendor: "RBDGW".into(),
+            product: "RBD disk".into(),
+            revision: "0001".into(),
+            block_size: 512,
+            read_only: false,
+            target_name: target_name.into(),
+            local_tpg: 1,
+            port_groups: vec![TargetPortGroup { tag: 1, relative_port: 1 }],
+            write_cache: true,
+            max_transfer_blocks: 16384,
+            max_unmap_lba_count: 8 * 1024 * 1024,
+            max_unmap_descriptors: 256,
+            max_write_same_blocks: 8 * 1024 * 1024,
+            max_compare_and_write_blocks: 1,
+            optimal_unmap_granularity: 8,
+        }
+    }
+}
+
+/// Mutable state of the LU on this gateway.
+#[derive(Debug, Default)]
+pub(crate) struct LuState {
+    /// Pending unit attention conditions per I_T nexus (SAM-5 §5.14).
+    pub ua: HashMap<ItNexus, VecDeque<Asc>>,
+    /// Nexuses that have been told about power on / reset.
+    pub seen: HashSet<ItNexus>,
+    /// Caching mode page WCE.
+    pub wce: bool,
+    /// SPC-2 RESERVE(6)/(10) holder.
+    pub reserved_by: Option<ItNexus>,
+    pub pr: PrState,
+    /// Nexuses that sent PREVENT ALLOW MEDIUM REMOVAL with PREVENT=1 (SBC-3 §5.12).
+    pub prevent: HashSet<ItNexus>,
+    /// The owning TPG (ALUA Active/Optimized); None means every TPG is optimized.
+    pub owner_tpg: Option<u16>,
+}
+
+impl LuState {
+    /// Queues a unit attention for every known nexus but `except`.
+    pub fn ua_all(&mut self, asc: Asc, except: Option<&ItNexus>) {
+        let seen: Vec<ItNexus> = self.seen.iter().filter(|n| Some(*n) != except).cloned().collect();
+        for n in seen {
+            self.ua_one(&n, asc);
+        }
+    }
+
+    pub fn ua_one(&mut self, n: &ItNexus, asc: Asc) {
+        let q = self.ua.entry(n.clone()).or_default();
+        if !q.contains(&asc) {
+            q.push_back(asc);
+        }
+    }
+}
+
+/// A SCSI logical unit (a direct-access block device, SBC-3) over a backstore.
+pub struct LogicalUnit<B> {
+    pub(crate) cfg: LuConfig,
+    pub(crate) dev: B,
+    state: Mutex<LuState>,
+}
+
+/// Kinds of reset a task management function causes (SAM-5 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetKind {
+    LogicalUnit,
+    TargetWarm,
+    TargetCold,
+}
+
+impl<B: BlockDevice> LogicalUnit<B> {
+    pub fn new(cfg: LuConfig, dev: B) -> Self {
+        let state = LuState { wce: cfg.write_cache, ..Default::default() };
+        LogicalUnit { cfg, dev, state: Mutex::new(state) }
+    }
+
+    pub fn config(&self) -> &LuConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &B {
+        &self.dev
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, LuState> {
+        // State updates are single assignments; a panic elsewhere cannot leave it half-made.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of logical blocks.
+    pub fn block_count(&self) -> u64 {
+        self.dev.size() / self.cfg.block_size as u64
+    }
+
+    /// Loads state kept in the backstore (persistent reservations with APTPL).
+    pub async fn load_persistent_state(&self) {
+        match self.dev.metadata_get(crate::pr::METADATA_KEY).await {
+            Ok(Some(v)) => match PrState::decode(&v) {
+                Ok(pr) => self.state().pr = pr,
+                Err(e) => warn!(lun = self.cfg.lun, "ignoring unreadable persistent reservation state: {e}"),
+            },
+            Ok(None) => {}
+            Err(e) => warn!(lun = self.cfg.lun, "cannot read persistent reservation state: {e}"),
+        }
+    }
+
+    /// A task management reset (SAM-5 §6.3.4 LOGICAL UNIT RESET, §6.3.7 TARGET RESET):
+    /// SPC-2 reservations and PREVENT are dropped; every nexus gets a unit attention.
+    pub fn reset(&self, kind: ResetKind) {
+        let mut st = self.state();
+        st.reserved_by = None;
+        st.prevent.clear();
+        st.wce = self.cfg.write_cache;
+        let asc = match kind {
+            ResetKind::LogicalUnit => Asc::BUS_DEVICE_RESET,
+            ResetKind::TargetWarm => Asc(0x29, 0x02),
+            ResetKind::TargetCold => Asc(0x29, 0x01),
+        };
+        st.ua_all(asc, None);
+    }
+
+    /// The I_T nexus is gone (logout, connection loss, session reinstatement): SPC-2
+    /// reservations and PREVENT held through it end (SPC-4 §5.9.2, SBC-3 §5.12).
+    pub fn nexus_lost(&self, nexus: &ItNexus) {
+        let mut st = self.state();
+        if st.reserved_by.as_ref() == Some(nexus) {
+            st.reserved_by = None;
+        }
+        st.prevent.remove(nexus);
+        st.ua.remove(nexus);
+        st.seen.remove(nexus);
+    }
+
+    /// Raises a unit attention for every nexus (e.g. CAPACITY DATA HAS CHANGED).
+    pub fn unit_attention_all(&self, asc: Asc) {
+        self.state().ua_all(asc, None);
+    }
+
+    /// Runs one command.
+    pub async fn execute(&self, cmd: &ScsiCommand<'_>) -> ScsiResponse {
+        match self.execute_inner(cmd).await {
+            Ok(r) => r,
+            Err(sense) => ScsiResponse::check(sense),
+        }
+    }
+
+    async fn execute_inner(&self, cmd: &ScsiCommand<'_>) -> CmdResult {
+        let cdb = cmd.cdb;
+        let op = get(cdb, 0);
+        let need = cdb_len(op);
+        if need == 0 || cdb.len() < need {
+            return Err(SenseData::invalid_opcode());
+        }
+        // NACA (SAM-5 §5.11) is not supported: the CONTROL byte's NACA bit is invalid.
+        if cdb[need - 1] & 0x04 != 0 {
+            return Err(SenseData::invalid_cdb(need as u16 - 1, Some(2)));
+        }
+        if let Some(resp) = self.unit_attention(cmd, op) {
+            return Ok(resp);
+        }
+        if let Some(resp) = self.reservation_conflict(cmd) {
+            return Ok(resp);
+        }
+        self.dispatch(cmd).await
+    }
+
+    /// SAM-5 §5.14: a pending unit attention is reported (and cleared) by the next command
+    /// other than INQUIRY, REPORT LUNS and REQUEST SENSE.
+    fn unit_attention(&self, cmd: &ScsiCommand<'_>, op: u8) -> Option<ScsiResponse> {
+        let mut st = self.state();
+        if st.seen.insert(cmd.nexus.clone()) {
+            st.ua_one(cmd.nexus, Asc::POWER_ON_RESET);
+        }
+        if matches!(op, 0x12 | 0xa0 | 0x03) {
+            return None;
+        }
+        let asc = st.ua.get_mut(cmd.nexus)?.pop_front()?;
+        Some(ScsiResponse::check(SenseData::unit_attention(asc)))
+    }
+
+    /// REQUEST SENSE (SPC-4 §6.39): reports a pending unit attention, else NO SENSE.
+    pub(crate) fn request_sense(&self, cmd: &ScsiCommand<'_>) -> CmdResult {
+        let cdb = cmd.cdb;
+        if cdb[1] & 0x01 != 0 {
+            // DESC=1: descriptor format sense is not supported.
+            return Err(SenseData::invalid_cdb(1, Some(0)));
+        }
+        let alloc = cdb[4] as usize;
+        let pending = self.state().ua.get_mut(cmd.nexus).and_then(|q| q.pop_front());
+        let sense = match pending {
+            Some(asc) => SenseData::unit_attention(asc),
+            None => SenseData::new(SenseKey::NoSense, Asc::NO_ADDITIONAL),
+        };
+        Ok(ScsiResponse::data_alloc(sense.to_fixed().to_vec(), alloc))
+    }
+
+    async fn dispatch(&self, cmd: &ScsiCommand<'_>) -> CmdResult {
+        let cdb = cmd.cdb;
+        match cdb[0] {
+            0x00 => Ok(ScsiResponse::good()), // TEST UNIT READY
+            0x03 => self.request_sense(cmd),
+            0x08 | 0x28 | 0xa8 | 0x88 => self.read(cdb).await,
+            0x0a | 0x2a | 0xaa | 0x8a => self.write(cdb, &cmd.data_out).await,
+            0x2e | 0xae | 0x8e => self.write_and_verify(cdb, &cmd.data_out).await,
+            0x2f | 0xaf | 0x8f => self.verify(cdb, &cmd.data_out).await,
+            0x34 | 0x90 => self.pre_fetch(cdb),
+            0x35 | 0x91 => self.synchronize_cache(cdb).await,
+            0x41 | 0x93 => self.write_same(cdb, &cmd.data_out).await,
+            0x42 => self.unmap(cdb, &cmd.data_out).await,
+            0x89 => self.compare_and_write(cdb, &cmd.data_out).await,
+            0x12 => self.inquiry(cmd),
+            0x25 => self.read_capacity10(cdb),
+            0x9e => match cdb[1] & 0x1f {
+                0x10 => self.read_capacity16(cdb),
+                0x12 => self.get_lba_status(cdb).await,
+                _ => Err(SenseData::invalid_cdb(1, Some(4))),
+            },
+            0x1a | 0x5a => self.mode_sense(cdb),
+            0x15 | 0x55 => self.mode_select(cmd),
+            0xa3 => match cdb[1] & 0x1f {
+                0x0a => self.report_target_port_groups(cdb),
+                0x0c => self.report_supported_opcodes(cdb),
+                0x0d => self.report_supported_tmfs(cdb),
+                _ => Err(SenseData::invalid_cdb(1, Some(4))),
+            },
+            0x1b => self.start_stop_unit(cdb),
+            0x1e => self.prevent_allow(cmd),
+            0x16 | 0x56 => self.reserve(cmd),
+            0x17 | 0x57 => self.release(cmd),
+            0x5e => self.persistent_reserve_in(cmd),
+            0x5f => self.persistent_reserve_out(cmd).await,
+            0x37 | 0xb7 => self.read_defect_data(cdb),
+            _ => Err(SenseData::invalid_opcode()),
+        }
+    }
+
+    /// START STOP UNIT (SBC-3 §5.25): the medium is not removable, so LOEJ is refused; START
+    /// and STOP are accepted (an RBD image has nothing to spin).
+    fn start_stop_unit(&self, cdb: &[u8]) -> CmdResult {
+        if cdb[4] & 0x02 != 0 {
+            return Err(SenseData::invalid_cdb(4, Some(1)));
+        }
+        Ok(ScsiResponse::good())
+    }
+
+    /// PREVENT ALLOW MEDIUM REMOVAL (SBC-3 §5.12): recorded per nexus.
+    fn prevent_allow(&self, cmd: &ScsiCommand<'_>) -> CmdResult {
+        let prevent = cmd.cdb[4] & 0x03;
+        let mut st = self.state();
+        match prevent {
+            0 => {
+                st.prevent.remove(cmd.nexus);
+            }
+            1 => {
+                st.prevent.insert(cmd.nexus.clone());
+            }
+            _ => return Err(SenseData::invalid_cdb(4, Some(0))),
+        }
+        Ok(ScsiResponse::good())
+    }
+
+    /// READ DEFECT DATA (10)/(12) (SBC-3 §5.13, §5.14): no defects to report.
+    fn read_defect_data(&self, cdb: &[u8]) -> CmdResult {
+        let (data, alloc) = if cdb[0] == 0x37 {
+            (vec![0, cdb[2] & 0x1f, 0, 0], crate::cdb::be16(cdb, 7) as usize)
+        } else {
+            (vec![0, cdb[1] & 0x1f, 0, 0, 0, 0, 0, 0], crate::cdb::be32(cdb, 6) as usize)
+        };
+        Ok(ScsiResponse::data_alloc(data, alloc))
+    }
+
+    /// Maps a backstore failure to sense data (SPC-4 Annex D).
+    pub(crate) fn io_error(&self, e: BackstoreError, write: bool) -> SenseData {
+        warn!(lun = self.cfg.lun, "backstore I/O failed: {e}");
+        match e {
+            BackstoreError::OutOfRange { .. } => SenseData::lba_out_of_range(),
+            BackstoreError::NotOwner => SenseData::new(SenseKey::NotReady, Asc::LU_NOT_ACCESSIBLE_TRANSITIONING),
+            _ if write => SenseData::new(SenseKey::MediumError, Asc::WRITE_ERROR),
+            _ => SenseData::new(SenseKey::MediumError, Asc::UNRECOVERED_READ_ERROR),
+        }
+    }
+}
