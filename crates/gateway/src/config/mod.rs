@@ -1,0 +1,307 @@
+//! The shared configuration: lrbd's JSON document ([`lrbd`]) resolved into a typed model
+//! ([`Config`]) that every gateway computes alike, and the choice of "this host".
+
+pub mod lrbd;
+pub mod resolve;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use thiserror::Error;
+
+pub use resolve::parse_size;
+
+/// A configuration error: which file, where in it, and what was expected.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("{source_name}: {path}: {message}")]
+pub struct ConfigError {
+    pub source_name: String,
+    /// JSON path (`pools[0].gateways[0].tpg[1].lun`), or `.` for the document.
+    pub path: String,
+    pub message: String,
+}
+
+/// How initiators authenticate to a target (lrbd's `authentication`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Anyone, no CHAP.
+    None,
+    /// One CHAP credential for every initiator.
+    Tpg,
+    /// That credential, and only the initiators named in the image entries.
+    TpgIdentified,
+    /// Only named initiators, no CHAP.
+    Identified,
+    /// Per-initiator CHAP credentials.
+    Acls,
+}
+
+impl AuthMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMode::None => "none",
+            AuthMode::Tpg => "tpg",
+            AuthMode::TpgIdentified => "tpg+identified",
+            AuthMode::Identified => "identified",
+            AuthMode::Acls => "acls",
+        }
+    }
+}
+
+/// CHAP credentials; `mutual` is the target's own name and secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chap {
+    pub user: String,
+    pub secret: String,
+    pub mutual: Option<(String, String)>,
+}
+
+/// A named initiator with optional CHAP and per-initiator settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acl {
+    pub initiator: String,
+    pub chap: Option<Chap>,
+    /// `param_*` login keys (RFC 7143 names) overriding the target's defaults.
+    pub params: BTreeMap<String, String>,
+    /// `attrib_*` settings (e.g. `nopin_timeout`).
+    pub attribs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetAuth {
+    pub mode: AuthMode,
+    pub tpg_chap: Option<Chap>,
+    pub acls: Vec<Acl>,
+    /// CHAP for SendTargets discovery sessions (lrbd's `discovery`).
+    pub discovery: Option<Chap>,
+}
+
+impl Default for TargetAuth {
+    fn default() -> Self {
+        TargetAuth { mode: AuthMode::None, tpg_chap: None, acls: Vec::new(), discovery: None }
+    }
+}
+
+/// A target portal group: one gateway host and its portal addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tpg {
+    pub tag: u16,
+    pub host: String,
+    pub portal_name: String,
+    pub addresses: Vec<SocketAddr>,
+}
+
+/// Where a LUN's data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackstoreSpec {
+    Rbd { pool: String, image: String },
+    File { path: String, size: Option<u64> },
+    Memory { size: u64 },
+}
+
+impl BackstoreSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackstoreSpec::Rbd { .. } => "rbd",
+            BackstoreSpec::File { .. } => "file",
+            BackstoreSpec::Memory { .. } => "memory",
+        }
+    }
+}
+
+/// LIO backstore attributes that mean something here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunAttributes {
+    pub block_size: u32,
+    pub write_cache: bool,
+    pub thin_provisioning: bool,
+    pub max_unmap_lba_count: Option<u32>,
+    pub max_unmap_block_desc_count: Option<u32>,
+    pub max_write_same_len: Option<u32>,
+    pub unmap_granularity: Option<u32>,
+}
+
+impl Default for LunAttributes {
+    fn default() -> Self {
+        LunAttributes {
+            block_size: 512,
+            write_cache: true,
+            thin_provisioning: true,
+            max_unmap_lba_count: None,
+            max_unmap_block_desc_count: None,
+            max_write_same_len: None,
+            unmap_granularity: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lun {
+    pub lun: u64,
+    pub pool: String,
+    pub image: String,
+    pub backstore: BackstoreSpec,
+    /// VPD 0x80 unit serial number.
+    pub serial: String,
+    /// Host that owns the LU (ALUA Active/Optimized), from `owner` or the default rule.
+    pub owner: String,
+    /// Initiators named on the image entry (`initiator`): for `identified` modes.
+    pub initiators: Vec<String>,
+    pub attributes: LunAttributes,
+}
+
+/// TPG attributes (`tpg_*`) that mean something here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetAttributes {
+    /// The CmdSN window (`tpg_default_cmdsn_depth`).
+    pub cmdsn_depth: u32,
+    /// `tpg_login_timeout`, seconds.
+    pub login_timeout: u32,
+    /// `tpg_prod_mode_write_protect`: every LUN read-only.
+    pub write_protect: bool,
+}
+
+impl Default for TargetAttributes {
+    fn default() -> Self {
+        TargetAttributes { cmdsn_depth: 128, login_timeout: 15, write_protect: false }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub iqn: String,
+    pub tpgs: Vec<Tpg>,
+    pub luns: Vec<Lun>,
+    pub auth: TargetAuth,
+    pub attributes: TargetAttributes,
+}
+
+impl Target {
+    /// The TPGs that `host` serves.
+    pub fn tpgs_of<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Tpg> + 'a {
+        self.tpgs.iter().filter(move |t| t.host == host)
+    }
+}
+
+/// The whole resolved configuration, identical on every gateway.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source_name: String,
+    pub targets: Vec<Target>,
+    /// Notes about keys that are accepted but have no effect here (LIO-only knobs).
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Parses and validates a document.
+    pub fn parse(source_name: &str, text: &str) -> Result<Config, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let doc: lrbd::Document = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError { source_name: source_name.into(), path, message: e.into_inner().to_string() }
+        })?;
+        resolve::resolve(source_name, &doc)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            path: ".".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&name, &text)
+    }
+
+    /// Every host named by the config.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for t in &self.targets {
+            for g in &t.tpgs {
+                if !v.contains(&g.host) {
+                    v.push(g.host.clone());
+                }
+            }
+        }
+        v
+    }
+
+    /// Chooses the host to serve, as lrbd did: the one named, else the one whose portal
+    /// addresses are configured on this machine, else the one named like this machine
+    /// (short name or FQDN).
+    pub fn select_host(&self, requested: Option<&str>, local_addrs: &[std::net::IpAddr], hostname: &str) -> Result<String, ConfigError> {
+        let hosts = self.hosts();
+        let err = |message: String| ConfigError { source_name: self.source_name.clone(), path: "targets".into(), message };
+        if let Some(h) = requested {
+            return hosts.iter().find(|x| x.as_str() == h).cloned().ok_or_else(|| {
+                err(format!("host {h:?} is not a gateway of any target (hosts: {})", hosts.join(", ")))
+            });
+        }
+        for t in &self.targets {
+            for g in &t.tpgs {
+                if g.addresses.iter().any(|a| local_addrs.contains(&a.ip())) {
+                    return Ok(g.host.clone());
+                }
+            }
+        }
+        let short = hostname.split('.').next().unwrap_or(hostname);
+        hosts
+            .iter()
+            .find(|h| h.as_str() == hostname || h.as_str() == short || h.split('.').next() == Some(short))
+            .cloned()
+            .ok_or_else(|| {
+                err(format!(
+                    "this machine ({hostname}) is none of the gateways ({}) and has none of their portal addresses: use --host",
+                    hosts.join(", ")
+                ))
+            })
+    }
+}
+
+/// This machine's host name (gethostname(2)).
+pub fn local_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if r != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The IP addresses configured on this machine's interfaces (getifaddrs(3)).
+pub fn local_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a linked list that we walk and then free exactly once.
+    unsafe {
+        if libc::getifaddrs(&mut ifap) != 0 {
+            return out;
+        }
+        let mut cur = ifap;
+        while !cur.is_null() {
+            let a = (*cur).ifa_addr;
+            if !a.is_null() {
+                match (*a).sa_family as i32 {
+                    libc::AF_INET => {
+                        let sin = &*(a as *const libc::sockaddr_in);
+                        out.push(std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(a as *const libc::sockaddr_in6);
+                        out.push(std::net::IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(ifap);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
