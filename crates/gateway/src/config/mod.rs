@@ -198,7 +198,10 @@ impl Config {
     pub fn parse(source_name: &str, text: &str) -> Result<Config, ConfigError> {
         let de = &mut serde_json::Deserializer::from_str(text);
         let doc: lrbd::Document = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
+            let path = match e.path().to_string() {
+                p if p.is_empty() || p == "?" => ".".to_string(),
+                p => p,
+            };
             ConfigError { source_name: source_name.into(), path, message: e.into_inner().to_string() }
         })?;
         resolve::resolve(source_name, &doc)
