@@ -2,3 +2,9 @@
 //! protocol crates.
 
 pub mod config;
+pub mod connection;
+pub mod discovery;
+pub mod server;
+pub mod session;
+pub mod target;
+pub mod plan;

@@ -11,6 +11,7 @@
 //! * [`seq`]: serial number arithmetic and the CmdSN window (RFC 7143 §4.2.2, RFC 1982).
 
 pub mod chap;
+pub mod dataout;
 pub mod login;
 pub mod params;
 pub mod pdu;

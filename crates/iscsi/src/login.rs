@@ -195,6 +195,11 @@ impl Login {
         }
     }
 
+    /// Sets the TPG tag returned to a normal session (known once the target is named).
+    pub fn set_tpg_tag(&mut self, tag: u16) {
+        self.portal.tpg_tag = tag;
+    }
+
     /// The ISID and TSIH the initiator sent (known after the first PDU).
     pub fn isid_tsih(&self) -> ([u8; 6], u16) {
         (self.isid, self.tsih)

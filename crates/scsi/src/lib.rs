@@ -102,6 +102,29 @@ impl From<SenseData> for ScsiResponse {
 /// Result type of command handlers: an error is a CHECK CONDITION.
 pub type CmdResult = Result<ScsiResponse, SenseData>;
 
+/// How many data-out bytes a CDB asks for (the SCSI "expected data transfer length" the
+/// iSCSI layer compares with the initiator's, RFC 7143 §11.4.5.2), for a LU of `block_size`.
+pub fn data_out_length(cdb: &[u8], block_size: u32) -> u64 {
+    use cdb::{be16, be32};
+    let bs = block_size as u64;
+    match cdb.first().copied().unwrap_or(0) {
+        0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e => sbc::BlockRange::parse(cdb).blocks * bs,
+        0x2f | 0xaf | 0x8f => match (cdb::get(cdb, 1) >> 1) & 3 {
+            1 => sbc::BlockRange::parse(cdb).blocks * bs,
+            3 => bs,
+            _ => 0,
+        },
+        0x41 => bs,
+        0x93 if cdb::get(cdb, 1) & 0x01 != 0 => 0,
+        0x93 => bs,
+        0x89 => 2 * cdb::get(cdb, 13) as u64 * bs,
+        0x42 | 0x55 => be16(cdb, 7) as u64,
+        0x15 => cdb::get(cdb, 4) as u64,
+        0x5f => be32(cdb, 5) as u64,
+        _ => 0,
+    }
+}
+
 /// Encodes a LUN for the iSCSI LUN field and REPORT LUNS (SAM-5 §4.7): peripheral device
 /// addressing below 256, flat space addressing up to 16383.
 pub fn encode_lun(lun: u64) -> u64 {

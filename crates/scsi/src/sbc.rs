@@ -4,7 +4,7 @@
 use backstore::BlockDevice;
 use bytes::{Bytes, BytesMut};
 
-use crate::cdb::{be16, be24, be32, be64};
+use crate::cdb::{be16, be24, be32, be64, get};
 use crate::lu::LogicalUnit;
 use crate::sense::{Asc, SenseData};
 use crate::{CmdResult, ScsiResponse};
@@ -21,16 +21,19 @@ pub(crate) struct BlockRange {
 impl BlockRange {
     /// Decodes READ/WRITE/VERIFY/WRITE AND VERIFY/PRE-FETCH/SYNC CACHE CDBs by their size.
     pub fn parse(cdb: &[u8]) -> BlockRange {
-        match cdb[0] >> 5 {
+        match get(cdb, 0) >> 5 {
             // READ(6)/WRITE(6): 21-bit LBA, a length of 0 means 256 blocks (SBC-3 §5.15).
             0 => BlockRange {
                 lba: (be24(cdb, 1) & 0x1f_ffff) as u64,
-                blocks: if cdb[4] == 0 { 256 } else { cdb[4] as u64 },
+                blocks: match get(cdb, 4) {
+                    0 => 256,
+                    n => n as u64,
+                },
                 flags: 0,
             },
-            1 | 2 => BlockRange { lba: be32(cdb, 2) as u64, blocks: be16(cdb, 7) as u64, flags: cdb[1] },
-            5 => BlockRange { lba: be32(cdb, 2) as u64, blocks: be32(cdb, 6) as u64, flags: cdb[1] },
-            _ => BlockRange { lba: be64(cdb, 2), blocks: be32(cdb, 10) as u64, flags: cdb[1] },
+            1 | 2 => BlockRange { lba: be32(cdb, 2) as u64, blocks: be16(cdb, 7) as u64, flags: get(cdb, 1) },
+            5 => BlockRange { lba: be32(cdb, 2) as u64, blocks: be32(cdb, 6) as u64, flags: get(cdb, 1) },
+            _ => BlockRange { lba: be64(cdb, 2), blocks: be32(cdb, 10) as u64, flags: get(cdb, 1) },
         }
     }
 

@@ -54,6 +54,7 @@ impl Asc {
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Asc = Asc(0x39, 0x00);
     pub const REPORTED_LUNS_DATA_HAS_CHANGED: Asc = Asc(0x3f, 0x0e);
     pub const MISCOMPARE_DURING_VERIFY: Asc = Asc(0x1d, 0x00);
+    pub const INVALID_FIELD_IN_INFORMATION_UNIT: Asc = Asc(0x0e, 0x03);
     pub const UNRECOVERED_READ_ERROR: Asc = Asc(0x11, 0x00);
     pub const WRITE_ERROR: Asc = Asc(0x0c, 0x00);
     pub const INTERNAL_TARGET_FAILURE: Asc = Asc(0x44, 0x00);

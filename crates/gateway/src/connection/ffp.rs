@@ -1,0 +1,671 @@
+//! The full-feature phase of one connection (RFC 7143 §4.3): command dispatch, data-out
+//! collection, task management, text (SendTargets), NOP, logout and shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use iscsi::dataout::{TransferParams, WriteTransfer};
+use iscsi::login::{LoginResult, SessionType};
+use iscsi::params::{Digest, Negotiated};
+use iscsi::pdu::{Bhs, Opcode, Pdu, PduError, RejectReason, RESERVED_TAG};
+use iscsi::text::TextPairs;
+use scsi::{Asc, ItNexus, ScsiCommand, ScsiResponse, SenseData};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::writer::{Acceptance, Out, Residual, ScsiDone, Window, Writer, WriterParams};
+use super::{reject, PduReader};
+use crate::session::SessionKey;
+use crate::target::{Gateway, Lu, TargetRuntime};
+
+pub(super) struct Setup {
+    pub gw: Arc<Gateway>,
+    pub reader: PduReader,
+    pub wr: OwnedWriteHalf,
+    pub login: LoginResult,
+    pub listen: SocketAddr,
+    pub local: SocketAddr,
+    pub peer: Option<SocketAddr>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The normal session's SCSI side.
+struct ScsiSession {
+    target: Arc<TargetRuntime>,
+    nexus: ItNexus,
+    luns: Vec<u64>,
+}
+
+/// A write-direction command waiting for its data-out.
+struct PendingWrite {
+    lu: Option<Arc<Lu>>,
+    lun_raw: u64,
+    cdb: [u8; 16],
+    edtl: u32,
+    read: bool,
+    residual: Option<Residual>,
+    overflow: bool,
+    transfer: WriteTransfer,
+}
+
+type Tasks = Arc<Mutex<HashMap<u32, (u64, AbortHandle)>>>;
+
+/// How long an idle connection waits before pinging (LIO's nopin_timeout default) and how
+/// long the ping may go unanswered (nopin_response_timeout).
+const NOPIN_INTERVAL: Duration = Duration::from_secs(15);
+const NOPIN_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest data-out buffer one command may make us hold.
+const MAX_COMMAND_BUFFER: u64 = 32 << 20;
+
+struct Conn {
+    gw: Arc<Gateway>,
+    initiator: String,
+    local: SocketAddr,
+    params: Negotiated,
+    tx: mpsc::Sender<Out>,
+    window: Arc<Window>,
+    scsi: Option<ScsiSession>,
+    pending: HashMap<u32, PendingWrite>,
+    tasks: Tasks,
+    next_ttt: u32,
+    /// A SendTargets answer too long for one PDU: (TTT, what is left).
+    text_out: Option<(u32, Bytes)>,
+    text_in: Vec<u8>,
+    ping: Option<(u32, Instant)>,
+    logged_out: bool,
+}
+
+fn lookup_lun(s: &ScsiSession, raw: u64) -> Option<Arc<Lu>> {
+    let lun = scsi::decode_lun(raw)?;
+    if !s.luns.contains(&lun) {
+        return None;
+    }
+    s.target.luns.get(&lun).cloned()
+}
+
+pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
+    let Setup { gw, mut reader, wr, login, listen, local, peer, mut shutdown } = setup;
+    let p = login.params.clone();
+    reader.decoder.header_digest = p.header_digest == Digest::Crc32c;
+    reader.decoder.data_digest = p.data_digest == Digest::Crc32c;
+    reader.decoder.max_recv_data_segment_length = p.max_recv_data_segment_length as usize;
+    let depth = match login.target_name.as_deref().and_then(|t| gw.target(t)) {
+        Some(t) => t.cfg.attributes.cmdsn_depth,
+        None => 16,
+    };
+    let window = Arc::new(Window::new(login.exp_cmd_sn, depth));
+    let (tx, rx) = mpsc::channel(1024);
+    let writer = Writer {
+        params: WriterParams {
+            header_digest: reader.decoder.header_digest,
+            data_digest: reader.decoder.data_digest,
+            max_xmit_data_segment_length: p.max_xmit_data_segment_length,
+            max_burst_length: p.max_burst_length,
+        },
+        stat_sn: login.stat_sn,
+        window: window.clone(),
+    };
+    let writer_task = tokio::spawn(writer.run(wr, rx));
+
+    let mut session_key = None;
+    let mut handle = None;
+    let scsi = if login.session_type == SessionType::Normal {
+        let name = login.target_name.clone().unwrap_or_default();
+        let Some(target) = gw.target(&name).cloned() else { anyhow::bail!("target {name} vanished") };
+        let key = SessionKey::new(&login.initiator_name, login.isid, &target.cfg.iqn);
+        handle = Some(gw.sessions.register(key.clone(), login.tsih, Duration::from_secs(10)).await);
+        session_key = Some(key);
+        let relative_port = gw.tpg_for(&target, listen).unwrap_or(1);
+        let nexus = ItNexus { initiator: login.initiator_name.as_str().into(), isid: login.isid, relative_port };
+        // A new I_T nexus: whatever an older one with this identity held is gone.
+        for lu in target.luns.values() {
+            lu.nexus_lost(&nexus);
+        }
+        let luns = target.visible_luns(&login.initiator_name);
+        Some(ScsiSession { target, nexus, luns })
+    } else {
+        None
+    };
+    let mut kill = handle.as_ref().map(|h| h.kill.clone()).unwrap_or_else(|| watch::channel(false).1);
+
+    let mut c = Conn {
+        gw: gw.clone(),
+        initiator: login.initiator_name.clone(),
+        local,
+        params: p,
+        tx: tx.clone(),
+        window,
+        scsi,
+        pending: HashMap::new(),
+        tasks: Arc::new(Mutex::new(HashMap::new())),
+        next_ttt: 1,
+        text_out: None,
+        text_in: Vec::new(),
+        ping: None,
+        logged_out: false,
+    };
+
+    let mut asked_logout = false;
+    let mut last_rx = Instant::now();
+    let result: anyhow::Result<()> = loop {
+        let idle_deadline = match c.ping {
+            Some((_, sent)) => sent + NOPIN_RESPONSE_TIMEOUT,
+            None => last_rx + NOPIN_INTERVAL,
+        };
+        tokio::select! {
+            r = reader.next() => {
+                match r {
+                    Ok(Some(Ok(pdu))) => {
+                        last_rx = Instant::now();
+                        match c.on_pdu(pdu).await {
+                            Ok(true) => {}
+                            Ok(false) => break Ok(()),
+                            Err(e) => break Err(e),
+                        }
+                    }
+                    Ok(Some(Err(e))) => {
+                        if !c.on_pdu_error(e).await {
+                            break Ok(());
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e.into()),
+                }
+            }
+            _ = tokio::time::sleep_until(idle_deadline) => {
+                if c.ping.is_some() {
+                    warn!(?peer, "no answer to NOP-In within {}s: dropping the connection", NOPIN_RESPONSE_TIMEOUT.as_secs());
+                    break Ok(());
+                }
+                c.send_ping().await;
+            }
+            _ = kill.changed() => {
+                info!(?peer, "session replaced by a reinstating login");
+                break Ok(());
+            }
+            _ = shutdown.changed(), if !asked_logout => {
+                asked_logout = true;
+                c.request_logout().await;
+            }
+        }
+    };
+    if asked_logout && !c.logged_out {
+        debug!(?peer, "closing after shutdown");
+    }
+    if let Some(s) = &c.scsi {
+        // Logout or connection loss: the I_T nexus is gone (SAM-5 §6.3.4).
+        for lu in s.target.luns.values() {
+            lu.nexus_lost(&s.nexus);
+        }
+    }
+    let _ = tx.send(Out::Close).await;
+    drop(c);
+    drop(tx);
+    let _ = writer_task.await;
+    if let (Some(key), Some(h)) = (session_key, handle) {
+        gw.sessions.unregister(&key, login.tsih);
+        drop(h.done);
+    }
+    result
+}
+
+impl Conn {
+    async fn send(&self, pdu: Pdu, advances: bool) {
+        let _ = self.tx.send(Out::Pdu { pdu, advances }).await;
+    }
+
+    async fn send_reject(&self, reason: RejectReason, bhs: &Bhs) {
+        self.send(reject(reason, bhs), true).await;
+    }
+
+    fn ttt(&mut self) -> u32 {
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        self.next_ttt
+    }
+
+    fn transfer_params(&self) -> TransferParams {
+        TransferParams {
+            initial_r2t: self.params.initial_r2t,
+            first_burst_length: self.params.first_burst_length,
+            max_burst_length: self.params.max_burst_length,
+            max_outstanding_r2t: self.params.max_outstanding_r2t,
+        }
+    }
+
+    /// A framing error: recoverable ones get a Reject, the rest end the connection.
+    async fn on_pdu_error(&mut self, e: PduError) -> bool {
+        warn!(initiator = %self.initiator, "bad PDU: {e}");
+        match e {
+            PduError::DataDigest { bhs } => {
+                self.send_reject(RejectReason::DataDigestError, &bhs).await;
+                true
+            }
+            PduError::DataSegmentTooLong { bhs, .. } => {
+                self.send_reject(RejectReason::ProtocolError, &bhs).await;
+                true
+            }
+            PduError::HeaderDigest { .. } => false,
+        }
+    }
+
+    /// Handles one PDU; `Ok(false)` ends the connection.
+    async fn on_pdu(&mut self, pdu: Pdu) -> anyhow::Result<bool> {
+        let Some(op) = pdu.bhs.opcode() else {
+            self.send_reject(RejectReason::CommandNotSupported, &pdu.bhs).await;
+            return Ok(true);
+        };
+        let discovery = self.scsi.is_none();
+        match op {
+            Opcode::ScsiCommand if !discovery => self.on_scsi_command(pdu).await,
+            Opcode::DataOut if !discovery => self.on_data_out(pdu).await,
+            Opcode::TaskMgmtRequest if !discovery => {
+                self.on_task_management(pdu).await;
+                Ok(true)
+            }
+            Opcode::NopOut => {
+                self.on_nop_out(pdu).await;
+                Ok(true)
+            }
+            Opcode::TextRequest => {
+                self.on_text(pdu).await;
+                Ok(true)
+            }
+            Opcode::LogoutRequest => self.on_logout(pdu).await,
+            Opcode::SnackRequest => {
+                // Error recovery level 0: no SNACK (RFC 7143 §11.16).
+                self.send_reject(RejectReason::SnackReject, &pdu.bhs).await;
+                Ok(true)
+            }
+            o if !o.is_initiator() => {
+                self.send_reject(RejectReason::ProtocolError, &pdu.bhs).await;
+                Ok(true)
+            }
+            _ => {
+                // A login in full feature phase, or SCSI in a discovery session.
+                self.send_reject(RejectReason::ProtocolError, &pdu.bhs).await;
+                Ok(true)
+            }
+        }
+    }
+
+    /// CmdSN check for a non-immediate request; false when it must be ignored.
+    fn accept_cmd_sn(&self, bhs: &Bhs, counts: bool) -> bool {
+        if bhs.immediate() {
+            return true;
+        }
+        match self.window.accept(bhs.cmd_sn(), counts) {
+            Acceptance::Accepted => true,
+            Acceptance::Ignore => {
+                debug!(cmd_sn = bhs.cmd_sn(), "CmdSN outside the window: ignored (RFC 7143 §4.2.2.1)");
+                false
+            }
+        }
+    }
+
+    async fn on_scsi_command(&mut self, pdu: Pdu) -> anyhow::Result<bool> {
+        let bhs = pdu.bhs;
+        if !self.accept_cmd_sn(&bhs, true) {
+            return Ok(true);
+        }
+        if bhs.immediate() {
+            // Immediate commands also hold a response slot until they finish.
+            self.window.hold();
+        }
+        let itt = bhs.itt();
+        let lun_raw = bhs.lun_raw();
+        let flags = bhs.flags();
+        let (read, write) = (flags & 0x40 != 0, flags & 0x20 != 0);
+        let edtl = bhs.expected_data_transfer_length();
+        let mut cdb = [0u8; 16];
+        cdb.copy_from_slice(bhs.cdb());
+        let Some(s) = &self.scsi else { return Ok(true) };
+        if !pdu.ahs.is_empty() || (read && write) {
+            // Extended CDBs and bidirectional commands: none of our commands use them.
+            let resp = ScsiResponse::check(SenseData::invalid_opcode());
+            self.finish(itt, lun_raw, resp, edtl, read, None, 0).await;
+            return Ok(true);
+        }
+        let lu = lookup_lun(s, lun_raw);
+        let bs = lu.as_ref().map_or(512, |l| l.config().block_size);
+        let spdtl = scsi::data_out_length(&cdb, bs);
+        let (overflow, residual) = if spdtl > edtl as u64 {
+            (true, Some(Residual::Overflow((spdtl - edtl as u64).min(u32::MAX as u64) as u32)))
+        } else if write && (edtl as u64) > spdtl {
+            (false, Some(Residual::Underflow((edtl as u64 - spdtl) as u32)))
+        } else {
+            (false, None)
+        };
+        if write && edtl > 0 {
+            let keep = spdtl.min(edtl as u64).min(MAX_COMMAND_BUFFER) as u32;
+            let mut transfer = WriteTransfer::new(edtl, keep, &pdu.data, bhs.final_bit(), &self.transfer_params());
+            let tp = self.transfer_params();
+            let mut tags = Vec::new();
+            let r2ts = transfer.next_r2ts(&tp, &mut || {
+                let t = self.next_ttt.wrapping_add(1 + tags.len() as u32);
+                tags.push(t);
+                t
+            });
+            self.next_ttt = self.next_ttt.wrapping_add(tags.len() as u32);
+            for r in &r2ts {
+                self.send_r2t(itt, lun_raw, r).await;
+            }
+            let pw = PendingWrite { lu, lun_raw, cdb, edtl, read, residual, overflow, transfer };
+            if pw.transfer.is_complete() {
+                self.dispatch(itt, pw);
+            } else {
+                self.pending.insert(itt, pw);
+            }
+            return Ok(true);
+        }
+        let transfer = WriteTransfer::new(0, 0, &[], true, &self.transfer_params());
+        self.dispatch(itt, PendingWrite { lu, lun_raw, cdb, edtl, read, residual, overflow, transfer });
+        Ok(true)
+    }
+
+    async fn send_r2t(&self, itt: u32, lun_raw: u64, r: &iscsi::dataout::R2t) {
+        let mut bhs = Bhs::new(Opcode::ReadyToTransfer);
+        bhs.set_lun_raw(lun_raw).set_itt(itt).set_ttt(r.ttt).set_data_sn(r.r2t_sn).set_buffer_offset(r.offset).set_residual_count(r.len);
+        self.send(Pdu::new(bhs), false).await;
+    }
+
+    async fn on_data_out(&mut self, pdu: Pdu) -> anyhow::Result<bool> {
+        let bhs = pdu.bhs;
+        let itt = bhs.itt();
+        let tp = self.transfer_params();
+        let Some(pw) = self.pending.get_mut(&itt) else {
+            // Data for a command we do not know (finished, aborted or never accepted).
+            self.send_reject(RejectReason::InvalidPduField, &bhs).await;
+            return Ok(true);
+        };
+        if let Err(e) = pw.transfer.on_data_out(bhs.ttt(), bhs.data_sn(), bhs.buffer_offset(), &pdu.data, bhs.final_bit()) {
+            // RFC 7143 §7.1.4.1 / §7.12: at error recovery level 0 a broken data sequence ends
+            // the connection; the initiator recovers the session.
+            warn!(initiator = %self.initiator, itt, "Data-Out sequence error: {e}; closing the connection");
+            self.send_reject(RejectReason::ProtocolError, &bhs).await;
+            self.pending.remove(&itt);
+            self.window.complete();
+            return Ok(false);
+        }
+        let mut next = self.next_ttt;
+        let r2ts = pw.transfer.next_r2ts(&tp, &mut || {
+            next = next.wrapping_add(1);
+            next
+        });
+        self.next_ttt = next;
+        let lun_raw = pw.lun_raw;
+        for r in &r2ts {
+            self.send_r2t(itt, lun_raw, r).await;
+        }
+        if self.pending.get(&itt).is_some_and(|p| p.transfer.is_complete()) {
+            if let Some(pw) = self.pending.remove(&itt) {
+                self.dispatch(itt, pw);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Queues a finished command's response.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(&self, itt: u32, lun_raw: u64, resp: ScsiResponse, edtl: u32, read: bool, write_residual: Option<Residual>, r2ts: u32) {
+        let done = ScsiDone { itt, lun_raw, resp, edtl, read, write_residual, r2ts };
+        let _ = self.tx.send(Out::Scsi(Box::new(done))).await;
+    }
+
+    /// Runs a command whose data-out (if any) is complete, as a task of its own.
+    fn dispatch(&mut self, itt: u32, pw: PendingWrite) {
+        let Some(s) = &self.scsi else { return };
+        let PendingWrite { lu, lun_raw, cdb, edtl, read, residual, overflow, transfer } = pw;
+        let r2ts = transfer.r2t_count();
+        let data_out = transfer.into_data();
+        let tx = self.tx.clone();
+        let nexus = s.nexus.clone();
+        let luns = s.luns.clone();
+        let tasks = self.tasks.clone();
+        let lun = scsi::decode_lun(lun_raw).unwrap_or(u64::MAX);
+        let fut = async move {
+            let resp = if overflow {
+                // RFC 7143 §11.4.5.2 with FCP-4's rule: EDTL shorter than the command's own
+                // length: transfer nothing and say so.
+                ScsiResponse::check(SenseData::illegal(Asc::INVALID_FIELD_IN_INFORMATION_UNIT))
+            } else if cdb[0] == 0xa0 {
+                scsi::reports::report_luns(&cdb, &luns)
+            } else if let Some(lu) = &lu {
+                lu.execute(&ScsiCommand { cdb: &cdb, nexus: &nexus, data_out }).await
+            } else {
+                scsi::no_such_lun(&cdb)
+            };
+            (resp, read, edtl, residual, r2ts)
+        };
+        // Register before spawning so that an abort can always find the task.
+        let mut guard = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let task = tokio::spawn(async move {
+            let (resp, read, edtl, residual, r2ts) = fut.await;
+            let owned = tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&itt).is_some();
+            if owned {
+                let done = ScsiDone { itt, lun_raw, resp, edtl, read, write_residual: residual, r2ts };
+                let _ = tx.send(Out::Scsi(Box::new(done))).await;
+            }
+        });
+        guard.insert(itt, (lun, task.abort_handle()));
+    }
+
+    /// Aborts matching tasks (pending data-out or running); returns how many.
+    fn abort_where(&mut self, pred: impl Fn(u32, u64) -> bool) -> usize {
+        let mut n = 0;
+        let before = self.pending.len();
+        self.pending.retain(|itt, pw| !pred(*itt, scsi::decode_lun(pw.lun_raw).unwrap_or(u64::MAX)));
+        for _ in self.pending.len()..before {
+            self.window.complete();
+            n += 1;
+        }
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let victims: Vec<u32> = tasks.iter().filter(|(itt, (lun, _))| pred(**itt, *lun)).map(|(i, _)| *i).collect();
+        for itt in victims {
+            if let Some((_, h)) = tasks.remove(&itt) {
+                h.abort();
+                self.window.complete();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Task management (RFC 7143 §11.5, SAM-5 §7).
+    async fn on_task_management(&mut self, pdu: Pdu) {
+        let bhs = pdu.bhs;
+        if !self.accept_cmd_sn(&bhs, false) {
+            return;
+        }
+        let function = bhs.flags() & 0x7f;
+        let lun_raw = bhs.lun_raw();
+        let lu = self.scsi.as_ref().and_then(|s| lookup_lun(s, lun_raw));
+        let lun = scsi::decode_lun(lun_raw).unwrap_or(u64::MAX);
+        // Responses (RFC 7143 §11.6.1): 0 complete, 1 no such task, 2 no such LUN,
+        // 4 reassignment unsupported, 5 function unsupported.
+        let response: u8 = match function {
+            1 => {
+                let reference = bhs.ttt();
+                if lu.is_none() {
+                    2
+                } else if self.abort_where(|itt, _| itt == reference) > 0 {
+                    0
+                } else {
+                    // RFC 7143 §11.5.1: a task never received but within the window counts as
+                    // received and aborted.
+                    let ref_cmd_sn = bhs.max_cmd_sn();
+                    let (exp, _) = self.window.stamp();
+                    if iscsi::seq::sn_lt(ref_cmd_sn, bhs.cmd_sn()) && !iscsi::seq::sn_lt(ref_cmd_sn, exp) {
+                        0
+                    } else {
+                        1
+                    }
+                }
+            }
+            2 | 4 => match lu {
+                None => 2,
+                Some(_) => {
+                    self.abort_where(|_, l| l == lun);
+                    0
+                }
+            },
+            5 => match lu {
+                None => 2,
+                Some(lu) => {
+                    self.abort_where(|_, l| l == lun);
+                    lu.reset(scsi::lu::ResetKind::LogicalUnit);
+                    info!(initiator = %self.initiator, lun, "LOGICAL UNIT RESET");
+                    0
+                }
+            },
+            6 | 7 => {
+                self.abort_where(|_, _| true);
+                if let Some(s) = &self.scsi {
+                    let kind = if function == 6 { scsi::lu::ResetKind::TargetWarm } else { scsi::lu::ResetKind::TargetCold };
+                    for lu in s.target.luns.values() {
+                        lu.reset(kind);
+                    }
+                }
+                info!(initiator = %self.initiator, "TARGET {} RESET", if function == 6 { "WARM" } else { "COLD" });
+                0
+            }
+            8 => 4,
+            _ => 5,
+        };
+        let mut r = Bhs::new(Opcode::TaskMgmtResponse);
+        r.0[2] = response;
+        r.set_itt(bhs.itt());
+        self.send(Pdu::new(r), true).await;
+        if function == 7 && response == 0 {
+            // SAM-5 §7.11: a cold reset ends the I_T nexus; RFC 7143 §11.5.1: the target
+            // drops the connections after responding.
+            let _ = self.tx.send(Out::Close).await;
+        }
+    }
+
+    async fn on_nop_out(&mut self, pdu: Pdu) {
+        let bhs = pdu.bhs;
+        if bhs.itt() == RESERVED_TAG {
+            // The answer to our NOP-In ping (RFC 7143 §11.18).
+            if self.ping.is_some_and(|(ttt, _)| ttt == bhs.ttt()) {
+                self.ping = None;
+            }
+            return;
+        }
+        if !self.accept_cmd_sn(&bhs, false) {
+            return;
+        }
+        let mut r = Bhs::new(Opcode::NopIn);
+        r.set_lun_raw(bhs.lun_raw()).set_itt(bhs.itt()).set_ttt(RESERVED_TAG);
+        self.send(Pdu::with_data(r, pdu.data.clone()), true).await;
+    }
+
+    async fn send_ping(&mut self) {
+        let ttt = self.ttt();
+        let mut r = Bhs::new(Opcode::NopIn);
+        r.set_itt(RESERVED_TAG).set_ttt(ttt);
+        self.ping = Some((ttt, Instant::now()));
+        self.send(Pdu::new(r), false).await;
+    }
+
+    /// Text requests: SendTargets, with long answers continued (RFC 7143 §11.10).
+    async fn on_text(&mut self, pdu: Pdu) {
+        let bhs = pdu.bhs;
+        if !self.accept_cmd_sn(&bhs, false) {
+            return;
+        }
+        let max = self.params.max_xmit_data_segment_length.max(512) as usize;
+        let itt = bhs.itt();
+        let body: Bytes = match self.text_out.take() {
+            Some((ttt, rest)) if bhs.ttt() == ttt => rest,
+            _ => {
+                self.text_in.extend_from_slice(&pdu.data);
+                if bhs.flags() & 0x40 != 0 && self.text_in.len() < 64 * 1024 {
+                    // More of the request follows.
+                    let mut r = Bhs::new(Opcode::TextResponse);
+                    r.set_flags(0).set_itt(itt).set_ttt(RESERVED_TAG);
+                    self.send(Pdu::new(r), true).await;
+                    return;
+                }
+                let text = std::mem::take(&mut self.text_in);
+                let mut answer = TextPairs::new();
+                match TextPairs::parse(&text) {
+                    Ok(keys) => {
+                        for (k, v) in &keys.0 {
+                            if k == "SendTargets" {
+                                let own = self.scsi.as_ref().map(|s| s.target.cfg.iqn.clone());
+                                let st = crate::discovery::send_targets(&self.gw, &self.initiator, v, own.as_deref(), self.local);
+                                answer.0.extend(st.0);
+                            } else {
+                                answer.push(k.clone(), "NotUnderstood");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        debug!("bad text request: {e}");
+                        self.send_reject(RejectReason::ProtocolError, &bhs).await;
+                        return;
+                    }
+                }
+                Bytes::from(answer.encode())
+            }
+        };
+        let mut r = Bhs::new(Opcode::TextResponse);
+        r.set_itt(itt);
+        let data = if body.len() > max {
+            let ttt = self.ttt();
+            self.text_out = Some((ttt, body.slice(max..)));
+            r.set_flags(0x40).set_ttt(ttt);
+            body.slice(..max)
+        } else {
+            r.set_flags(0x80).set_ttt(RESERVED_TAG);
+            body
+        };
+        self.send(Pdu::with_data(r, data), true).await;
+    }
+
+    async fn on_logout(&mut self, pdu: Pdu) -> anyhow::Result<bool> {
+        let bhs = pdu.bhs;
+        if !self.accept_cmd_sn(&bhs, false) {
+            return Ok(true);
+        }
+        let reason = bhs.flags() & 0x7f;
+        // Let running commands finish first (RFC 7143 §11.14: the logout cleans up).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (!self.tasks.lock().unwrap_or_else(|e| e.into_inner()).is_empty()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut r = Bhs::new(Opcode::LogoutResponse);
+        r.set_itt(bhs.itt());
+        // 0: closed successfully; 2: connection recovery is not supported (ERL 0).
+        let response = if reason == 2 { 2 } else { 0 };
+        r.0[2] = response;
+        r.set_u16_at(40, self.params.default_time2wait as u16);
+        r.set_u16_at(42, self.params.default_time2retain as u16);
+        self.send(Pdu::new(r), true).await;
+        if response != 0 {
+            return Ok(true);
+        }
+        self.logged_out = true;
+        info!(initiator = %self.initiator, "logout");
+        Ok(false)
+    }
+
+    /// Asks the initiator to log out (Async Message, AsyncEvent 1, RFC 7143 §11.9.1).
+    async fn request_logout(&mut self) {
+        let mut r = Bhs::new(Opcode::AsyncMessage);
+        r.set_itt(RESERVED_TAG);
+        r.0[36] = 1;
+        r.0[37] = 0;
+        r.set_u16_at(42, 5); // Parameter3: seconds to log out in
+        self.send(Pdu::new(r), true).await;
+    }
+}

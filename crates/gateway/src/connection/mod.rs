@@ -1,0 +1,127 @@
+//! One iSCSI connection, driven by tokio: the login phase, then the full-feature phase in which
+//! this task reads PDUs and dispatches them, SCSI commands run as their own tasks, and the
+//! [`writer::Writer`] task sends everything back.
+
+mod ffp;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use iscsi::login::{Login, LoginStep, PortalInfo, SessionType};
+use iscsi::pdu::{Bhs, Opcode, Pdu, PduDecoder, PduError, RejectReason, RESERVED_TAG};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::target::{Gateway, LoginDirectory};
+
+/// Reads whole PDUs off the socket.
+pub(crate) struct PduReader {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    pub decoder: PduDecoder,
+}
+
+impl PduReader {
+    /// The next PDU; `Ok(None)` at end of stream. Cancel-safe: partial input stays buffered.
+    pub async fn next(&mut self) -> std::io::Result<Option<Result<Pdu, PduError>>> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(p)) => return Ok(Some(Ok(p))),
+                Ok(None) => {}
+                Err(e) => return Ok(Some(Err(e))),
+            }
+            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+                self.buf.reserve(64 * 1024);
+            }
+            if self.rd.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// A Reject PDU quoting the offending header (RFC 7143 §11.17).
+pub(crate) fn reject(reason: RejectReason, bad: &Bhs) -> Pdu {
+    let mut bhs = Bhs::new(Opcode::Reject);
+    bhs.0[2] = reason as u8;
+    bhs.set_itt(RESERVED_TAG);
+    bhs.set_data_sn(RESERVED_TAG);
+    Pdu::with_data(bhs, Bytes::copy_from_slice(&bad.0))
+}
+
+/// Serves one accepted TCP connection until it ends.
+pub async fn serve(stream: TcpStream, gw: Arc<Gateway>, listen: SocketAddr, shutdown: watch::Receiver<bool>) {
+    let peer = stream.peer_addr().ok();
+    let local = stream.local_addr().unwrap_or(listen);
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = PduReader { rd, buf: BytesMut::with_capacity(64 * 1024), decoder: PduDecoder::default() };
+    let login_timeout = gw.targets.iter().map(|t| t.cfg.attributes.login_timeout).max().unwrap_or(15);
+    let tsih = gw.allocate_tsih();
+    let initial_stat_sn = u32::from_be_bytes(iscsi::chap::random_bytes(4).try_into().unwrap_or([0, 0, 0, 1]));
+    let cmd_window = gw.targets.iter().map(|t| t.cfg.attributes.cmdsn_depth).max().unwrap_or(128);
+    let mut login = Login::new(PortalInfo { tpg_tag: 0, tsih, initial_stat_sn, cmd_window });
+    let dir = LoginDirectory { gateway: &gw, listen };
+
+    let result = tokio::time::timeout(Duration::from_secs(login_timeout as u64), async {
+        loop {
+            let pdu = match reader.next().await {
+                Ok(Some(Ok(p))) => p,
+                Ok(Some(Err(e))) => {
+                    debug!(?peer, "bad PDU during login: {e}");
+                    return None;
+                }
+                Ok(None) | Err(_) => return None,
+            };
+            // The TPG tag depends on the target named in the first PDU.
+            if let Some(name) = iscsi::text::TextPairs::parse(&pdu.data).ok().and_then(|t| t.get("TargetName").map(str::to_string)) {
+                if let Some(t) = gw.target(&name) {
+                    login.set_tpg_tag(gw.tpg_for(t, listen).unwrap_or(0));
+                }
+            }
+            let step = login.on_pdu(&pdu, &dir);
+            let (resp, done) = match step {
+                LoginStep::Continue(r) => (r, None),
+                LoginStep::Complete(r, res) => (r, Some(Ok(res))),
+                LoginStep::Fail(r, status) => (r, Some(Err(status))),
+            };
+            if wr.write_all(&resp.to_bytes(false, false)).await.is_err() {
+                return None;
+            }
+            match done {
+                None => continue,
+                Some(Ok(res)) => return Some(res),
+                Some(Err(status)) => {
+                    info!(?peer, status = format_args!("{:#06x}", status.0), "login refused");
+                    return None;
+                }
+            }
+        }
+    })
+    .await;
+    let res = match result {
+        Ok(Some(res)) => res,
+        Ok(None) => return,
+        Err(_) => {
+            info!(?peer, "login timed out after {login_timeout}s");
+            return;
+        }
+    };
+    info!(
+        ?peer,
+        initiator = %res.initiator_name,
+        target = res.target_name.as_deref().unwrap_or("-"),
+        session = if res.session_type == SessionType::Discovery { "discovery" } else { "normal" },
+        tsih = res.tsih,
+        "login complete"
+    );
+    if let Err(e) = ffp::run(ffp::Setup { gw: gw.clone(), reader, wr, login: *res, listen, local, peer, shutdown }).await {
+        warn!(?peer, "connection ended: {e}");
+    }
+}

@@ -1,0 +1,347 @@
+//! The sending half of a connection: one task owns the socket's write half, stamps StatSN,
+//! ExpCmdSN and MaxCmdSN in send order, segments read data into Data-In PDUs (with status
+//! phase collapse, RFC 7143 §11.7.4) and batches whatever is queued into one write.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use iscsi::pdu::{Bhs, Opcode, Pdu, RESERVED_TAG};
+use scsi::{ScsiResponse, ScsiStatus};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+/// A residual (RFC 7143 §11.4.5): more data was asked for than EDTL allowed (overflow), or
+/// less was moved than EDTL announced (underflow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residual {
+    Overflow(u32),
+    Underflow(u32),
+}
+
+/// A finished SCSI command.
+#[derive(Debug)]
+pub struct ScsiDone {
+    pub itt: u32,
+    pub lun_raw: u64,
+    pub resp: ScsiResponse,
+    pub edtl: u32,
+    /// The R bit: data-in goes to the initiator (up to EDTL).
+    pub read: bool,
+    /// For write-direction commands: the residual decided when the data-out was collected.
+    pub write_residual: Option<Residual>,
+    /// R2Ts sent for the command (ExpDataSN of the response counts them).
+    pub r2ts: u32,
+}
+
+/// What the connection sends.
+#[derive(Debug)]
+pub enum Out {
+    /// A PDU; `advances` when it carries a status and takes the next StatSN.
+    Pdu { pdu: Pdu, advances: bool },
+    Scsi(Box<ScsiDone>),
+    /// Flush and close the connection.
+    Close,
+}
+
+/// The session's command window (RFC 7143 §4.2.2.1): MaxCmdSN moves on as commands complete,
+/// so no more than `depth` commands are ever outstanding.
+#[derive(Debug)]
+pub struct Window {
+    inner: Mutex<WindowState>,
+}
+
+#[derive(Debug)]
+struct WindowState {
+    exp_cmd_sn: u32,
+    depth: u32,
+    inflight: u32,
+}
+
+impl Window {
+    pub fn new(exp_cmd_sn: u32, depth: u32) -> Self {
+        Window { inner: Mutex::new(WindowState { exp_cmd_sn, depth: depth.max(1), inflight: 0 }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WindowState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// (ExpCmdSN, MaxCmdSN) to stamp on a PDU now.
+    pub fn stamp(&self) -> (u32, u32) {
+        let w = self.lock();
+        let room = w.depth.saturating_sub(w.inflight).max(1);
+        (w.exp_cmd_sn, w.exp_cmd_sn.wrapping_add(room - 1))
+    }
+
+    /// Checks a non-immediate command's CmdSN and accepts it when it is the next one;
+    /// `counts` when the command stays outstanding until its response.
+    pub fn accept(&self, cmd_sn: u32, counts: bool) -> Acceptance {
+        let mut w = self.lock();
+        let room = w.depth.saturating_sub(w.inflight).max(1);
+        let max = w.exp_cmd_sn.wrapping_add(room - 1);
+        if cmd_sn == w.exp_cmd_sn {
+            w.exp_cmd_sn = w.exp_cmd_sn.wrapping_add(1);
+        } else if iscsi::seq::sn_lt(w.exp_cmd_sn, cmd_sn) && iscsi::seq::sn_le(cmd_sn, max) {
+            // A gap can only come from a misbehaving initiator (one connection per session):
+            // resynchronise rather than stall.
+            tracing::warn!(expected = w.exp_cmd_sn, got = cmd_sn, "CmdSN gap; resynchronising");
+            w.exp_cmd_sn = cmd_sn.wrapping_add(1);
+        } else {
+            return Acceptance::Ignore;
+        }
+        if counts {
+            w.inflight += 1;
+        }
+        Acceptance::Accepted
+    }
+
+    /// An immediate command holds a response slot too, without a CmdSN of its own.
+    pub fn hold(&self) {
+        self.lock().inflight += 1;
+    }
+
+    /// An outstanding command completed (its response is being sent, or it was aborted).
+    pub fn complete(&self) {
+        let mut w = self.lock();
+        w.inflight = w.inflight.saturating_sub(1);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acceptance {
+    Accepted,
+    /// Outside the window: RFC 7143 §4.2.2.1 says ignore it silently.
+    Ignore,
+}
+
+/// Per-connection sending parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterParams {
+    pub header_digest: bool,
+    pub data_digest: bool,
+    pub max_xmit_data_segment_length: u32,
+    pub max_burst_length: u32,
+}
+
+pub struct Writer {
+    pub params: WriterParams,
+    pub stat_sn: u32,
+    pub window: Arc<Window>,
+}
+
+impl Writer {
+    fn stamp(&mut self, bhs: &mut Bhs, advances: bool) {
+        let (exp, max) = self.window.stamp();
+        bhs.set_stat_sn(self.stat_sn);
+        if advances {
+            self.stat_sn = self.stat_sn.wrapping_add(1);
+        }
+        bhs.set_exp_cmd_sn(exp).set_max_cmd_sn(max);
+    }
+
+    fn put(&mut self, out: &mut BytesMut, mut pdu: Pdu, advances: bool) {
+        self.stamp(&mut pdu.bhs, advances);
+        pdu.encode(out, self.params.header_digest, self.params.data_digest);
+    }
+
+    /// Encodes one message; returns false on Close.
+    pub fn encode(&mut self, msg: Out, out: &mut BytesMut) -> bool {
+        match msg {
+            Out::Pdu { pdu, advances } => self.put(out, pdu, advances),
+            Out::Scsi(done) => {
+                self.window.complete();
+                self.scsi(*done, out);
+            }
+            Out::Close => return false,
+        }
+        true
+    }
+
+    fn scsi(&mut self, d: ScsiDone, out: &mut BytesMut) {
+        let mut data = d.resp.data.clone();
+        let residual = if d.read {
+            let produced = data.len() as u64;
+            let edtl = d.edtl as u64;
+            if produced > edtl {
+                data.truncate(d.edtl as usize);
+                Some(Residual::Overflow((produced - edtl) as u32))
+            } else if produced < edtl {
+                Some(Residual::Underflow((edtl - produced) as u32))
+            } else {
+                None
+            }
+        } else {
+            let r = d.write_residual;
+            if !data.is_empty() {
+                // Data-in for a command without the R bit: none of it can be sent.
+                data.clear();
+            }
+            r
+        };
+        let residual_bits = |bhs: &mut Bhs| match residual {
+            Some(Residual::Overflow(n)) => {
+                bhs.0[1] |= 0x04;
+                bhs.set_residual_count(n);
+            }
+            Some(Residual::Underflow(n)) => {
+                bhs.0[1] |= 0x02;
+                bhs.set_residual_count(n);
+            }
+            None => {}
+        };
+        let collapse = d.resp.status == ScsiStatus::Good && d.resp.sense.is_none() && !data.is_empty();
+        let p = self.params;
+        let seg = p.max_xmit_data_segment_length.max(512) as usize;
+        let burst = p.max_burst_length.max(512) as usize;
+        let mut data_sn = 0u32;
+        let mut offset = 0usize;
+        let mut in_burst = 0usize;
+        while offset < data.len() {
+            let n = seg.min(data.len() - offset).min(burst - in_burst);
+            let last = offset + n == data.len();
+            in_burst += n;
+            let mut bhs = Bhs::new(Opcode::DataIn);
+            let mut flags = 0u8;
+            if last || in_burst == burst {
+                flags |= 0x80;
+                in_burst = 0;
+            }
+            if last && collapse {
+                flags |= 0x01;
+            }
+            bhs.set_flags(flags);
+            bhs.set_itt(d.itt).set_ttt(RESERVED_TAG).set_data_sn(data_sn).set_buffer_offset(offset as u32);
+            let status = last && collapse;
+            if status {
+                bhs.0[3] = d.resp.status as u8;
+                residual_bits(&mut bhs);
+            }
+            self.put(out, Pdu::with_data(bhs, data.slice(offset..offset + n)), status);
+            data_sn += 1;
+            offset += n;
+        }
+        if collapse {
+            return;
+        }
+        let mut bhs = Bhs::new(Opcode::ScsiResponse);
+        bhs.set_itt(d.itt);
+        bhs.0[2] = 0x00; // Response: command completed at target
+        bhs.0[3] = d.resp.status as u8;
+        bhs.set_data_sn(data_sn + d.r2ts); // ExpDataSN
+        residual_bits(&mut bhs);
+        let sense = match d.resp.sense {
+            Some(s) => {
+                // RFC 7143 §11.4.7: SenseLength, then the sense data.
+                let f = s.to_fixed();
+                let mut v = Vec::with_capacity(2 + f.len());
+                v.extend_from_slice(&(f.len() as u16).to_be_bytes());
+                v.extend_from_slice(&f);
+                bytes::Bytes::from(v)
+            }
+            None => bytes::Bytes::new(),
+        };
+        let _ = d.lun_raw;
+        self.put(out, Pdu::with_data(bhs, sense), true);
+    }
+
+    /// Runs until Close or until the channel closes, writing batches.
+    pub async fn run(mut self, mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>) {
+        let mut out = BytesMut::with_capacity(256 * 1024);
+        'outer: while let Some(first) = rx.recv().await {
+            let mut open = self.encode(first, &mut out);
+            while open && out.len() < 1 << 20 {
+                match rx.try_recv() {
+                    Ok(m) => open = self.encode(m, &mut out),
+                    Err(_) => break,
+                }
+            }
+            if !out.is_empty() {
+                if let Err(e) = wr.write_all(&out).await {
+                    tracing::debug!("connection write failed: {e}");
+                    break 'outer;
+                }
+                out.clear();
+            }
+            if !open {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use iscsi::pdu::PduDecoder;
+
+    fn writer(seg: u32, burst: u32) -> Writer {
+        Writer {
+            params: WriterParams { header_digest: false, data_digest: false, max_xmit_data_segment_length: seg, max_burst_length: burst },
+            stat_sn: 10,
+            window: Arc::new(Window::new(1, 8)),
+        }
+    }
+
+    fn decode_all(mut b: BytesMut) -> Vec<Pdu> {
+        let dec = PduDecoder { max_recv_data_segment_length: 1 << 20, ..Default::default() };
+        let mut v = Vec::new();
+        while let Some(p) = dec.decode(&mut b).unwrap() {
+            v.push(p);
+        }
+        v
+    }
+
+    #[test]
+    fn data_in_segmentation_with_phase_collapse() {
+        let mut w = writer(1024, 2048);
+        let mut out = BytesMut::new();
+        let done = ScsiDone { itt: 5, lun_raw: 0, resp: ScsiResponse::data(Bytes::from(vec![1u8; 3000])), edtl: 3000, read: true, write_residual: None, r2ts: 0 };
+        w.encode(Out::Scsi(Box::new(done)), &mut out);
+        let pdus = decode_all(out);
+        assert_eq!(pdus.len(), 3);
+        let f: Vec<u8> = pdus.iter().map(|p| p.bhs.flags()).collect();
+        assert_eq!(f, vec![0x00, 0x80, 0x81], "F at the burst end and the last PDU, S on the last");
+        assert_eq!(pdus[2].bhs.stat_sn(), 10);
+        assert_eq!(w.stat_sn, 11);
+        assert_eq!(pdus[2].bhs.buffer_offset(), 2048);
+        assert_eq!(pdus[2].bhs.data_sn(), 2);
+    }
+
+    #[test]
+    fn residuals_and_sense() {
+        let mut w = writer(8192, 1 << 20);
+        let mut out = BytesMut::new();
+        // Read of 512 bytes with EDTL 200: overflow, 200 bytes sent.
+        let done = ScsiDone { itt: 1, lun_raw: 0, resp: ScsiResponse::data(Bytes::from(vec![0u8; 512])), edtl: 200, read: true, write_residual: None, r2ts: 0 };
+        w.encode(Out::Scsi(Box::new(done)), &mut out);
+        let p = decode_all(out.split());
+        assert_eq!(p[0].data.len(), 200);
+        assert_eq!(p[0].bhs.flags() & 0x06, 0x04);
+        assert_eq!(p[0].bhs.residual_count(), 312);
+        // Check condition: separate response with sense.
+        let sense = scsi::SenseData::lba_out_of_range();
+        let done = ScsiDone { itt: 2, lun_raw: 0, resp: ScsiResponse::check(sense), edtl: 512, read: true, write_residual: None, r2ts: 0 };
+        w.encode(Out::Scsi(Box::new(done)), &mut out);
+        let p = decode_all(out.split());
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].bhs.opcode(), Some(Opcode::ScsiResponse));
+        assert_eq!(p[0].bhs.0[3], 2);
+        assert_eq!(p[0].bhs.flags() & 0x06, 0x02, "underflow of the whole EDTL");
+        assert_eq!(&p[0].data[..2], &[0, 18]);
+    }
+
+    #[test]
+    fn window_bounds_outstanding_commands() {
+        let w = Window::new(1, 2);
+        assert_eq!(w.stamp(), (1, 2));
+        assert_eq!(w.accept(1, true), Acceptance::Accepted);
+        assert_eq!(w.stamp(), (2, 2), "one outstanding: MaxCmdSN holds");
+        assert_eq!(w.accept(3, true), Acceptance::Ignore);
+        w.complete();
+        assert_eq!(w.stamp(), (2, 3));
+        assert_eq!(w.accept(1, false), Acceptance::Ignore, "duplicate");
+    }
+}

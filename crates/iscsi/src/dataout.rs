@@ -1,0 +1,235 @@
+//! Collecting a SCSI command's data-out buffer (RFC 7143 §4.2.3.1, §11.7, §11.8):
+//! immediate data, unsolicited Data-Out up to FirstBurstLength, then solicited Data-Out in
+//! bursts of at most MaxBurstLength, each asked for by an R2T, with at most MaxOutstandingR2T
+//! R2Ts in flight.
+//!
+//! [`WriteTransfer`] is a state machine: the driver feeds it Data-Out PDUs and sends the R2Ts
+//! it asks for; it never touches a socket.
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::pdu::RESERVED_TAG;
+
+/// The negotiated keys that shape a transfer.
+#[derive(Debug, Clone, Copy)]
+pub struct TransferParams {
+    pub initial_r2t: bool,
+    pub first_burst_length: u32,
+    pub max_burst_length: u32,
+    pub max_outstanding_r2t: u32,
+}
+
+/// An R2T to send (RFC 7143 §11.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct R2t {
+    pub ttt: u32,
+    pub r2t_sn: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// Data-Out PDUs that break the sequence rules. At error recovery level 0 these end the
+/// connection (RFC 7143 §7.1.4.1: the target cannot ask for a retransmission).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DataOutError {
+    #[error("Data-Out with target transfer tag {0:#x} that no R2T gave")]
+    UnknownTtt(u32),
+    #[error("Data-Out DataSN {got}, expected {expected}")]
+    DataSn { expected: u32, got: u32 },
+    #[error("Data-Out at offset {offset}+{len} outside the burst {start}+{burst}")]
+    Offset { offset: u32, len: u32, start: u32, burst: u32 },
+    #[error("unsolicited Data-Out that was not allowed")]
+    Unsolicited,
+}
+
+#[derive(Debug, Clone)]
+struct Burst {
+    ttt: u32,
+    offset: u32,
+    len: u32,
+    next_sn: u32,
+    received: u32,
+}
+
+/// The data-out side of one write-direction SCSI command.
+#[derive(Debug)]
+pub struct WriteTransfer {
+    /// Bytes kept for the command (the rest, beyond what the command needs, is discarded).
+    buf: BytesMut,
+    /// We solicit data up to this offset.
+    solicit_end: u32,
+    unsolicited: Option<Burst>,
+    next_offset: u32,
+    r2t_sn: u32,
+    bursts: Vec<Burst>,
+    received: u64,
+}
+
+impl WriteTransfer {
+    /// Starts a transfer: `edtl` is the command's Expected Data Transfer Length, `keep` how
+    /// many bytes of it the command needs (at most `edtl`), `immediate` the command PDU's
+    /// data segment and `final_bit` its F bit (set when no unsolicited Data-Out follows).
+    pub fn new(edtl: u32, keep: u32, immediate: &[u8], final_bit: bool, p: &TransferParams) -> Self {
+        let keep = keep.min(edtl);
+        let mut t = WriteTransfer {
+            buf: BytesMut::zeroed(keep as usize),
+            solicit_end: keep,
+            unsolicited: None,
+            next_offset: 0,
+            r2t_sn: 0,
+            bursts: Vec::new(),
+            received: 0,
+        };
+        t.store(0, immediate);
+        let imm = (immediate.len() as u32).min(edtl);
+        t.next_offset = imm;
+        if !p.initial_r2t && !final_bit {
+            let limit = p.first_burst_length.min(edtl);
+            if limit > imm {
+                t.unsolicited = Some(Burst { ttt: RESERVED_TAG, offset: imm, len: limit - imm, next_sn: 0, received: 0 });
+            }
+        }
+        t
+    }
+
+    fn store(&mut self, offset: u32, data: &[u8]) {
+        self.received += data.len() as u64;
+        let start = offset as usize;
+        if start < self.buf.len() {
+            let n = data.len().min(self.buf.len() - start);
+            self.buf[start..start + n].copy_from_slice(&data[..n]);
+        }
+    }
+
+    /// The R2Ts to send now; `next_ttt` hands out target transfer tags.
+    pub fn next_r2ts(&mut self, p: &TransferParams, next_ttt: &mut dyn FnMut() -> u32) -> Vec<R2t> {
+        let mut out = Vec::new();
+        if self.unsolicited.is_some() {
+            return out;
+        }
+        while self.next_offset < self.solicit_end && (self.bursts.len() as u32) < p.max_outstanding_r2t.max(1) {
+            let len = (self.solicit_end - self.next_offset).min(p.max_burst_length.max(512));
+            let ttt = next_ttt();
+            let r = R2t { ttt, r2t_sn: self.r2t_sn, offset: self.next_offset, len };
+            self.r2t_sn += 1;
+            self.bursts.push(Burst { ttt, offset: r.offset, len, next_sn: 0, received: 0 });
+            self.next_offset += len;
+            out.push(r);
+        }
+        out
+    }
+
+    /// Takes one Data-Out PDU (RFC 7143 §11.7).
+    pub fn on_data_out(&mut self, ttt: u32, data_sn: u32, offset: u32, data: &[u8], final_bit: bool) -> Result<(), DataOutError> {
+        let (burst, unsolicited) = if ttt == RESERVED_TAG {
+            (self.unsolicited.as_mut().ok_or(DataOutError::Unsolicited)?, true)
+        } else {
+            (self.bursts.iter_mut().find(|b| b.ttt == ttt).ok_or(DataOutError::UnknownTtt(ttt))?, false)
+        };
+        if data_sn != burst.next_sn {
+            return Err(DataOutError::DataSn { expected: burst.next_sn, got: data_sn });
+        }
+        let len = data.len() as u32;
+        let end = offset as u64 + len as u64;
+        if offset < burst.offset || end > burst.offset as u64 + burst.len as u64 {
+            return Err(DataOutError::Offset { offset, len, start: burst.offset, burst: burst.len });
+        }
+        burst.next_sn += 1;
+        burst.received += len;
+        let done = final_bit || burst.received >= burst.len;
+        let (b_ttt, b_end) = (burst.ttt, burst.offset + burst.received);
+        self.store(offset, data);
+        if done {
+            if unsolicited {
+                self.unsolicited = None;
+                // Solicit the rest from where the unsolicited data ended.
+                self.next_offset = self.next_offset.max(b_end);
+            } else {
+                self.bursts.retain(|b| b.ttt != b_ttt);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every byte the command needs has arrived.
+    pub fn is_complete(&self) -> bool {
+        self.unsolicited.is_none() && self.bursts.is_empty() && self.next_offset >= self.solicit_end
+    }
+
+    /// Number of R2Ts sent so far (for ExpDataSN in the SCSI Response).
+    pub fn r2t_count(&self) -> u32 {
+        self.r2t_sn
+    }
+
+    /// The data-out buffer.
+    pub fn into_data(self) -> Bytes {
+        self.buf.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(initial_r2t: bool) -> TransferParams {
+        TransferParams { initial_r2t, first_burst_length: 1024, max_burst_length: 2048, max_outstanding_r2t: 2 }
+    }
+
+    #[test]
+    fn immediate_unsolicited_and_solicited() {
+        let p = params(false);
+        let mut t = WriteTransfer::new(8192, 8192, &[1u8; 512], false, &p);
+        let mut tag = 10;
+        let mut next = || {
+            tag += 1;
+            tag
+        };
+        assert!(t.next_r2ts(&p, &mut next).is_empty(), "unsolicited data first");
+        t.on_data_out(RESERVED_TAG, 0, 512, &[2u8; 512], true).unwrap();
+        let r = t.next_r2ts(&p, &mut next);
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].offset, r[0].len, r[0].r2t_sn), (1024, 2048, 0));
+        assert_eq!((r[1].offset, r[1].len, r[1].r2t_sn), (3072, 2048, 1));
+        t.on_data_out(r[0].ttt, 0, 1024, &[3u8; 1024], false).unwrap();
+        t.on_data_out(r[0].ttt, 1, 2048, &[3u8; 1024], true).unwrap();
+        let r2 = t.next_r2ts(&p, &mut next);
+        assert_eq!((r2[0].offset, r2[0].len), (5120, 2048));
+        t.on_data_out(r[1].ttt, 0, 3072, &[4u8; 2048], true).unwrap();
+        let r3 = t.next_r2ts(&p, &mut next);
+        assert_eq!((r3[0].offset, r3[0].len), (7168, 1024));
+        t.on_data_out(r2[0].ttt, 0, 5120, &[5u8; 2048], true).unwrap();
+        assert!(!t.is_complete());
+        t.on_data_out(r3[0].ttt, 0, 7168, &[6u8; 1024], true).unwrap();
+        assert!(t.is_complete());
+        let d = t.into_data();
+        assert_eq!(d[0], 1);
+        assert_eq!(d[600], 2);
+        assert_eq!(d[8191], 6);
+    }
+
+    #[test]
+    fn sequence_errors() {
+        let p = params(true);
+        let mut t = WriteTransfer::new(1024, 1024, &[], true, &p);
+        assert_eq!(t.on_data_out(RESERVED_TAG, 0, 0, &[0; 512], true), Err(DataOutError::Unsolicited));
+        let r = t.next_r2ts(&p, &mut || 7);
+        assert_eq!(t.on_data_out(9, 0, 0, &[0; 512], false), Err(DataOutError::UnknownTtt(9)));
+        assert!(matches!(t.on_data_out(r[0].ttt, 1, 0, &[0; 512], false), Err(DataOutError::DataSn { .. })));
+        assert!(matches!(t.on_data_out(r[0].ttt, 0, 900, &[0; 512], false), Err(DataOutError::Offset { .. })));
+    }
+
+    #[test]
+    fn keeps_only_what_the_command_needs() {
+        let p = params(true);
+        // EDTL 10000 for a one-block write: solicit 512 only.
+        let mut t = WriteTransfer::new(10000, 512, &[], true, &p);
+        let r = t.next_r2ts(&p, &mut || 1);
+        assert_eq!(r, vec![R2t { ttt: 1, r2t_sn: 0, offset: 0, len: 512 }]);
+        t.on_data_out(1, 0, 0, &[9; 512], true).unwrap();
+        assert!(t.is_complete());
+        assert_eq!(t.into_data().len(), 512);
+        // Nothing to collect at all.
+        assert!(WriteTransfer::new(0, 0, &[], true, &p).is_complete());
+    }
+}
