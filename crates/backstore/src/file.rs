@@ -42,7 +42,11 @@ pub struct FileDevice {
 
 impl std::fmt::Debug for FileDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FileDevice({:?}, {} bytes)", self.inner.path, self.inner.size)
+        write!(
+            f,
+            "FileDevice({:?}, {} bytes)",
+            self.inner.path, self.inner.size
+        )
     }
 }
 
@@ -59,21 +63,36 @@ impl FileDevice {
                 if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
                 }
-                let f = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(path)?;
                 f.set_len(create_size.unwrap_or(0))?;
                 f
             }
             Err(e) => {
-                return Err(BackstoreError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))
+                return Err(BackstoreError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", path.display()),
+                )))
             }
         };
         let md = file.metadata()?;
         if !md.is_file() {
-            return Err(BackstoreError::Other(format!("{} is not a regular file", path.display())));
+            return Err(BackstoreError::Other(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
         }
         let mut sidecar = path.as_os_str().to_owned();
         sidecar.push(".rbdgw");
-        Ok(Self::from_file(file, md.len(), Meta::Dir(sidecar.into()), Some(path.to_path_buf())))
+        Ok(Self::from_file(
+            file,
+            md.len(),
+            Meta::Dir(sidecar.into()),
+            Some(path.to_path_buf()),
+        ))
     }
 
     /// A memory-backed device of `size` bytes: an anonymous memfd, sparse until written.
@@ -86,11 +105,24 @@ impl FileDevice {
         // SAFETY: fd is a freshly created descriptor that nothing else owns.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(size)?;
-        Ok(Self::from_file(file, size, Meta::Memory(Mutex::new(HashMap::new())), None))
+        Ok(Self::from_file(
+            file,
+            size,
+            Meta::Memory(Mutex::new(HashMap::new())),
+            None,
+        ))
     }
 
     fn from_file(file: File, size: u64, meta: Meta, path: Option<PathBuf>) -> Self {
-        FileDevice { inner: Arc::new(Inner { file, size, write_order: RwLock::new(()), meta, path }) }
+        FileDevice {
+            inner: Arc::new(Inner {
+                file,
+                size,
+                write_order: RwLock::new(()),
+                meta,
+                path,
+            }),
+        }
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T>
@@ -178,7 +210,10 @@ impl BlockDevice for FileDevice {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { discard_zeroes: true, allocation_status: true }
+        Capabilities {
+            discard_zeroes: true,
+            allocation_status: true,
+        }
     }
 
     async fn read(&self, offset: u64, len: usize) -> Result<Bytes> {
@@ -207,10 +242,16 @@ impl BlockDevice for FileDevice {
         check_range(offset, len, self.inner.size)?;
         self.blocking(move |i| {
             let _g = i.shared();
-            match i.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+            match i.fallocate(
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            ) {
                 Ok(()) => Ok(()),
                 // A file system without hole punching still owes zeroes (we advertise LBPRZ).
-                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(i.zero_by_writing(offset, len)?),
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    Ok(i.zero_by_writing(offset, len)?)
+                }
                 Err(e) => Err(e.into()),
             }
         })
@@ -221,7 +262,11 @@ impl BlockDevice for FileDevice {
         check_range(offset, len, self.inner.size)?;
         self.blocking(move |i| {
             let _g = i.shared();
-            match i.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+            match i.fallocate(
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            ) {
                 Ok(()) => Ok(()),
                 Err(_) => Ok(i.zero_by_writing(offset, len)?),
             }
@@ -229,8 +274,17 @@ impl BlockDevice for FileDevice {
         .await
     }
 
-    async fn compare_and_write(&self, offset: u64, compare: Bytes, data: Bytes) -> Result<Option<u64>> {
-        check_range(offset, compare.len().max(data.len()) as u64, self.inner.size)?;
+    async fn compare_and_write(
+        &self,
+        offset: u64,
+        compare: Bytes,
+        data: Bytes,
+    ) -> Result<Option<u64>> {
+        check_range(
+            offset,
+            compare.len().max(data.len()) as u64,
+            self.inner.size,
+        )?;
         self.blocking(move |i| {
             let _g = i.write_order.write().unwrap_or_else(|e| e.into_inner());
             let current = i.read_range(offset, compare.len())?;
@@ -251,10 +305,18 @@ impl BlockDevice for FileDevice {
             let data = i.seek(offset, libc::SEEK_DATA)?.unwrap_or(size);
             if data > offset {
                 // A hole from offset up to the next data.
-                return Ok(Extent { offset, len: data.min(end) - offset, mapped: false });
+                return Ok(Extent {
+                    offset,
+                    len: data.min(end) - offset,
+                    mapped: false,
+                });
             }
             let hole = i.seek(offset, libc::SEEK_HOLE)?.unwrap_or(size);
-            Ok(Extent { offset, len: hole.min(end).max(offset + 1) - offset, mapped: true })
+            Ok(Extent {
+                offset,
+                len: hole.min(end).max(offset + 1) - offset,
+                mapped: true,
+            })
         })
         .await
     }
@@ -262,10 +324,16 @@ impl BlockDevice for FileDevice {
     async fn metadata_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let key = key.to_string();
         match &self.inner.meta {
-            Meta::Memory(m) => Ok(m.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned()),
+            Meta::Memory(m) => Ok(m
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .cloned()),
             Meta::Dir(_) => {
                 self.blocking(move |i| {
-                    let Meta::Dir(dir) = &i.meta else { unreachable!() };
+                    let Meta::Dir(dir) = &i.meta else {
+                        unreachable!()
+                    };
                     match std::fs::read(dir.join(&key)) {
                         Ok(v) => Ok(Some(v)),
                         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -281,12 +349,16 @@ impl BlockDevice for FileDevice {
         let key = key.to_string();
         match &self.inner.meta {
             Meta::Memory(m) => {
-                m.lock().unwrap_or_else(|e| e.into_inner()).insert(key, value);
+                m.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, value);
                 Ok(())
             }
             Meta::Dir(_) => {
                 self.blocking(move |i| {
-                    let Meta::Dir(dir) = &i.meta else { unreachable!() };
+                    let Meta::Dir(dir) = &i.meta else {
+                        unreachable!()
+                    };
                     std::fs::create_dir_all(dir)?;
                     // Write, sync, rename: a crash leaves the old value or the new one.
                     let tmp = dir.join(format!(".{key}.tmp.{}", std::process::id()));
@@ -303,7 +375,8 @@ impl BlockDevice for FileDevice {
     }
 
     async fn try_acquire_ownership(&self) -> Result<bool> {
-        self.blocking(|i| Ok(i.ofd_lock(libc::F_WRLCK as libc::c_short)?)).await
+        self.blocking(|i| Ok(i.ofd_lock(libc::F_WRLCK as libc::c_short)?))
+            .await
     }
 
     async fn release_ownership(&self) -> Result<()> {
@@ -320,7 +393,11 @@ mod tests {
     use super::*;
 
     fn tmpdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("rbdgw-bs-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let d = std::env::temp_dir().join(format!(
+            "rbdgw-bs-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -328,15 +405,30 @@ mod tests {
 
     async fn exercise(dev: FileDevice) {
         assert_eq!(dev.size(), 1 << 20);
-        dev.write(4096, Bytes::from(vec![7u8; 8192]), false).await.unwrap();
+        dev.write(4096, Bytes::from(vec![7u8; 8192]), false)
+            .await
+            .unwrap();
         assert_eq!(&dev.read(4096, 8192).await.unwrap()[..], &[7u8; 8192][..]);
-        assert!(matches!(dev.read((1 << 20) - 1, 2).await, Err(BackstoreError::OutOfRange { .. })));
+        assert!(matches!(
+            dev.read((1 << 20) - 1, 2).await,
+            Err(BackstoreError::OutOfRange { .. })
+        ));
         // Compare and write: mismatch offset, then success.
         let mut cmp = vec![7u8; 512];
         cmp[100] = 1;
-        let r = dev.compare_and_write(4096, Bytes::from(cmp), Bytes::from(vec![9u8; 512])).await.unwrap();
+        let r = dev
+            .compare_and_write(4096, Bytes::from(cmp), Bytes::from(vec![9u8; 512]))
+            .await
+            .unwrap();
         assert_eq!(r, Some(100));
-        let r = dev.compare_and_write(4096, Bytes::from(vec![7u8; 512]), Bytes::from(vec![9u8; 512])).await.unwrap();
+        let r = dev
+            .compare_and_write(
+                4096,
+                Bytes::from(vec![7u8; 512]),
+                Bytes::from(vec![9u8; 512]),
+            )
+            .await
+            .unwrap();
         assert_eq!(r, None);
         assert_eq!(&dev.read(4096, 512).await.unwrap()[..], &[9u8; 512][..]);
         // Discard reads back as zeroes and becomes a hole.
@@ -344,7 +436,9 @@ mod tests {
         assert_eq!(&dev.read(4096, 512).await.unwrap()[..], &[0u8; 512][..]);
         let e = dev.allocation(0, 1 << 20).await.unwrap();
         assert!(!e.mapped);
-        dev.write(131072, Bytes::from(vec![1u8; 4096]), true).await.unwrap();
+        dev.write(131072, Bytes::from(vec![1u8; 4096]), true)
+            .await
+            .unwrap();
         let e = dev.allocation(131072, 4096).await.unwrap();
         assert!(e.mapped, "{e:?}");
         dev.write_zeroes(131072, 4096).await.unwrap();
@@ -365,7 +459,10 @@ mod tests {
     async fn file_device_and_ownership() {
         let d = tmpdir();
         let p = d.join("img");
-        assert!(FileDevice::open(&p, None).is_err(), "missing file without size");
+        assert!(
+            FileDevice::open(&p, None).is_err(),
+            "missing file without size"
+        );
         let dev = FileDevice::open(&p, Some(1 << 20)).unwrap();
         exercise(dev.clone()).await;
         // A second open file description is another gateway: the lock excludes it.
@@ -374,7 +471,11 @@ mod tests {
         assert!(!other.try_acquire_ownership().await.unwrap());
         dev.release_ownership().await.unwrap();
         assert!(other.try_acquire_ownership().await.unwrap());
-        assert_eq!(other.metadata_get("pr").await.unwrap(), Some(b"v1".to_vec()), "metadata is shared");
+        assert_eq!(
+            other.metadata_get("pr").await.unwrap(),
+            Some(b"v1".to_vec()),
+            "metadata is shared"
+        );
         std::fs::remove_dir_all(d).unwrap();
     }
 }

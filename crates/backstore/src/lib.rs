@@ -61,7 +61,8 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn read(&self, offset: u64, len: usize) -> impl Future<Output = Result<Bytes>> + Send;
 
     /// Writes `data` at `offset`; with `fua` the data is durable when this returns.
-    fn write(&self, offset: u64, data: Bytes, fua: bool) -> impl Future<Output = Result<()>> + Send;
+    fn write(&self, offset: u64, data: Bytes, fua: bool)
+        -> impl Future<Output = Result<()>> + Send;
 
     /// Makes every completed write durable.
     fn flush(&self) -> impl Future<Output = Result<()>> + Send;
@@ -144,7 +145,12 @@ impl BlockDevice for Device {
     async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         dispatch!(self, d => d.write_zeroes(offset, len).await)
     }
-    async fn compare_and_write(&self, offset: u64, compare: Bytes, data: Bytes) -> Result<Option<u64>> {
+    async fn compare_and_write(
+        &self,
+        offset: u64,
+        compare: Bytes,
+        data: Bytes,
+    ) -> Result<Option<u64>> {
         dispatch!(self, d => d.compare_and_write(offset, compare, data).await)
     }
     async fn allocation(&self, offset: u64, len: u64) -> Result<Extent> {

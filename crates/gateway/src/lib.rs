@@ -4,7 +4,7 @@
 pub mod config;
 pub mod connection;
 pub mod discovery;
+pub mod plan;
 pub mod server;
 pub mod session;
 pub mod target;
-pub mod plan;

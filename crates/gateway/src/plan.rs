@@ -11,38 +11,107 @@ pub fn render(c: &Config, host: &str) -> String {
     let _ = writeln!(s, "host:   {host}");
     for t in &c.targets {
         let serves = t.tpgs.iter().any(|g| g.host == host);
-        let _ = writeln!(s, "\ntarget {}{}", t.iqn, if serves { "" } else { "  (not served by this host)" });
+        let _ = writeln!(
+            s,
+            "\ntarget {}{}",
+            t.iqn,
+            if serves {
+                ""
+            } else {
+                "  (not served by this host)"
+            }
+        );
         let auth = &t.auth;
         let mut a = auth.mode.name().to_string();
         if let Some(c) = &auth.tpg_chap {
-            let _ = write!(a, ", CHAP user {}{}", c.user, if c.mutual.is_some() { " (mutual)" } else { "" });
+            let _ = write!(
+                a,
+                ", CHAP user {}{}",
+                c.user,
+                if c.mutual.is_some() { " (mutual)" } else { "" }
+            );
         }
-        if auth.mode == AuthMode::Acls || auth.mode == AuthMode::Identified || auth.mode == AuthMode::TpgIdentified {
+        if auth.mode == AuthMode::Acls
+            || auth.mode == AuthMode::Identified
+            || auth.mode == AuthMode::TpgIdentified
+        {
             for acl in &auth.acls {
-                let _ = write!(a, "; initiator {}{}", acl.initiator, acl.chap.as_ref().map_or(String::new(), |c| format!(" (CHAP user {})", c.user)));
+                let _ = write!(
+                    a,
+                    "; initiator {}{}",
+                    acl.initiator,
+                    acl.chap
+                        .as_ref()
+                        .map_or(String::new(), |c| format!(" (CHAP user {})", c.user))
+                );
             }
         }
         if let Some(d) = &auth.discovery {
             let _ = write!(a, "; discovery CHAP user {}", d.user);
         }
         let _ = writeln!(s, "  auth: {a}");
-        let _ = writeln!(s, "  cmdsn depth {}, login timeout {}s{}", t.attributes.cmdsn_depth, t.attributes.login_timeout, if t.attributes.write_protect { ", write protected" } else { "" });
+        let _ = writeln!(
+            s,
+            "  cmdsn depth {}, login timeout {}s{}",
+            t.attributes.cmdsn_depth,
+            t.attributes.login_timeout,
+            if t.attributes.write_protect {
+                ", write protected"
+            } else {
+                ""
+            }
+        );
         for g in &t.tpgs {
             let addrs: Vec<String> = g.addresses.iter().map(|a| a.to_string()).collect();
-            let state = if g.host == host { "enabled here" } else { "disabled here" };
-            let _ = writeln!(s, "  tpg {}: host {}, portal {} [{}]  ({state})", g.tag, g.host, if g.portal_name.is_empty() { "-" } else { &g.portal_name }, addrs.join(", "));
+            let state = if g.host == host {
+                "enabled here"
+            } else {
+                "disabled here"
+            };
+            let _ = writeln!(
+                s,
+                "  tpg {}: host {}, portal {} [{}]  ({state})",
+                g.tag,
+                g.host,
+                if g.portal_name.is_empty() {
+                    "-"
+                } else {
+                    &g.portal_name
+                },
+                addrs.join(", ")
+            );
         }
         for l in &t.luns {
             let store = match &l.backstore {
                 BackstoreSpec::Rbd { pool, image } => format!("rbd {pool}/{image}"),
-                BackstoreSpec::File { path, size } => format!("file {path}{}", size.map_or(String::new(), |z| format!(" (created with {z} bytes if missing)"))),
+                BackstoreSpec::File { path, size } => format!(
+                    "file {path}{}",
+                    size.map_or(String::new(), |z| format!(
+                        " (created with {z} bytes if missing)"
+                    ))
+                ),
                 BackstoreSpec::Memory { size } => format!("memory {size} bytes"),
             };
-            let naa: String = scsi::inquiry::naa_designator(&l.serial).iter().map(|b| format!("{b:02x}")).collect();
-            let owner_tag = t.tpgs.iter().find(|g| g.host == l.owner).map_or(0, |g| g.tag);
+            let naa: String = scsi::inquiry::naa_designator(&l.serial)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let owner_tag = t
+                .tpgs
+                .iter()
+                .find(|g| g.host == l.owner)
+                .map_or(0, |g| g.tag);
             let _ = writeln!(s, "  lun {}: {store}", l.lun);
-            let _ = writeln!(s, "    serial {}  wwid naa.{naa}  block size {}", l.serial, l.attributes.block_size);
-            let _ = writeln!(s, "    owner {} (tpg {owner_tag} active/optimized)", l.owner);
+            let _ = writeln!(
+                s,
+                "    serial {}  wwid naa.{naa}  block size {}",
+                l.serial, l.attributes.block_size
+            );
+            let _ = writeln!(
+                s,
+                "    owner {} (tpg {owner_tag} active/optimized)",
+                l.owner
+            );
             if !l.initiators.is_empty() {
                 let _ = writeln!(s, "    mapped to {}", l.initiators.join(", "));
             }

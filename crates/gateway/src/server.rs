@@ -27,14 +27,22 @@ impl Server {
     pub async fn bind(gateway: Gateway) -> anyhow::Result<Server> {
         let mut listeners = Vec::new();
         for addr in gateway.listen_addresses() {
-            let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on portal {addr}"))?;
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on portal {addr}"))?;
             listeners.push((addr, l));
         }
-        Ok(Server { gateway: Arc::new(gateway), listeners })
+        Ok(Server {
+            gateway: Arc::new(gateway),
+            listeners,
+        })
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|(_, l)| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|(_, l)| l.local_addr().ok())
+            .collect()
     }
 
     pub fn gateway(&self) -> &Arc<Gateway> {
@@ -81,9 +89,14 @@ impl Server {
         accept_tasks.abort_all();
         let _ = shutdown_tx.send(true);
         let mut conns = connections.lock().await;
-        let drained = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+        let drained =
+            tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            warn!("{} connection(s) still open after {}s; closing them", conns.len(), grace.as_secs());
+            warn!(
+                "{} connection(s) still open after {}s; closing them",
+                conns.len(),
+                grace.as_secs()
+            );
             conns.abort_all();
         }
         info!("stopped");

@@ -17,7 +17,11 @@ pub struct SessionKey {
 
 impl SessionKey {
     pub fn new(initiator: &str, isid: [u8; 6], target: &str) -> Self {
-        SessionKey { initiator: initiator.to_ascii_lowercase(), isid, target: target.to_ascii_lowercase() }
+        SessionKey {
+            initiator: initiator.to_ascii_lowercase(),
+            isid,
+            target: target.to_ascii_lowercase(),
+        }
     }
 }
 
@@ -45,13 +49,27 @@ impl SessionRegistry {
     pub async fn register(&self, key: SessionKey, tsih: u16, grace: Duration) -> SessionHandle {
         let (kill_tx, kill_rx) = watch::channel(false);
         let (done_tx, done_rx) = oneshot::channel();
-        let old = self.lock().insert(key, Entry { tsih, kill: kill_tx, done: done_rx });
+        let old = self.lock().insert(
+            key,
+            Entry {
+                tsih,
+                kill: kill_tx,
+                done: done_rx,
+            },
+        );
         if let Some(old) = old {
-            tracing::info!(old_tsih = old.tsih, new_tsih = tsih, "session reinstatement: ending the old session");
+            tracing::info!(
+                old_tsih = old.tsih,
+                new_tsih = tsih,
+                "session reinstatement: ending the old session"
+            );
             let _ = old.kill.send(true);
             let _ = tokio::time::timeout(grace, old.done).await;
         }
-        SessionHandle { kill: kill_rx, done: done_tx }
+        SessionHandle {
+            kill: kill_rx,
+            done: done_tx,
+        }
     }
 
     /// Forgets a session that ended, unless a newer one took its key.

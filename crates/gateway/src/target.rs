@@ -32,7 +32,12 @@ impl TargetRuntime {
         self.cfg
             .luns
             .iter()
-            .filter(|l| l.initiators.is_empty() || l.initiators.iter().any(|i| i.eq_ignore_ascii_case(initiator)))
+            .filter(|l| {
+                l.initiators.is_empty()
+                    || l.initiators
+                        .iter()
+                        .any(|i| i.eq_ignore_ascii_case(initiator))
+            })
             .map(|l| l.lun)
             .collect()
     }
@@ -40,8 +45,16 @@ impl TargetRuntime {
     /// Whether `initiator` may log in at all, per the target's authentication mode.
     fn admits(&self, initiator: &str) -> bool {
         let named = || {
-            self.cfg.auth.acls.iter().any(|a| a.initiator.eq_ignore_ascii_case(initiator))
-                || self.cfg.luns.iter().any(|l| l.initiators.iter().any(|i| i.eq_ignore_ascii_case(initiator)))
+            self.cfg
+                .auth
+                .acls
+                .iter()
+                .any(|a| a.initiator.eq_ignore_ascii_case(initiator))
+                || self.cfg.luns.iter().any(|l| {
+                    l.initiators
+                        .iter()
+                        .any(|i| i.eq_ignore_ascii_case(initiator))
+                })
         };
         match self.cfg.auth.mode {
             AuthMode::None | AuthMode::Tpg => true,
@@ -60,7 +73,11 @@ pub struct Gateway {
 }
 
 fn secrets(c: &Chap) -> ChapSecrets {
-    ChapSecrets { user: c.user.clone(), secret: c.secret.clone(), mutual: c.mutual.clone() }
+    ChapSecrets {
+        user: c.user.clone(),
+        secret: c.secret.clone(),
+        mutual: c.mutual.clone(),
+    }
 }
 
 /// The target's login limits with an initiator's `param_*` overrides applied.
@@ -71,17 +88,20 @@ fn limits_for(params: Option<&BTreeMap<String, String>>) -> TargetLimits {
         let num = v.parse::<u32>().ok();
         let yes = v.eq_ignore_ascii_case("yes");
         let digests = || -> Vec<Digest> {
-            v.split(',').filter_map(|d| match d.trim() {
-                "None" => Some(Digest::None),
-                "CRC32C" => Some(Digest::Crc32c),
-                _ => None,
-            })
-            .collect()
+            v.split(',')
+                .filter_map(|d| match d.trim() {
+                    "None" => Some(Digest::None),
+                    "CRC32C" => Some(Digest::Crc32c),
+                    _ => None,
+                })
+                .collect()
         };
         match (k.as_str(), num) {
             ("MaxBurstLength", Some(n)) => l.max_burst_length = n.clamp(512, 16_777_215),
             ("FirstBurstLength", Some(n)) => l.first_burst_length = n.clamp(512, 16_777_215),
-            ("MaxRecvDataSegmentLength", Some(n)) => l.max_recv_data_segment_length = n.clamp(512, 16_777_215),
+            ("MaxRecvDataSegmentLength", Some(n)) => {
+                l.max_recv_data_segment_length = n.clamp(512, 16_777_215)
+            }
             ("MaxOutstandingR2T", Some(n)) => l.max_outstanding_r2t = n.max(1),
             ("DefaultTime2Wait", Some(n)) => l.default_time2wait = n,
             ("DefaultTime2Retain", Some(n)) => l.default_time2retain = n,
@@ -98,10 +118,13 @@ fn limits_for(params: Option<&BTreeMap<String, String>>) -> TargetLimits {
 fn open_device(lun: &Lun) -> anyhow::Result<Device> {
     match &lun.backstore {
         BackstoreSpec::File { path, size } => {
-            let dev = FileDevice::open(Path::new(path), *size).with_context(|| format!("opening file backstore {path}"))?;
+            let dev = FileDevice::open(Path::new(path), *size)
+                .with_context(|| format!("opening file backstore {path}"))?;
             Ok(Device::File(dev))
         }
-        BackstoreSpec::Memory { size } => Ok(Device::File(FileDevice::memory(*size).context("creating memory backstore")?)),
+        BackstoreSpec::Memory { size } => Ok(Device::File(
+            FileDevice::memory(*size).context("creating memory backstore")?,
+        )),
         BackstoreSpec::Rbd { pool, image } => {
             bail!("image {pool}/{image}: the rbd backstore is not in this build yet; use \"backstore\": \"file\" or \"memory\"")
         }
@@ -113,17 +136,34 @@ impl Gateway {
     pub async fn open(config: Config, host: &str) -> anyhow::Result<Gateway> {
         let mut targets = Vec::new();
         for t in &config.targets {
-            let Some(local) = t.tpgs_of(host).next() else { continue };
-            let port_groups: Vec<TargetPortGroup> = t.tpgs.iter().map(|g| TargetPortGroup { tag: g.tag, relative_port: g.tag }).collect();
+            let Some(local) = t.tpgs_of(host).next() else {
+                continue;
+            };
+            let port_groups: Vec<TargetPortGroup> = t
+                .tpgs
+                .iter()
+                .map(|g| TargetPortGroup {
+                    tag: g.tag,
+                    relative_port: g.tag,
+                })
+                .collect();
             let mut luns = BTreeMap::new();
             for l in &t.luns {
-                let dev = open_device(l).with_context(|| format!("target {} LUN {}", t.iqn, l.lun))?;
+                let dev =
+                    open_device(l).with_context(|| format!("target {} LUN {}", t.iqn, l.lun))?;
                 let size = backstore::BlockDevice::size(&dev);
                 if size < l.attributes.block_size as u64 {
-                    bail!("target {} LUN {}: the image is smaller than one block ({size} bytes)", t.iqn, l.lun);
+                    bail!(
+                        "target {} LUN {}: the image is smaller than one block ({size} bytes)",
+                        t.iqn,
+                        l.lun
+                    );
                 }
                 let mut c = LuConfig::new(l.lun, l.serial.clone(), t.iqn.clone());
-                c.product = format!("{} {}", l.backstore.kind(), l.image).chars().take(16).collect();
+                c.product = format!("{} {}", l.backstore.kind(), l.image)
+                    .chars()
+                    .take(16)
+                    .collect();
                 c.block_size = l.attributes.block_size;
                 c.read_only = t.attributes.write_protect;
                 c.local_tpg = local.tag;
@@ -131,9 +171,12 @@ impl Gateway {
                 c.write_cache = l.attributes.write_cache;
                 let a = &l.attributes;
                 c.max_unmap_lba_count = a.max_unmap_lba_count.unwrap_or(c.max_unmap_lba_count);
-                c.max_unmap_descriptors = a.max_unmap_block_desc_count.unwrap_or(c.max_unmap_descriptors);
+                c.max_unmap_descriptors = a
+                    .max_unmap_block_desc_count
+                    .unwrap_or(c.max_unmap_descriptors);
                 c.max_write_same_blocks = a.max_write_same_len.unwrap_or(c.max_write_same_blocks);
-                c.optimal_unmap_granularity = a.unmap_granularity.unwrap_or(c.optimal_unmap_granularity);
+                c.optimal_unmap_granularity =
+                    a.unmap_granularity.unwrap_or(c.optimal_unmap_granularity);
                 let lu = LogicalUnit::new(c, dev);
                 lu.load_persistent_state().await;
                 let owner_tag = t.tpgs.iter().find(|g| g.host == l.owner).map(|g| g.tag);
@@ -141,16 +184,27 @@ impl Gateway {
                 info!(target = %t.iqn, lun = l.lun, backstore = l.backstore.kind(), image = %l.image, serial = %l.serial, bytes = size, "LUN ready");
                 luns.insert(l.lun, Arc::new(lu));
             }
-            targets.push(Arc::new(TargetRuntime { cfg: t.clone(), luns }));
+            targets.push(Arc::new(TargetRuntime {
+                cfg: t.clone(),
+                luns,
+            }));
         }
         if targets.is_empty() {
             bail!("host {host} serves no target in {}", config.source_name);
         }
-        Ok(Gateway { host: host.to_string(), config, targets, sessions: SessionRegistry::default(), next_tsih: AtomicU16::new(1) })
+        Ok(Gateway {
+            host: host.to_string(),
+            config,
+            targets,
+            sessions: SessionRegistry::default(),
+            next_tsih: AtomicU16::new(1),
+        })
     }
 
     pub fn target(&self, iqn: &str) -> Option<&Arc<TargetRuntime>> {
-        self.targets.iter().find(|t| t.cfg.iqn.eq_ignore_ascii_case(iqn))
+        self.targets
+            .iter()
+            .find(|t| t.cfg.iqn.eq_ignore_ascii_case(iqn))
     }
 
     /// Distinct addresses to listen on.
@@ -170,7 +224,11 @@ impl Gateway {
 
     /// The TPG of `target` that a connection to `listen` reaches on this host.
     pub fn tpg_for(&self, target: &TargetRuntime, listen: SocketAddr) -> Option<u16> {
-        target.cfg.tpgs_of(&self.host).find(|g| g.addresses.contains(&listen)).map(|g| g.tag)
+        target
+            .cfg
+            .tpgs_of(&self.host)
+            .find(|g| g.addresses.contains(&listen))
+            .map(|g| g.tag)
     }
 
     /// A fresh, non-zero TSIH (RFC 7143 §11.12.4).
@@ -185,7 +243,10 @@ impl Gateway {
 
     /// Discovery CHAP, if any target asks for it (lrbd's `discovery` is global in LIO).
     fn discovery_chap(&self) -> Option<&Chap> {
-        self.config.targets.iter().find_map(|t| t.auth.discovery.as_ref())
+        self.config
+            .targets
+            .iter()
+            .find_map(|t| t.auth.discovery.as_ref())
     }
 
     /// Targets an initiator may discover.
@@ -196,7 +257,11 @@ impl Gateway {
             .filter(|t| match self.target(&t.iqn) {
                 Some(rt) => rt.admits(initiator),
                 // Served by other gateways only: apply the same rule on the config.
-                None => TargetRuntime { cfg: (*t).clone(), luns: BTreeMap::new() }.admits(initiator),
+                None => TargetRuntime {
+                    cfg: (*t).clone(),
+                    luns: BTreeMap::new(),
+                }
+                .admits(initiator),
             })
             .collect()
     }
@@ -209,11 +274,22 @@ pub struct LoginDirectory<'a> {
 }
 
 impl Directory for LoginDirectory<'_> {
-    fn grant(&self, st: SessionType, target: Option<&str>, initiator: &str) -> Result<Grant, LoginStatus> {
+    fn grant(
+        &self,
+        st: SessionType,
+        target: Option<&str>,
+        initiator: &str,
+    ) -> Result<Grant, LoginStatus> {
         let gw = self.gateway;
         if st == SessionType::Discovery {
-            let auth = gw.discovery_chap().map_or(AuthPolicy::None, |c| AuthPolicy::Chap(secrets(c)));
-            return Ok(Grant { auth, limits: TargetLimits::default(), alias: None });
+            let auth = gw
+                .discovery_chap()
+                .map_or(AuthPolicy::None, |c| AuthPolicy::Chap(secrets(c)));
+            return Ok(Grant {
+                auth,
+                limits: TargetLimits::default(),
+                alias: None,
+            });
         }
         let name = target.ok_or(LoginStatus::MISSING_PARAMETER)?;
         let t = gw.target(name).ok_or(LoginStatus::NOT_FOUND)?;
@@ -224,15 +300,29 @@ impl Directory for LoginDirectory<'_> {
         if !t.admits(initiator) {
             return Err(LoginStatus::AUTHORIZATION_FAILURE);
         }
-        let acl = t.cfg.auth.acls.iter().find(|a| a.initiator.eq_ignore_ascii_case(initiator));
+        let acl = t
+            .cfg
+            .auth
+            .acls
+            .iter()
+            .find(|a| a.initiator.eq_ignore_ascii_case(initiator));
         let auth = match t.cfg.auth.mode {
             AuthMode::None | AuthMode::Identified => AuthPolicy::None,
-            AuthMode::Tpg | AuthMode::TpgIdentified => t.cfg.auth.tpg_chap.as_ref().map_or(AuthPolicy::None, |c| AuthPolicy::Chap(secrets(c))),
+            AuthMode::Tpg | AuthMode::TpgIdentified => t
+                .cfg
+                .auth
+                .tpg_chap
+                .as_ref()
+                .map_or(AuthPolicy::None, |c| AuthPolicy::Chap(secrets(c))),
             AuthMode::Acls => match acl.and_then(|a| a.chap.as_ref()) {
                 Some(c) => AuthPolicy::Chap(secrets(c)),
                 None => return Err(LoginStatus::AUTHORIZATION_FAILURE),
             },
         };
-        Ok(Grant { auth, limits: limits_for(acl.map(|a| &a.params)), alias: None })
+        Ok(Grant {
+            auth,
+            limits: limits_for(acl.map(|a| &a.params)),
+            alias: None,
+        })
     }
 }

@@ -77,7 +77,11 @@ pub fn decode_binary(s: &str) -> Option<Vec<u8>> {
             return None;
         }
         // An odd number of digits has an implied leading zero.
-        let padded = if h.len() % 2 == 1 { format!("0{h}") } else { h.to_string() };
+        let padded = if h.len() % 2 == 1 {
+            format!("0{h}")
+        } else {
+            h.to_string()
+        };
         (0..padded.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(padded.get(i..i + 2)?, 16).ok())

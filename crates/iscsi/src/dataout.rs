@@ -38,7 +38,12 @@ pub enum DataOutError {
     #[error("Data-Out DataSN {got}, expected {expected}")]
     DataSn { expected: u32, got: u32 },
     #[error("Data-Out at offset {offset}+{len} outside the burst {start}+{burst}")]
-    Offset { offset: u32, len: u32, start: u32, burst: u32 },
+    Offset {
+        offset: u32,
+        len: u32,
+        start: u32,
+        burst: u32,
+    },
     #[error("unsolicited Data-Out that was not allowed")]
     Unsolicited,
 }
@@ -70,7 +75,13 @@ impl WriteTransfer {
     /// Starts a transfer: `edtl` is the command's Expected Data Transfer Length, `keep` how
     /// many bytes of it the command needs (at most `edtl`), `immediate` the command PDU's
     /// data segment and `final_bit` its F bit (set when no unsolicited Data-Out follows).
-    pub fn new(edtl: u32, keep: u32, immediate: &[u8], final_bit: bool, p: &TransferParams) -> Self {
+    pub fn new(
+        edtl: u32,
+        keep: u32,
+        immediate: &[u8],
+        final_bit: bool,
+        p: &TransferParams,
+    ) -> Self {
         let keep = keep.min(edtl);
         let mut t = WriteTransfer {
             buf: BytesMut::zeroed(keep as usize),
@@ -87,7 +98,13 @@ impl WriteTransfer {
         if !p.initial_r2t && !final_bit {
             let limit = p.first_burst_length.min(edtl);
             if limit > imm {
-                t.unsolicited = Some(Burst { ttt: RESERVED_TAG, offset: imm, len: limit - imm, next_sn: 0, received: 0 });
+                t.unsolicited = Some(Burst {
+                    ttt: RESERVED_TAG,
+                    offset: imm,
+                    len: limit - imm,
+                    next_sn: 0,
+                    received: 0,
+                });
             }
         }
         t
@@ -108,12 +125,25 @@ impl WriteTransfer {
         if self.unsolicited.is_some() {
             return out;
         }
-        while self.next_offset < self.solicit_end && (self.bursts.len() as u32) < p.max_outstanding_r2t.max(1) {
+        while self.next_offset < self.solicit_end
+            && (self.bursts.len() as u32) < p.max_outstanding_r2t.max(1)
+        {
             let len = (self.solicit_end - self.next_offset).min(p.max_burst_length.max(512));
             let ttt = next_ttt();
-            let r = R2t { ttt, r2t_sn: self.r2t_sn, offset: self.next_offset, len };
+            let r = R2t {
+                ttt,
+                r2t_sn: self.r2t_sn,
+                offset: self.next_offset,
+                len,
+            };
             self.r2t_sn += 1;
-            self.bursts.push(Burst { ttt, offset: r.offset, len, next_sn: 0, received: 0 });
+            self.bursts.push(Burst {
+                ttt,
+                offset: r.offset,
+                len,
+                next_sn: 0,
+                received: 0,
+            });
             self.next_offset += len;
             out.push(r);
         }
@@ -121,19 +151,43 @@ impl WriteTransfer {
     }
 
     /// Takes one Data-Out PDU (RFC 7143 §11.7).
-    pub fn on_data_out(&mut self, ttt: u32, data_sn: u32, offset: u32, data: &[u8], final_bit: bool) -> Result<(), DataOutError> {
+    pub fn on_data_out(
+        &mut self,
+        ttt: u32,
+        data_sn: u32,
+        offset: u32,
+        data: &[u8],
+        final_bit: bool,
+    ) -> Result<(), DataOutError> {
         let (burst, unsolicited) = if ttt == RESERVED_TAG {
-            (self.unsolicited.as_mut().ok_or(DataOutError::Unsolicited)?, true)
+            (
+                self.unsolicited.as_mut().ok_or(DataOutError::Unsolicited)?,
+                true,
+            )
         } else {
-            (self.bursts.iter_mut().find(|b| b.ttt == ttt).ok_or(DataOutError::UnknownTtt(ttt))?, false)
+            (
+                self.bursts
+                    .iter_mut()
+                    .find(|b| b.ttt == ttt)
+                    .ok_or(DataOutError::UnknownTtt(ttt))?,
+                false,
+            )
         };
         if data_sn != burst.next_sn {
-            return Err(DataOutError::DataSn { expected: burst.next_sn, got: data_sn });
+            return Err(DataOutError::DataSn {
+                expected: burst.next_sn,
+                got: data_sn,
+            });
         }
         let len = data.len() as u32;
         let end = offset as u64 + len as u64;
         if offset < burst.offset || end > burst.offset as u64 + burst.len as u64 {
-            return Err(DataOutError::Offset { offset, len, start: burst.offset, burst: burst.len });
+            return Err(DataOutError::Offset {
+                offset,
+                len,
+                start: burst.offset,
+                burst: burst.len,
+            });
         }
         burst.next_sn += 1;
         burst.received += len;
@@ -173,7 +227,12 @@ mod tests {
     use super::*;
 
     fn params(initial_r2t: bool) -> TransferParams {
-        TransferParams { initial_r2t, first_burst_length: 1024, max_burst_length: 2048, max_outstanding_r2t: 2 }
+        TransferParams {
+            initial_r2t,
+            first_burst_length: 1024,
+            max_burst_length: 2048,
+            max_outstanding_r2t: 2,
+        }
     }
 
     #[test]
@@ -185,22 +244,31 @@ mod tests {
             tag += 1;
             tag
         };
-        assert!(t.next_r2ts(&p, &mut next).is_empty(), "unsolicited data first");
-        t.on_data_out(RESERVED_TAG, 0, 512, &[2u8; 512], true).unwrap();
+        assert!(
+            t.next_r2ts(&p, &mut next).is_empty(),
+            "unsolicited data first"
+        );
+        t.on_data_out(RESERVED_TAG, 0, 512, &[2u8; 512], true)
+            .unwrap();
         let r = t.next_r2ts(&p, &mut next);
         assert_eq!(r.len(), 2);
         assert_eq!((r[0].offset, r[0].len, r[0].r2t_sn), (1024, 2048, 0));
         assert_eq!((r[1].offset, r[1].len, r[1].r2t_sn), (3072, 2048, 1));
-        t.on_data_out(r[0].ttt, 0, 1024, &[3u8; 1024], false).unwrap();
-        t.on_data_out(r[0].ttt, 1, 2048, &[3u8; 1024], true).unwrap();
+        t.on_data_out(r[0].ttt, 0, 1024, &[3u8; 1024], false)
+            .unwrap();
+        t.on_data_out(r[0].ttt, 1, 2048, &[3u8; 1024], true)
+            .unwrap();
         let r2 = t.next_r2ts(&p, &mut next);
         assert_eq!((r2[0].offset, r2[0].len), (5120, 2048));
-        t.on_data_out(r[1].ttt, 0, 3072, &[4u8; 2048], true).unwrap();
+        t.on_data_out(r[1].ttt, 0, 3072, &[4u8; 2048], true)
+            .unwrap();
         let r3 = t.next_r2ts(&p, &mut next);
         assert_eq!((r3[0].offset, r3[0].len), (7168, 1024));
-        t.on_data_out(r2[0].ttt, 0, 5120, &[5u8; 2048], true).unwrap();
+        t.on_data_out(r2[0].ttt, 0, 5120, &[5u8; 2048], true)
+            .unwrap();
         assert!(!t.is_complete());
-        t.on_data_out(r3[0].ttt, 0, 7168, &[6u8; 1024], true).unwrap();
+        t.on_data_out(r3[0].ttt, 0, 7168, &[6u8; 1024], true)
+            .unwrap();
         assert!(t.is_complete());
         let d = t.into_data();
         assert_eq!(d[0], 1);
@@ -212,11 +280,23 @@ mod tests {
     fn sequence_errors() {
         let p = params(true);
         let mut t = WriteTransfer::new(1024, 1024, &[], true, &p);
-        assert_eq!(t.on_data_out(RESERVED_TAG, 0, 0, &[0; 512], true), Err(DataOutError::Unsolicited));
+        assert_eq!(
+            t.on_data_out(RESERVED_TAG, 0, 0, &[0; 512], true),
+            Err(DataOutError::Unsolicited)
+        );
         let r = t.next_r2ts(&p, &mut || 7);
-        assert_eq!(t.on_data_out(9, 0, 0, &[0; 512], false), Err(DataOutError::UnknownTtt(9)));
-        assert!(matches!(t.on_data_out(r[0].ttt, 1, 0, &[0; 512], false), Err(DataOutError::DataSn { .. })));
-        assert!(matches!(t.on_data_out(r[0].ttt, 0, 900, &[0; 512], false), Err(DataOutError::Offset { .. })));
+        assert_eq!(
+            t.on_data_out(9, 0, 0, &[0; 512], false),
+            Err(DataOutError::UnknownTtt(9))
+        );
+        assert!(matches!(
+            t.on_data_out(r[0].ttt, 1, 0, &[0; 512], false),
+            Err(DataOutError::DataSn { .. })
+        ));
+        assert!(matches!(
+            t.on_data_out(r[0].ttt, 0, 900, &[0; 512], false),
+            Err(DataOutError::Offset { .. })
+        ));
     }
 
     #[test]
@@ -225,7 +305,15 @@ mod tests {
         // EDTL 10000 for a one-block write: solicit 512 only.
         let mut t = WriteTransfer::new(10000, 512, &[], true, &p);
         let r = t.next_r2ts(&p, &mut || 1);
-        assert_eq!(r, vec![R2t { ttt: 1, r2t_sn: 0, offset: 0, len: 512 }]);
+        assert_eq!(
+            r,
+            vec![R2t {
+                ttt: 1,
+                r2t_sn: 0,
+                offset: 0,
+                len: 512
+            }]
+        );
         t.on_data_out(1, 0, 0, &[9; 512], true).unwrap();
         assert!(t.is_complete());
         assert_eq!(t.into_data().len(), 512);

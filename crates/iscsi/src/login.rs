@@ -86,7 +86,12 @@ pub struct Grant {
 pub trait Directory {
     /// May `initiator` open a session of this type (to `target`, for a normal session) through
     /// this portal, and how must it authenticate?
-    fn grant(&self, session_type: SessionType, target: Option<&str>, initiator: &str) -> Result<Grant, LoginStatus>;
+    fn grant(
+        &self,
+        session_type: SessionType,
+        target: Option<&str>,
+        initiator: &str,
+    ) -> Result<Grant, LoginStatus>;
 }
 
 /// Per-portal facts the login needs.
@@ -136,7 +141,11 @@ enum AuthState {
     /// AuthMethod=CHAP agreed; waiting for CHAP_A.
     ChapWaitAlgorithm,
     /// Challenge sent; waiting for CHAP_N/CHAP_R.
-    ChapWaitResponse { alg: ChapAlgorithm, id: u8, challenge: Vec<u8> },
+    ChapWaitResponse {
+        alg: ChapAlgorithm,
+        id: u8,
+        challenge: Vec<u8>,
+    },
     /// Authenticated (or no authentication required).
     Done,
 }
@@ -205,7 +214,13 @@ impl Login {
         (self.isid, self.tsih)
     }
 
-    fn response(&mut self, transit: bool, next: Stage, status: LoginStatus, text: &TextPairs) -> Pdu {
+    fn response(
+        &mut self,
+        transit: bool,
+        next: Stage,
+        status: LoginStatus,
+        text: &TextPairs,
+    ) -> Pdu {
         let mut bhs = Bhs::new(Opcode::LoginResponse);
         let mut flags = (self.stage as u8) << 2;
         if transit {
@@ -215,7 +230,11 @@ impl Login {
         bhs.0[2] = 0; // Version-max
         bhs.0[3] = 0; // Version-active
         bhs.0[8..14].copy_from_slice(&self.isid);
-        let tsih = if transit && next == Stage::FullFeature { self.portal.tsih } else { self.tsih };
+        let tsih = if transit && next == Stage::FullFeature {
+            self.portal.tsih
+        } else {
+            self.tsih
+        };
         bhs.set_u16_at(14, tsih);
         bhs.set_itt(self.itt);
         bhs.set_stat_sn(self.stat_sn);
@@ -312,7 +331,10 @@ impl Login {
         if csg == Stage::Operational && !self.declared {
             self.declared = true;
             self.params.max_recv_data_segment_length = grant.limits.max_recv_data_segment_length;
-            answer.push("MaxRecvDataSegmentLength", grant.limits.max_recv_data_segment_length.to_string());
+            answer.push(
+                "MaxRecvDataSegmentLength",
+                grant.limits.max_recv_data_segment_length.to_string(),
+            );
         }
         if self.session_type == SessionType::Normal && !self.tpgt_sent {
             // RFC 7143 §13.9: returned in the first Login Response of a normal session.
@@ -331,7 +353,10 @@ impl Login {
             // Straight from security to full feature: declare our receive limit anyway.
             self.declared = true;
             self.params.max_recv_data_segment_length = grant.limits.max_recv_data_segment_length;
-            answer.push("MaxRecvDataSegmentLength", grant.limits.max_recv_data_segment_length.to_string());
+            answer.push(
+                "MaxRecvDataSegmentLength",
+                grant.limits.max_recv_data_segment_length.to_string(),
+            );
         }
         let r = self.response(true, nsg, LoginStatus::SUCCESS, &answer);
         if nsg == Stage::FullFeature {
@@ -371,7 +396,9 @@ impl Login {
             }
             return Ok(());
         }
-        let initiator = keys.get("InitiatorName").ok_or(LoginStatus::MISSING_PARAMETER)?;
+        let initiator = keys
+            .get("InitiatorName")
+            .ok_or(LoginStatus::MISSING_PARAMETER)?;
         if initiator.is_empty() {
             return Err(LoginStatus::MISSING_PARAMETER);
         }
@@ -388,7 +415,10 @@ impl Login {
         }
         let grant = dir.grant(self.session_type, target.as_deref(), initiator)?;
         self.target_name = target.filter(|_| self.session_type == SessionType::Normal);
-        if grant.auth == AuthPolicy::None && self.auth == AuthState::Start && keys.get("AuthMethod").is_none() {
+        if grant.auth == AuthPolicy::None
+            && self.auth == AuthState::Start
+            && keys.get("AuthMethod").is_none()
+        {
             // Nothing to authenticate: transit may happen whenever the initiator asks.
             self.auth = AuthState::Done;
         }
@@ -397,7 +427,12 @@ impl Login {
     }
 
     /// Security stage keys (RFC 7143 §12.1, §6.3.1).
-    fn security(&mut self, keys: &TextPairs, grant: &Grant, answer: &mut TextPairs) -> Result<(), LoginStatus> {
+    fn security(
+        &mut self,
+        keys: &TextPairs,
+        grant: &Grant,
+        answer: &mut TextPairs,
+    ) -> Result<(), LoginStatus> {
         if let Some(offer) = keys.get("AuthMethod") {
             let methods: Vec<&str> = offer.split(',').collect();
             match &grant.auth {
@@ -419,7 +454,8 @@ impl Login {
         match self.auth.clone() {
             AuthState::ChapWaitAlgorithm => {
                 if let Some(offer) = keys.get("CHAP_A") {
-                    let alg = ChapAlgorithm::choose(offer).ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
+                    let alg =
+                        ChapAlgorithm::choose(offer).ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
                     let id = chap::random_bytes(1)[0];
                     let challenge = chap::random_bytes(16);
                     answer.push("CHAP_A", (alg as u8).to_string());
@@ -440,13 +476,17 @@ impl Login {
                 match (keys.get("CHAP_I"), keys.get("CHAP_C"), &secrets.mutual) {
                     (Some(i), Some(c), Some((tuser, tsecret))) => {
                         let i: u8 = i.parse().map_err(|_| LoginStatus::AUTHENTICATION_FAILURE)?;
-                        let c = chap::decode_binary(c).ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
+                        let c =
+                            chap::decode_binary(c).ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
                         // RFC 7143 §12.1.3: a reflected challenge is an attack.
                         if c == challenge {
                             return Err(LoginStatus::AUTHENTICATION_FAILURE);
                         }
                         answer.push("CHAP_N", tuser.clone());
-                        answer.push("CHAP_R", chap::encode_hex(&alg.response(i, tsecret.as_bytes(), &c)));
+                        answer.push(
+                            "CHAP_R",
+                            chap::encode_hex(&alg.response(i, tsecret.as_bytes(), &c)),
+                        );
                     }
                     // The initiator asked us to authenticate but we have no secret, or we are
                     // configured for mutual CHAP and it did not ask: refuse either way.
@@ -468,7 +508,16 @@ impl Login {
 }
 
 fn is_declarative(k: &str) -> bool {
-    matches!(k, "InitiatorName" | "TargetName" | "SessionType" | "InitiatorAlias" | "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag")
+    matches!(
+        k,
+        "InitiatorName"
+            | "TargetName"
+            | "SessionType"
+            | "InitiatorAlias"
+            | "TargetAlias"
+            | "TargetAddress"
+            | "TargetPortalGroupTag"
+    )
 }
 
 #[cfg(test)]
@@ -477,16 +526,30 @@ mod tests {
 
     struct Dir(AuthPolicy);
     impl Directory for Dir {
-        fn grant(&self, st: SessionType, target: Option<&str>, _i: &str) -> Result<Grant, LoginStatus> {
+        fn grant(
+            &self,
+            st: SessionType,
+            target: Option<&str>,
+            _i: &str,
+        ) -> Result<Grant, LoginStatus> {
             if st == SessionType::Normal && target != Some("iqn.t") {
                 return Err(LoginStatus::NOT_FOUND);
             }
-            Ok(Grant { auth: self.0.clone(), limits: TargetLimits::default(), alias: None })
+            Ok(Grant {
+                auth: self.0.clone(),
+                limits: TargetLimits::default(),
+                alias: None,
+            })
         }
     }
 
     fn portal() -> PortalInfo {
-        PortalInfo { tpg_tag: 2, tsih: 9, initial_stat_sn: 100, cmd_window: 128 }
+        PortalInfo {
+            tpg_tag: 2,
+            tsih: 9,
+            initial_stat_sn: 100,
+            cmd_window: 128,
+        }
     }
 
     fn req(csg: u8, nsg: Option<u8>, text: &str) -> Pdu {
@@ -510,8 +573,17 @@ mod tests {
     fn no_auth_straight_to_full_feature() {
         let dir = Dir(AuthPolicy::None);
         let mut l = Login::new(portal());
-        let step = l.on_pdu(&req(1, Some(3), "InitiatorName=iqn.i|TargetName=iqn.t|HeaderDigest=None|MaxBurstLength=262144|"), &dir);
-        let LoginStep::Complete(r, res) = step else { panic!("{step:?}") };
+        let step = l.on_pdu(
+            &req(
+                1,
+                Some(3),
+                "InitiatorName=iqn.i|TargetName=iqn.t|HeaderDigest=None|MaxBurstLength=262144|",
+            ),
+            &dir,
+        );
+        let LoginStep::Complete(r, res) = step else {
+            panic!("{step:?}")
+        };
         assert_eq!(r.bhs.flags(), 0x80 | 1 << 2 | 3);
         assert_eq!(r.bhs.u16_at(14), 9, "TSIH assigned");
         assert_eq!(r.bhs.stat_sn(), 100);
@@ -528,16 +600,30 @@ mod tests {
     #[test]
     fn unknown_target_and_missing_names() {
         let dir = Dir(AuthPolicy::None);
-        let s = Login::new(portal()).on_pdu(&req(1, Some(3), "InitiatorName=iqn.i|TargetName=iqn.x|"), &dir);
+        let s = Login::new(portal()).on_pdu(
+            &req(1, Some(3), "InitiatorName=iqn.i|TargetName=iqn.x|"),
+            &dir,
+        );
         assert!(matches!(s, LoginStep::Fail(_, LoginStatus::NOT_FOUND)));
         let s = Login::new(portal()).on_pdu(&req(1, Some(3), "TargetName=iqn.t|"), &dir);
-        assert!(matches!(s, LoginStep::Fail(_, LoginStatus::MISSING_PARAMETER)));
+        assert!(matches!(
+            s,
+            LoginStep::Fail(_, LoginStatus::MISSING_PARAMETER)
+        ));
         let s = Login::new(portal()).on_pdu(&req(1, Some(3), "InitiatorName=iqn.i|"), &dir);
-        assert!(matches!(s, LoginStep::Fail(ref p, LoginStatus::MISSING_PARAMETER) if p.bhs.0[36] == 2 && p.bhs.0[37] == 7));
-        let s = Login::new(portal()).on_pdu(&req(1, Some(3), "InitiatorName=iqn.i|SessionType=Discovery|"), &dir);
+        assert!(
+            matches!(s, LoginStep::Fail(ref p, LoginStatus::MISSING_PARAMETER) if p.bhs.0[36] == 2 && p.bhs.0[37] == 7)
+        );
+        let s = Login::new(portal()).on_pdu(
+            &req(1, Some(3), "InitiatorName=iqn.i|SessionType=Discovery|"),
+            &dir,
+        );
         assert!(matches!(s, LoginStep::Complete(..)));
         let s = Login::new(portal()).on_pdu(&req(1, Some(3), "garbage|"), &dir);
-        assert!(matches!(s, LoginStep::Fail(_, LoginStatus::INITIATOR_ERROR)));
+        assert!(matches!(
+            s,
+            LoginStep::Fail(_, LoginStatus::INITIATOR_ERROR)
+        ));
     }
 
     #[test]
@@ -546,20 +632,43 @@ mod tests {
         let mut bhs = Bhs::new(Opcode::ScsiCommand);
         bhs.set_itt(3);
         let s = Login::new(portal()).on_pdu(&Pdu::new(bhs), &dir);
-        assert!(matches!(s, LoginStep::Fail(_, LoginStatus::INVALID_DURING_LOGIN)));
+        assert!(matches!(
+            s,
+            LoginStep::Fail(_, LoginStatus::INVALID_DURING_LOGIN)
+        ));
         // T bit going backwards.
-        let s = Login::new(portal()).on_pdu(&req(1, Some(0), "InitiatorName=iqn.i|TargetName=iqn.t|"), &dir);
-        assert!(matches!(s, LoginStep::Fail(_, LoginStatus::INITIATOR_ERROR)));
+        let s = Login::new(portal()).on_pdu(
+            &req(1, Some(0), "InitiatorName=iqn.i|TargetName=iqn.t|"),
+            &dir,
+        );
+        assert!(matches!(
+            s,
+            LoginStep::Fail(_, LoginStatus::INITIATOR_ERROR)
+        ));
     }
 
-    fn chap_login(secrets: ChapSecrets, user: &str, secret: &str, mutual: Option<&[u8]>) -> LoginStep {
+    fn chap_login(
+        secrets: ChapSecrets,
+        user: &str,
+        secret: &str,
+        mutual: Option<&[u8]>,
+    ) -> LoginStep {
         let dir = Dir(AuthPolicy::Chap(secrets));
         let mut l = Login::new(portal());
-        let LoginStep::Continue(r) = l.on_pdu(&req(0, None, "InitiatorName=iqn.i|TargetName=iqn.t|AuthMethod=CHAP,None|"), &dir) else {
+        let LoginStep::Continue(r) = l.on_pdu(
+            &req(
+                0,
+                None,
+                "InitiatorName=iqn.i|TargetName=iqn.t|AuthMethod=CHAP,None|",
+            ),
+            &dir,
+        ) else {
             panic!()
         };
         assert_eq!(text(&r).get("AuthMethod"), Some("CHAP"));
-        let LoginStep::Continue(r) = l.on_pdu(&req(0, None, "CHAP_A=7,5|"), &dir) else { panic!() };
+        let LoginStep::Continue(r) = l.on_pdu(&req(0, None, "CHAP_A=7,5|"), &dir) else {
+            panic!()
+        };
         let t = text(&r);
         let alg = ChapAlgorithm::choose(t.get("CHAP_A").unwrap()).unwrap();
         assert_eq!(alg, ChapAlgorithm::Sha256);
@@ -575,16 +684,38 @@ mod tests {
 
     #[test]
     fn chap_one_way_and_mutual() {
-        let s = ChapSecrets { user: "u".into(), secret: "s3cret-12byte".into(), mutual: None };
+        let s = ChapSecrets {
+            user: "u".into(),
+            secret: "s3cret-12byte".into(),
+            mutual: None,
+        };
         let step = chap_login(s.clone(), "u", "s3cret-12byte", None);
-        let LoginStep::Continue(r) = step else { panic!("{step:?}") };
+        let LoginStep::Continue(r) = step else {
+            panic!("{step:?}")
+        };
         assert_eq!(r.bhs.flags() & 0x83, 0x81, "transit to operational");
-        assert!(matches!(chap_login(s.clone(), "u", "wrong", None), LoginStep::Fail(_, LoginStatus::AUTHENTICATION_FAILURE)));
-        assert!(matches!(chap_login(s.clone(), "other", "s3cret-12byte", None), LoginStep::Fail(..)));
+        assert!(matches!(
+            chap_login(s.clone(), "u", "wrong", None),
+            LoginStep::Fail(_, LoginStatus::AUTHENTICATION_FAILURE)
+        ));
+        assert!(matches!(
+            chap_login(s.clone(), "other", "s3cret-12byte", None),
+            LoginStep::Fail(..)
+        ));
         // Mutual asked without a target secret.
-        assert!(matches!(chap_login(s, "u", "s3cret-12byte", Some(b"0123456789abcdef")), LoginStep::Fail(..)));
-        let m = ChapSecrets { user: "u".into(), secret: "s".into(), mutual: Some(("tu".into(), "ts".into())) };
-        let LoginStep::Continue(r) = chap_login(m.clone(), "u", "s", Some(b"0123456789abcdef")) else { panic!() };
+        assert!(matches!(
+            chap_login(s, "u", "s3cret-12byte", Some(b"0123456789abcdef")),
+            LoginStep::Fail(..)
+        ));
+        let m = ChapSecrets {
+            user: "u".into(),
+            secret: "s".into(),
+            mutual: Some(("tu".into(), "ts".into())),
+        };
+        let LoginStep::Continue(r) = chap_login(m.clone(), "u", "s", Some(b"0123456789abcdef"))
+        else {
+            panic!()
+        };
         let t = text(&r);
         assert_eq!(t.get("CHAP_N"), Some("tu"));
         let want = ChapAlgorithm::Sha256.response(7, b"ts", b"0123456789abcdef");
@@ -595,11 +726,31 @@ mod tests {
 
     #[test]
     fn chap_required_cannot_be_skipped() {
-        let dir = Dir(AuthPolicy::Chap(ChapSecrets { user: "u".into(), secret: "s".into(), mutual: None }));
-        let s = Login::new(portal()).on_pdu(&req(1, Some(3), "InitiatorName=iqn.i|TargetName=iqn.t|"), &dir);
-        assert!(matches!(s, LoginStep::Fail(_, LoginStatus::AUTHENTICATION_FAILURE)));
-        let s = Login::new(portal()).on_pdu(&req(0, Some(1), "InitiatorName=iqn.i|TargetName=iqn.t|AuthMethod=None|"), &dir);
-        assert!(matches!(s, LoginStep::Fail(_, LoginStatus::AUTHENTICATION_FAILURE)));
+        let dir = Dir(AuthPolicy::Chap(ChapSecrets {
+            user: "u".into(),
+            secret: "s".into(),
+            mutual: None,
+        }));
+        let s = Login::new(portal()).on_pdu(
+            &req(1, Some(3), "InitiatorName=iqn.i|TargetName=iqn.t|"),
+            &dir,
+        );
+        assert!(matches!(
+            s,
+            LoginStep::Fail(_, LoginStatus::AUTHENTICATION_FAILURE)
+        ));
+        let s = Login::new(portal()).on_pdu(
+            &req(
+                0,
+                Some(1),
+                "InitiatorName=iqn.i|TargetName=iqn.t|AuthMethod=None|",
+            ),
+            &dir,
+        );
+        assert!(matches!(
+            s,
+            LoginStep::Fail(_, LoginStatus::AUTHENTICATION_FAILURE)
+        ));
     }
 
     #[test]
@@ -608,8 +759,13 @@ mod tests {
         let mut l = Login::new(portal());
         let mut first = req(1, None, "InitiatorName=iqn.i|TargetNa");
         first.bhs.0[1] |= 0x40;
-        let LoginStep::Continue(r) = l.on_pdu(&first, &dir) else { panic!() };
+        let LoginStep::Continue(r) = l.on_pdu(&first, &dir) else {
+            panic!()
+        };
         assert!(r.data.is_empty());
-        assert!(matches!(l.on_pdu(&req(1, Some(3), "me=iqn.t|"), &dir), LoginStep::Complete(..)));
+        assert!(matches!(
+            l.on_pdu(&req(1, Some(3), "me=iqn.t|"), &dir),
+            LoginStep::Complete(..)
+        ));
     }
 }

@@ -166,14 +166,24 @@ const NORMAL_ONLY: &[&str] = &[
 impl Negotiated {
     /// Answers one operational key offered by the initiator and records the result.
     /// `discovery` is true for SessionType=Discovery.
-    pub fn answer(&mut self, limits: &TargetLimits, key: &str, value: &str, discovery: bool) -> Answer {
+    pub fn answer(
+        &mut self,
+        limits: &TargetLimits,
+        key: &str,
+        value: &str,
+        discovery: bool,
+    ) -> Answer {
         if discovery && NORMAL_ONLY.contains(&key) {
             return Answer::Value("Irrelevant".into());
         }
         let reject = || Answer::Value("Reject".into());
         match key {
             "HeaderDigest" | "DataDigest" => {
-                let ours = if key == "HeaderDigest" { &limits.header_digests } else { &limits.data_digests };
+                let ours = if key == "HeaderDigest" {
+                    &limits.header_digests
+                } else {
+                    &limits.data_digests
+                };
                 // RFC 7143 §6.2.1: the responder picks the first value of the offer it supports.
                 let offered: Vec<Digest> = value.split(',').filter_map(Digest::parse).collect();
                 match offered.into_iter().find(|d| ours.contains(d)) {
@@ -242,7 +252,8 @@ impl Negotiated {
             },
             "FirstBurstLength" => match parse_num(value, 512, 16_777_215) {
                 Some(n) => {
-                    self.first_burst_length = n.min(limits.first_burst_length).min(self.max_burst_length);
+                    self.first_burst_length =
+                        n.min(limits.first_burst_length).min(self.max_burst_length);
                     Answer::Value(n.min(limits.first_burst_length).to_string())
                 }
                 None => reject(),
@@ -340,8 +351,16 @@ mod tests {
             ("MaxConnections", "8", "1"),
             ("InitialR2T", "No", "No"),
             ("ImmediateData", "Yes", "Yes"),
-            ("MaxBurstLength", "16776192", &limits.max_burst_length.to_string()),
-            ("FirstBurstLength", "1048576", &limits.first_burst_length.to_string()),
+            (
+                "MaxBurstLength",
+                "16776192",
+                &limits.max_burst_length.to_string(),
+            ),
+            (
+                "FirstBurstLength",
+                "1048576",
+                &limits.first_burst_length.to_string(),
+            ),
             ("FirstBurstLength", "4096", "4096"),
             ("DefaultTime2Wait", "0", "2"),
             ("DefaultTime2Retain", "20", "0"),
@@ -356,7 +375,10 @@ mod tests {
         ] {
             assert_eq!(ans(&mut n, k, offer), val(want), "{k}={offer}");
         }
-        assert_eq!(ans(&mut n, "MaxRecvDataSegmentLength", "65536"), Answer::None);
+        assert_eq!(
+            ans(&mut n, "MaxRecvDataSegmentLength", "65536"),
+            Answer::None
+        );
         assert_eq!(n.max_xmit_data_segment_length, 65536);
         assert_eq!(n.header_digest, Digest::Crc32c);
         assert_eq!(n.first_burst_length, 512, "clamped to MaxBurstLength");
@@ -371,7 +393,10 @@ mod tests {
 
     #[test]
     fn initial_r2t_or_function() {
-        let limits = TargetLimits { initial_r2t: true, ..Default::default() };
+        let limits = TargetLimits {
+            initial_r2t: true,
+            ..Default::default()
+        };
         let mut n = Negotiated::default();
         assert_eq!(n.answer(&limits, "InitialR2T", "No", false), val("Yes"));
         assert!(n.initial_r2t);

@@ -94,7 +94,13 @@ pub struct Bhs(pub [u8; BHS_LEN]);
 
 impl std::fmt::Debug for Bhs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Bhs({:?} itt={:#x} len={})", self.opcode(), self.itt(), self.data_segment_len())
+        write!(
+            f,
+            "Bhs({:?} itt={:#x} len={})",
+            self.opcode(),
+            self.itt(),
+            self.data_segment_len()
+        )
     }
 }
 
@@ -129,7 +135,12 @@ impl Bhs {
     }
 
     pub fn u32_at(&self, off: usize) -> u32 {
-        u32::from_be_bytes([self.0[off], self.0[off + 1], self.0[off + 2], self.0[off + 3]])
+        u32::from_be_bytes([
+            self.0[off],
+            self.0[off + 1],
+            self.0[off + 2],
+            self.0[off + 3],
+        ])
     }
 
     pub fn set_u32_at(&mut self, off: usize, v: u32) {
@@ -207,16 +218,51 @@ impl Bhs {
         self
     }
 
-    u32_field!(itt, set_itt, 16, "Initiator Task Tag (all PDUs but Reject's reserved one).");
+    u32_field!(
+        itt,
+        set_itt,
+        16,
+        "Initiator Task Tag (all PDUs but Reject's reserved one)."
+    );
     u32_field!(ttt, set_ttt, 20, "Target Transfer Tag (Data, R2T, NOP, Text); Referenced Task Tag (TMF); Expected Data Transfer Length (SCSI Command).");
     u32_field!(cmd_sn, set_cmd_sn, 24, "CmdSN (initiator requests).");
     u32_field!(stat_sn, set_stat_sn, 24, "StatSN (target responses).");
-    u32_field!(exp_stat_sn, set_exp_stat_sn, 28, "ExpStatSN (initiator requests).");
-    u32_field!(exp_cmd_sn, set_exp_cmd_sn, 28, "ExpCmdSN (target responses).");
-    u32_field!(max_cmd_sn, set_max_cmd_sn, 32, "MaxCmdSN (target responses); RefCmdSN (TMF request).");
-    u32_field!(data_sn, set_data_sn, 36, "DataSN (Data-In/Out), R2TSN (R2T), ExpDataSN (SCSI Response, TMF request).");
-    u32_field!(buffer_offset, set_buffer_offset, 40, "Buffer Offset (Data-In/Out, R2T).");
-    u32_field!(residual_count, set_residual_count, 44, "Residual Count (Data-In, SCSI Response); Desired Data Transfer Length (R2T).");
+    u32_field!(
+        exp_stat_sn,
+        set_exp_stat_sn,
+        28,
+        "ExpStatSN (initiator requests)."
+    );
+    u32_field!(
+        exp_cmd_sn,
+        set_exp_cmd_sn,
+        28,
+        "ExpCmdSN (target responses)."
+    );
+    u32_field!(
+        max_cmd_sn,
+        set_max_cmd_sn,
+        32,
+        "MaxCmdSN (target responses); RefCmdSN (TMF request)."
+    );
+    u32_field!(
+        data_sn,
+        set_data_sn,
+        36,
+        "DataSN (Data-In/Out), R2TSN (R2T), ExpDataSN (SCSI Response, TMF request)."
+    );
+    u32_field!(
+        buffer_offset,
+        set_buffer_offset,
+        40,
+        "Buffer Offset (Data-In/Out, R2T)."
+    );
+    u32_field!(
+        residual_count,
+        set_residual_count,
+        44,
+        "Residual Count (Data-In, SCSI Response); Desired Data Transfer Length (R2T)."
+    );
 
     /// Expected Data Transfer Length of a SCSI Command (RFC 7143 §11.3.4).
     pub fn expected_data_transfer_length(&self) -> u32 {
@@ -263,13 +309,21 @@ pub struct Pdu {
 
 impl Pdu {
     pub fn new(bhs: Bhs) -> Self {
-        Pdu { bhs, ahs: Bytes::new(), data: Bytes::new() }
+        Pdu {
+            bhs,
+            ahs: Bytes::new(),
+            data: Bytes::new(),
+        }
     }
 
     /// A PDU with a data segment; DataSegmentLength is set from `data`.
     pub fn with_data(mut bhs: Bhs, data: Bytes) -> Self {
         bhs.set_data_segment_len(data.len());
-        Pdu { bhs, ahs: Bytes::new(), data }
+        Pdu {
+            bhs,
+            ahs: Bytes::new(),
+            data,
+        }
     }
 
     /// Appends the wire form of this PDU to `out`. DataSegmentLength and TotalAHSLength are
@@ -338,7 +392,11 @@ pub struct PduDecoder {
 
 impl Default for PduDecoder {
     fn default() -> Self {
-        PduDecoder { header_digest: false, data_digest: false, max_recv_data_segment_length: 8192 }
+        PduDecoder {
+            header_digest: false,
+            data_digest: false,
+            max_recv_data_segment_length: 8192,
+        }
     }
 }
 
@@ -354,7 +412,9 @@ impl PduDecoder {
 
     /// Takes one PDU off the front of `buf`: `Ok(None)` means "read more".
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Pdu>, PduError> {
-        let Some(total) = self.needed(buf) else { return Ok(None) };
+        let Some(total) = self.needed(buf) else {
+            return Ok(None);
+        };
         if buf.len() < total {
             buf.reserve(total - buf.len());
             return Ok(None);
@@ -386,7 +446,11 @@ impl PduDecoder {
             });
         }
         data.truncate(len);
-        Ok(Some(Pdu { bhs, ahs: header.slice(BHS_LEN..), data }))
+        Ok(Some(Pdu {
+            bhs,
+            ahs: header.slice(BHS_LEN..),
+            data,
+        }))
     }
 }
 
@@ -462,7 +526,10 @@ mod tests {
     fn header_digest_mismatch_is_fatal() {
         let mut wire = BytesMut::from(&sample(Opcode::NopOut, b"").to_bytes(true, false)[..]);
         wire[49] ^= 1;
-        let dec = PduDecoder { header_digest: true, ..Default::default() };
+        let dec = PduDecoder {
+            header_digest: true,
+            ..Default::default()
+        };
         let err = dec.decode(&mut wire).unwrap_err();
         assert!(matches!(err, PduError::HeaderDigest { .. }));
         assert!(!err.is_recoverable());
@@ -474,8 +541,14 @@ mod tests {
         let mut wire = BytesMut::from(&pdu.to_bytes(false, true)[..]);
         wire[48] ^= 1;
         wire.extend_from_slice(&pdu.to_bytes(false, true));
-        let dec = PduDecoder { data_digest: true, ..Default::default() };
-        assert!(matches!(dec.decode(&mut wire), Err(PduError::DataDigest { .. })));
+        let dec = PduDecoder {
+            data_digest: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            dec.decode(&mut wire),
+            Err(PduError::DataDigest { .. })
+        ));
         assert_eq!(dec.decode(&mut wire).unwrap().unwrap(), pdu);
     }
 
@@ -485,14 +558,21 @@ mod tests {
         let mut wire = BytesMut::from(&pdu.to_bytes(false, false)[..]);
         let dec = PduDecoder::default();
         let err = dec.decode(&mut wire).unwrap_err();
-        assert!(matches!(err, PduError::DataSegmentTooLong { len: 9000, .. }));
+        assert!(matches!(
+            err,
+            PduError::DataSegmentTooLong { len: 9000, .. }
+        ));
         assert!(wire.is_empty());
     }
 
     #[test]
     fn truncated_input_never_panics() {
         let wire = sample(Opcode::TextRequest, b"SendTargets=All\0").to_bytes(true, true);
-        let dec = PduDecoder { header_digest: true, data_digest: true, ..Default::default() };
+        let dec = PduDecoder {
+            header_digest: true,
+            data_digest: true,
+            ..Default::default()
+        };
         for cut in 0..wire.len() {
             let mut buf = BytesMut::from(&wire[..cut]);
             assert!(dec.decode(&mut buf).unwrap().is_none());

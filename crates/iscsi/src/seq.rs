@@ -32,7 +32,10 @@ pub enum CmdSnCheck {
 
 impl CmdWindow {
     pub fn new(exp_cmd_sn: u32, depth: u32) -> Self {
-        CmdWindow { exp_cmd_sn, depth: depth.max(1) }
+        CmdWindow {
+            exp_cmd_sn,
+            depth: depth.max(1),
+        }
     }
 
     pub fn exp_cmd_sn(&self) -> u32 {

@@ -35,10 +35,14 @@ impl TextPairs {
                 continue;
             }
             let s = std::str::from_utf8(item).map_err(|_| TextError::NotUtf8)?;
-            let (k, v) = s.split_once('=').ok_or_else(|| TextError::MissingEquals(s.into()))?;
+            let (k, v) = s
+                .split_once('=')
+                .ok_or_else(|| TextError::MissingEquals(s.into()))?;
             if k.is_empty()
                 || k.len() > MAX_KEY_LEN
-                || !k.bytes().all(|c| c.is_ascii_alphanumeric() || b".-+@_".contains(&c))
+                || !k
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b".-+@_".contains(&c))
             {
                 return Err(TextError::BadKey(k.into()));
             }
@@ -52,7 +56,10 @@ impl TextPairs {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn push(&mut self, key: impl Into<String>, value: impl Into<String>) {
@@ -88,10 +95,22 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        assert_eq!(TextPairs::parse(b"junk\0"), Err(TextError::MissingEquals("junk".into())));
-        assert!(matches!(TextPairs::parse(b"=x\0"), Err(TextError::BadKey(_))));
-        assert!(matches!(TextPairs::parse(b"a b=x\0"), Err(TextError::BadKey(_))));
+        assert_eq!(
+            TextPairs::parse(b"junk\0"),
+            Err(TextError::MissingEquals("junk".into()))
+        );
+        assert!(matches!(
+            TextPairs::parse(b"=x\0"),
+            Err(TextError::BadKey(_))
+        ));
+        assert!(matches!(
+            TextPairs::parse(b"a b=x\0"),
+            Err(TextError::BadKey(_))
+        ));
         assert_eq!(TextPairs::parse(b"\xff=1\0"), Err(TextError::NotUtf8));
-        assert!(matches!(TextPairs::parse(b"A=1\0A=2\0"), Err(TextError::Duplicate(_))));
+        assert!(matches!(
+            TextPairs::parse(b"A=1\0A=2\0"),
+            Err(TextError::Duplicate(_))
+        ));
     }
 }

@@ -10,7 +10,11 @@ use gateway::server::Server;
 use gateway::target::Gateway;
 
 #[derive(Parser)]
-#[command(name = "rbdgw", version, about = "iSCSI gateway for Ceph RBD images, with multipath high availability")]
+#[command(
+    name = "rbdgw",
+    version,
+    about = "iSCSI gateway for Ceph RBD images, with multipath high availability"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,8 +52,12 @@ enum Command {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn load(config: &Path, host: Option<&str>) -> anyhow::Result<(Config, String)> {
@@ -100,7 +108,8 @@ fn demo_config(dir: &Path, port: u16) -> String {
 async fn demo(dir: &Path, port: u16) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("config.json");
-    std::fs::write(&path, demo_config(dir, port)).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, demo_config(dir, port))
+        .with_context(|| format!("writing {}", path.display()))?;
     let cfg = Config::load(&path)?;
     let mut servers = Vec::new();
     for host in ["gw1", "gw2"] {
@@ -123,7 +132,12 @@ async fn demo(dir: &Path, port: u16) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for s in servers {
         let mut rx = stop_tx.subscribe();
-        tasks.push(tokio::spawn(s.run(async move { let _ = rx.recv().await; }, Duration::from_secs(5))));
+        tasks.push(tokio::spawn(s.run(
+            async move {
+                let _ = rx.recv().await;
+            },
+            Duration::from_secs(5),
+        )));
     }
     termination().await;
     let _ = stop_tx.send(());
@@ -136,7 +150,10 @@ async fn demo(dir: &Path, port: u16) -> anyhow::Result<()> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rbdgw: cannot start the runtime: {e}");

@@ -56,7 +56,13 @@ impl<B: BlockDevice> LogicalUnit<B> {
         }
         let mut body = Vec::new();
         for g in &self.cfg.port_groups {
-            body.push(0x80 * (self.access_state(g.tag) == AccessState::ActiveOptimized) as u8 | self.access_state(g.tag) as u8);
+            let state = self.access_state(g.tag);
+            let pref = if state == AccessState::ActiveOptimized {
+                0x80
+            } else {
+                0
+            };
+            body.push(pref | state as u8);
             // Supported states: transitioning, unavailable, standby, non-optimized, optimized.
             body.push(0x80 | 0x08 | 0x04 | 0x02 | 0x01);
             body.extend_from_slice(&g.tag.to_be_bytes());

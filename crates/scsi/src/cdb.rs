@@ -10,7 +10,12 @@ pub fn be24(b: &[u8], off: usize) -> u32 {
 }
 
 pub fn be32(b: &[u8], off: usize) -> u32 {
-    u32::from_be_bytes([get(b, off), get(b, off + 1), get(b, off + 2), get(b, off + 3)])
+    u32::from_be_bytes([
+        get(b, off),
+        get(b, off + 1),
+        get(b, off + 2),
+        get(b, off + 3),
+    ])
 }
 
 pub fn be64(b: &[u8], off: usize) -> u64 {

@@ -23,18 +23,14 @@ pub fn naa_designator(serial: &str) -> [u8; 16] {
     b[1] = 0x01;
     b[2] = 0x40;
     b[3] = 0x50;
-    let mut nibble = 7; // nibbles written so far
-    for d in serial.chars().filter_map(|c| c.to_digit(16)) {
-        if nibble >= 32 {
-            break;
-        }
+    // Nibbles 0-6 hold NAA 6 and the company id; the serial's digits fill 7-31.
+    for (nibble, d) in (7..32).zip(serial.chars().filter_map(|c| c.to_digit(16))) {
         let byte = nibble / 2;
         if nibble % 2 == 0 {
             b[byte] = (d as u8) << 4;
         } else {
             b[byte] |= d as u8;
         }
-        nibble += 1;
     }
     b
 }
@@ -48,7 +44,11 @@ fn designator(out: &mut Vec<u8>, proto_codeset: u8, piv_assoc_type: u8, value: &
 }
 
 fn padded_ascii(s: &str, len: usize) -> Vec<u8> {
-    let mut v: Vec<u8> = s.bytes().filter(|c| c.is_ascii_graphic() || *c == b' ').take(len).collect();
+    let mut v: Vec<u8> = s
+        .bytes()
+        .filter(|c| c.is_ascii_graphic() || *c == b' ')
+        .take(len)
+        .collect();
     v.resize(len, b' ');
     v
 }
@@ -98,7 +98,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
         d[3] = 0x10 | 0x02; // HISUP, response data format 2
         d[4] = (d.len() - 5) as u8;
         d[5] = 0x10; // TPGS=01b: implicit ALUA (SPC-4 §6.4.2)
-        d[6] = if self.cfg.port_groups.len() > 1 { 0x10 } else { 0 }; // MULTIP
+        d[6] = if self.cfg.port_groups.len() > 1 {
+            0x10
+        } else {
+            0
+        }; // MULTIP
         d[7] = 0x02; // CMDQUE
         d[8..16].copy_from_slice(&padded_ascii(&self.cfg.vendor, 8));
         d[16..32].copy_from_slice(&padded_ascii(&self.cfg.product, 16));
@@ -121,7 +125,12 @@ impl<B: BlockDevice> LogicalUnit<B> {
         t10.extend_from_slice(self.cfg.serial.as_bytes());
         designator(&mut v, 0x02, 0x01, &t10);
         let tpg = self.cfg.local_tpg;
-        let rel = self.cfg.port_groups.iter().find(|g| g.tag == tpg).map_or(tpg, |g| g.relative_port);
+        let rel = self
+            .cfg
+            .port_groups
+            .iter()
+            .find(|g| g.tag == tpg)
+            .map_or(tpg, |g| g.relative_port);
         // Protocol iSCSI (5) with PIV, association target port: relative target port (type 4)
         // and target port group (type 5).
         let mut rel_v = vec![0, 0];
@@ -172,7 +181,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
 fn nul_pad4(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
     v
@@ -186,8 +195,15 @@ mod tests {
     fn naa_follows_lio_rule() {
         // LIO: naa.6001405 + the first 25 hex digits of the serial.
         let serial = "3b4f2e2c-7a1d-3c9e-8d1f-0a2b3c4d5e6f";
-        let hex: String = naa_designator(serial).iter().map(|b| format!("{b:02x}")).collect();
-        let digits: String = serial.chars().filter(|c| c.is_ascii_hexdigit()).take(25).collect();
+        let hex: String = naa_designator(serial)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let digits: String = serial
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .take(25)
+            .collect();
         assert_eq!(hex, format!("6001405{digits}"));
     }
 }

@@ -52,8 +52,10 @@ impl ItNexus {
 pub struct ScsiCommand<'a> {
     pub cdb: &'a [u8],
     pub nexus: &'a ItNexus,
-    /// The data-out buffer, as much as the initiator sent (its Expected Data Transfer Length).
+    /// The data-out buffer: what the command needs of what the initiator sent.
     pub data_out: Bytes,
+    /// The initiator's Expected Data Transfer Length (RFC 7143 §11.3.4).
+    pub transfer_length: u32,
 }
 
 /// Outcome of a command: status, data-in (already cut to the CDB's allocation length) and
@@ -67,11 +69,19 @@ pub struct ScsiResponse {
 
 impl ScsiResponse {
     pub fn good() -> Self {
-        ScsiResponse { status: ScsiStatus::Good, data: Bytes::new(), sense: None }
+        ScsiResponse {
+            status: ScsiStatus::Good,
+            data: Bytes::new(),
+            sense: None,
+        }
     }
 
     pub fn data(data: impl Into<Bytes>) -> Self {
-        ScsiResponse { status: ScsiStatus::Good, data: data.into(), sense: None }
+        ScsiResponse {
+            status: ScsiStatus::Good,
+            data: data.into(),
+            sense: None,
+        }
     }
 
     /// Data-in cut to the allocation length (SPC-4 §4.2.5.6).
@@ -81,11 +91,19 @@ impl ScsiResponse {
     }
 
     pub fn check(sense: SenseData) -> Self {
-        ScsiResponse { status: ScsiStatus::CheckCondition, data: Bytes::new(), sense: Some(sense) }
+        ScsiResponse {
+            status: ScsiStatus::CheckCondition,
+            data: Bytes::new(),
+            sense: Some(sense),
+        }
     }
 
     pub fn status(status: ScsiStatus) -> Self {
-        ScsiResponse { status, data: Bytes::new(), sense: None }
+        ScsiResponse {
+            status,
+            data: Bytes::new(),
+            sense: None,
+        }
     }
 
     pub fn conflict() -> Self {
@@ -180,7 +198,11 @@ mod tests {
 
     #[test]
     fn initiator_port_name() {
-        let n = ItNexus { initiator: "iqn.a".into(), isid: [0x40, 0, 1, 0x37, 0, 0], relative_port: 1 };
+        let n = ItNexus {
+            initiator: "iqn.a".into(),
+            isid: [0x40, 0, 1, 0x37, 0, 0],
+            relative_port: 1,
+        };
         assert_eq!(n.initiator_port(), "iqn.a,i,0x400001370000");
     }
 }

@@ -58,12 +58,15 @@ impl LuConfig {
             read_only: false,
             target_name: target_name.into(),
             local_tpg: 1,
-            port_groups: vec![TargetPortGroup { tag: 1, relative_port: 1 }],
+            port_groups: vec![TargetPortGroup {
+                tag: 1,
+                relative_port: 1,
+            }],
             write_cache: true,
             max_transfer_blocks: 16384,
-            max_unmap_lba_count: 8 * 1024 * 1024,
+            max_unmap_lba_count: 1024 * 1024,
             max_unmap_descriptors: 256,
-            max_write_same_blocks: 8 * 1024 * 1024,
+            max_write_same_blocks: 0xffff,
             max_compare_and_write_blocks: 1,
             optimal_unmap_granularity: 8,
         }
@@ -91,7 +94,12 @@ pub(crate) struct LuState {
 impl LuState {
     /// Queues a unit attention for every known nexus but `except`.
     pub fn ua_all(&mut self, asc: Asc, except: Option<&ItNexus>) {
-        let seen: Vec<ItNexus> = self.seen.iter().filter(|n| Some(*n) != except).cloned().collect();
+        let seen: Vec<ItNexus> = self
+            .seen
+            .iter()
+            .filter(|n| Some(*n) != except)
+            .cloned()
+            .collect();
         for n in seen {
             self.ua_one(&n, asc);
         }
@@ -122,8 +130,15 @@ pub enum ResetKind {
 
 impl<B: BlockDevice> LogicalUnit<B> {
     pub fn new(cfg: LuConfig, dev: B) -> Self {
-        let state = LuState { wce: cfg.write_cache, ..Default::default() };
-        LogicalUnit { cfg, dev, state: Mutex::new(state) }
+        let state = LuState {
+            wce: cfg.write_cache,
+            ..Default::default()
+        };
+        LogicalUnit {
+            cfg,
+            dev,
+            state: Mutex::new(state),
+        }
     }
 
     pub fn config(&self) -> &LuConfig {
@@ -149,16 +164,24 @@ impl<B: BlockDevice> LogicalUnit<B> {
         match self.dev.metadata_get(crate::pr::METADATA_KEY).await {
             Ok(Some(v)) => match PrState::decode(&v) {
                 Ok(pr) => self.state().pr = pr,
-                Err(e) => warn!(lun = self.cfg.lun, "ignoring unreadable persistent reservation state: {e}"),
+                Err(e) => warn!(
+                    lun = self.cfg.lun,
+                    "ignoring unreadable persistent reservation state: {e}"
+                ),
             },
             Ok(None) => {}
-            Err(e) => warn!(lun = self.cfg.lun, "cannot read persistent reservation state: {e}"),
+            Err(e) => warn!(
+                lun = self.cfg.lun,
+                "cannot read persistent reservation state: {e}"
+            ),
         }
     }
 
     /// A task management reset (SAM-5 §6.3.4 LOGICAL UNIT RESET, §6.3.7 TARGET RESET):
     /// SPC-2 reservations and PREVENT are dropped; every nexus gets a unit attention.
-    pub fn reset(&self, kind: ResetKind) {
+    /// The nexus that asked for the reset gets no unit attention for it (SAM-5 §6.3.4: "every
+    /// I_T nexus other than the one on which the task management function was received").
+    pub fn reset(&self, kind: ResetKind, issuer: Option<&ItNexus>) {
         let mut st = self.state();
         st.reserved_by = None;
         st.prevent.clear();
@@ -168,7 +191,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
             ResetKind::TargetWarm => Asc(0x29, 0x02),
             ResetKind::TargetCold => Asc(0x29, 0x01),
         };
-        st.ua_all(asc, None);
+        st.ua_all(asc, issuer);
     }
 
     /// The I_T nexus is gone (logout, connection loss, session reinstatement): SPC-2
@@ -238,7 +261,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
             return Err(SenseData::invalid_cdb(1, Some(0)));
         }
         let alloc = cdb[4] as usize;
-        let pending = self.state().ua.get_mut(cmd.nexus).and_then(|q| q.pop_front());
+        let pending = self
+            .state()
+            .ua
+            .get_mut(cmd.nexus)
+            .and_then(|q| q.pop_front());
         let sense = match pending {
             Some(asc) => SenseData::unit_attention(asc),
             None => SenseData::new(SenseKey::NoSense, Asc::NO_ADDITIONAL),
@@ -259,7 +286,10 @@ impl<B: BlockDevice> LogicalUnit<B> {
             0x35 | 0x91 => self.synchronize_cache(cdb).await,
             0x41 | 0x93 => self.write_same(cdb, &cmd.data_out).await,
             0x42 => self.unmap(cdb, &cmd.data_out).await,
-            0x89 => self.compare_and_write(cdb, &cmd.data_out).await,
+            0x89 => {
+                self.compare_and_write(cdb, &cmd.data_out, cmd.transfer_length)
+                    .await
+            }
             0x12 => self.inquiry(cmd),
             0x25 => self.read_capacity10(cdb),
             0x9e => match cdb[1] & 0x1f {
@@ -314,9 +344,15 @@ impl<B: BlockDevice> LogicalUnit<B> {
     /// READ DEFECT DATA (10)/(12) (SBC-3 §5.13, §5.14): no defects to report.
     fn read_defect_data(&self, cdb: &[u8]) -> CmdResult {
         let (data, alloc) = if cdb[0] == 0x37 {
-            (vec![0, cdb[2] & 0x1f, 0, 0], crate::cdb::be16(cdb, 7) as usize)
+            (
+                vec![0, cdb[2] & 0x1f, 0, 0],
+                crate::cdb::be16(cdb, 7) as usize,
+            )
         } else {
-            (vec![0, cdb[1] & 0x1f, 0, 0, 0, 0, 0, 0], crate::cdb::be32(cdb, 6) as usize)
+            (
+                vec![0, cdb[1] & 0x1f, 0, 0, 0, 0, 0, 0],
+                crate::cdb::be32(cdb, 6) as usize,
+            )
         };
         Ok(ScsiResponse::data_alloc(data, alloc))
     }
@@ -326,7 +362,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
         warn!(lun = self.cfg.lun, "backstore I/O failed: {e}");
         match e {
             BackstoreError::OutOfRange { .. } => SenseData::lba_out_of_range(),
-            BackstoreError::NotOwner => SenseData::new(SenseKey::NotReady, Asc::LU_NOT_ACCESSIBLE_TRANSITIONING),
+            BackstoreError::NotOwner => {
+                SenseData::new(SenseKey::NotReady, Asc::LU_NOT_ACCESSIBLE_TRANSITIONING)
+            }
             _ if write => SenseData::new(SenseKey::MediumError, Asc::WRITE_ERROR),
             _ => SenseData::new(SenseKey::MediumError, Asc::UNRECOVERED_READ_ERROR),
         }

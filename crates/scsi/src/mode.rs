@@ -72,9 +72,16 @@ impl<B: BlockDevice> LogicalUnit<B> {
         };
         let code = cdb[2] & 0x3f;
         let subpage = cdb[3];
-        let alloc = if ten { be16(cdb, 7) as usize } else { cdb[4] as usize };
+        let alloc = if ten {
+            be16(cdb, 7) as usize
+        } else {
+            cdb[4] as usize
+        };
         let pages: Vec<u8> = match (code, subpage) {
-            (0x3f, 0x00) | (0x3f, 0xff) => [CACHING, CONTROL, INFO_EXCEPTIONS].iter().flat_map(|c| self.page(*c, pc)).collect(),
+            (0x3f, 0x00) | (0x3f, 0xff) => [CACHING, CONTROL, INFO_EXCEPTIONS]
+                .iter()
+                .flat_map(|c| self.page(*c, pc))
+                .collect(),
             (CACHING | CONTROL | INFO_EXCEPTIONS, 0x00) => self.page(code, pc),
             _ => return Err(SenseData::invalid_cdb(2, Some(5))),
         };
@@ -116,7 +123,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
         if cdb[1] & 0x01 != 0 {
             return Err(SenseData::invalid_cdb(1, Some(0))); // SP: nothing can be saved
         }
-        let len = if ten { be16(cdb, 7) as usize } else { cdb[4] as usize };
+        let len = if ten {
+            be16(cdb, 7) as usize
+        } else {
+            cdb[4] as usize
+        };
         if len == 0 {
             return Ok(ScsiResponse::good());
         }
@@ -128,7 +139,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
         if data.len() < hdr {
             return Err(SenseData::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR));
         }
-        let bd_len = if ten { be16(data, 6) as usize } else { data[3] as usize };
+        let bd_len = if ten {
+            be16(data, 6) as usize
+        } else {
+            data[3] as usize
+        };
         let mut off = hdr + bd_len;
         if off > data.len() {
             return Err(SenseData::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR));

@@ -41,7 +41,10 @@ impl PrType {
     }
 
     fn all_registrants(self) -> bool {
-        matches!(self, PrType::WriteExclusiveAllRegistrants | PrType::ExclusiveAccessAllRegistrants)
+        matches!(
+            self,
+            PrType::WriteExclusiveAllRegistrants | PrType::ExclusiveAccessAllRegistrants
+        )
     }
 
     /// Registrants-only and all-registrants types let every registered nexus access.
@@ -52,7 +55,9 @@ impl PrType {
     fn exclusive_access(self) -> bool {
         matches!(
             self,
-            PrType::ExclusiveAccess | PrType::ExclusiveAccessRegistrantsOnly | PrType::ExclusiveAccessAllRegistrants
+            PrType::ExclusiveAccess
+                | PrType::ExclusiveAccessRegistrantsOnly
+                | PrType::ExclusiveAccessAllRegistrants
         )
     }
 }
@@ -114,7 +119,9 @@ impl PrState {
 
     /// SPC-4 §5.9.10 (Table 50-style): whether `n` may run a command of this class now.
     fn conflicts(&self, n: &ItNexus, class: AccessClass) -> bool {
-        let Some(res) = &self.reservation else { return false };
+        let Some(res) = &self.reservation else {
+            return false;
+        };
         if self.is_holder(n) || (res.kind.registrants_access() && self.registration(n).is_some()) {
             return false;
         }
@@ -140,7 +147,8 @@ fn access_class(cdb: &[u8]) -> AccessClass {
     match cdb[0] {
         0x12 | 0xa0 | 0x03 | 0x5e | 0x5f | 0xa3 | 0x25 | 0x00 => AccessClass::Allowed,
         0x9e if cdb[1] & 0x1f == 0x10 => AccessClass::Allowed,
-        0x08 | 0x28 | 0xa8 | 0x88 | 0x2f | 0xaf | 0x8f | 0x34 | 0x90 | 0x1a | 0x5a | 0x37 | 0xb7 | 0x9e => AccessClass::Read,
+        0x08 | 0x28 | 0xa8 | 0x88 | 0x2f | 0xaf | 0x8f | 0x34 | 0x90 | 0x1a | 0x5a | 0x37
+        | 0xb7 | 0x9e => AccessClass::Read,
         _ => AccessClass::Write,
     }
 }
@@ -201,7 +209,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 return Some(ScsiResponse::conflict());
             }
         }
-        st.pr.conflicts(cmd.nexus, access_class(cmd.cdb)).then(ScsiResponse::conflict)
+        st.pr
+            .conflicts(cmd.nexus, access_class(cmd.cdb))
+            .then(ScsiResponse::conflict)
     }
 
     /// RESERVE (6)/(10) (SPC-2 §7.21): the whole LU, for this nexus.
@@ -255,7 +265,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
                     None => d.extend_from_slice(&0u32.to_be_bytes()),
                     Some(res) => {
                         d.extend_from_slice(&16u32.to_be_bytes());
-                        let key = if res.kind.all_registrants() { 0 } else { res.holder.key };
+                        let key = if res.kind.all_registrants() {
+                            0
+                        } else {
+                            res.holder.key
+                        };
                         d.extend_from_slice(&key.to_be_bytes());
                         d.extend_from_slice(&[0, 0, 0, 0, 0, res.kind as u8, 0, 0]);
                     }
@@ -264,17 +278,33 @@ impl<B: BlockDevice> LogicalUnit<B> {
             0x02 => {
                 // REPORT CAPABILITIES (SPC-4 §6.15.4): CRH, ATP_C, PTPL_C; TMV with ALLOW
                 // COMMANDS 0; PTPL_A; every type.
-                d = vec![0, 8, 0x10 | 0x04 | 0x01, 0x80 | if pr.aptpl { 0x01 } else { 0 }, 0x80 | 0x40 | 0x20 | 0x08 | 0x02, 0x01, 0, 0];
+                d = vec![
+                    0,
+                    8,
+                    0x10 | 0x04 | 0x01,
+                    0x80 | if pr.aptpl { 0x01 } else { 0 },
+                    0x80 | 0x40 | 0x20 | 0x08 | 0x02,
+                    0x01,
+                    0,
+                    0,
+                ];
             }
             0x03 => {
                 // READ FULL STATUS (SPC-4 §6.15.5)
                 let mut body = Vec::new();
                 for r in &pr.registrations {
-                    let holder = pr.reservation.as_ref().is_some_and(|res| res.kind.all_registrants() || res.holder == *r);
+                    let holder = pr
+                        .reservation
+                        .as_ref()
+                        .is_some_and(|res| res.kind.all_registrants() || res.holder == *r);
                     body.extend_from_slice(&r.key.to_be_bytes());
                     body.extend_from_slice(&[0; 4]);
                     body.push(if r.all_tg_pt { 0x02 } else { 0 } | holder as u8);
-                    body.push(if holder { pr.reservation.as_ref().map_or(0, |res| res.kind as u8) } else { 0 });
+                    body.push(if holder {
+                        pr.reservation.as_ref().map_or(0, |res| res.kind as u8)
+                    } else {
+                        0
+                    });
                     body.extend_from_slice(&[0; 4]);
                     body.extend_from_slice(&r.relative_port.to_be_bytes());
                     let tid = transport_id(&r.initiator, &r.isid);
@@ -307,7 +337,8 @@ impl<B: BlockDevice> LogicalUnit<B> {
         }
         let key = be64(p, 0);
         let sark = be64(p, 8);
-        let (spec_i_pt, all_tg_pt, aptpl) = (p[20] & 0x08 != 0, p[20] & 0x04 != 0, p[20] & 0x01 != 0);
+        let (spec_i_pt, all_tg_pt, aptpl) =
+            (p[20] & 0x08 != 0, p[20] & 0x04 != 0, p[20] & 0x01 != 0);
         if sa != 7 && (spec_i_pt || len != 24) {
             // SPEC_I_PT is not supported (SIP_C=0): only a 24-byte list is valid.
             return if spec_i_pt {
@@ -353,7 +384,15 @@ impl<B: BlockDevice> LogicalUnit<B> {
     }
 }
 
-fn register(st: &mut LuState, n: &ItNexus, key: u64, sark: u64, ignore: bool, all_tg_pt: bool, aptpl: bool) -> CmdResult {
+fn register(
+    st: &mut LuState,
+    n: &ItNexus,
+    key: u64,
+    sark: u64,
+    ignore: bool,
+    all_tg_pt: bool,
+    aptpl: bool,
+) -> CmdResult {
     let pr = &mut st.pr;
     let existing = pr.registrations.iter().position(|r| r.matches(n));
     match existing {
@@ -396,8 +435,14 @@ fn register(st: &mut LuState, n: &ItNexus, key: u64, sark: u64, ignore: bool, al
 /// Removes registration `i`; a holder's reservation goes with it (SPC-4 §5.9.11.2.3).
 fn unregister(st: &mut LuState, i: usize) {
     let reg = st.pr.registrations.remove(i);
-    let Some(res) = st.pr.reservation.clone() else { return };
-    let released = if res.kind.all_registrants() { st.pr.registrations.is_empty() } else { res.holder == reg };
+    let Some(res) = st.pr.reservation.clone() else {
+        return;
+    };
+    let released = if res.kind.all_registrants() {
+        st.pr.registrations.is_empty()
+    } else {
+        res.holder == reg
+    };
     if released {
         st.pr.reservation = None;
         if res.kind.registrants_access() && !res.kind.all_registrants() {
@@ -421,7 +466,9 @@ fn ua_registrants(st: &mut LuState, asc: Asc, except: Option<&ItNexus>) {
 fn reserve(st: &mut LuState, n: &ItNexus, key: u64, kind: Option<PrType>) -> CmdResult {
     let kind = kind.ok_or(SenseData::invalid_cdb(2, None))?;
     let pr = &mut st.pr;
-    let Some(reg) = pr.registration(n).cloned() else { return pr_conflict() };
+    let Some(reg) = pr.registration(n).cloned() else {
+        return pr_conflict();
+    };
     if reg.key != key {
         return pr_conflict();
     }
@@ -436,11 +483,15 @@ fn reserve(st: &mut LuState, n: &ItNexus, key: u64, kind: Option<PrType>) -> Cmd
 }
 
 fn release(st: &mut LuState, n: &ItNexus, key: u64, kind: Option<PrType>) -> CmdResult {
-    let Some(reg) = st.pr.registration(n).cloned() else { return pr_conflict() };
+    let Some(reg) = st.pr.registration(n).cloned() else {
+        return pr_conflict();
+    };
     if reg.key != key {
         return pr_conflict();
     }
-    let Some(res) = st.pr.reservation.clone() else { return Ok(ScsiResponse::good()) };
+    let Some(res) = st.pr.reservation.clone() else {
+        return Ok(ScsiResponse::good());
+    };
     if !st.pr.is_holder(n) {
         return Ok(ScsiResponse::good());
     }
@@ -456,7 +507,9 @@ fn release(st: &mut LuState, n: &ItNexus, key: u64, kind: Option<PrType>) -> Cmd
 }
 
 fn clear(st: &mut LuState, n: &ItNexus, key: u64) -> CmdResult {
-    let Some(reg) = st.pr.registration(n) else { return pr_conflict() };
+    let Some(reg) = st.pr.registration(n) else {
+        return pr_conflict();
+    };
     if reg.key != key {
         return pr_conflict();
     }
@@ -468,14 +521,27 @@ fn clear(st: &mut LuState, n: &ItNexus, key: u64) -> CmdResult {
 
 /// PREEMPT and PREEMPT AND ABORT (SPC-4 §5.9.11.4).
 fn preempt(st: &mut LuState, n: &ItNexus, key: u64, sark: u64, kind: Option<PrType>) -> CmdResult {
-    let Some(me) = st.pr.registration(n).cloned() else { return pr_conflict() };
+    let Some(me) = st.pr.registration(n).cloned() else {
+        return pr_conflict();
+    };
     if me.key != key {
         return pr_conflict();
     }
     let res = st.pr.reservation.clone();
     let remove = |st: &mut LuState, pred: &dyn Fn(&Registration) -> bool| -> usize {
-        let gone: Vec<Registration> = st.pr.registrations.iter().filter(|r| pred(r)).cloned().collect();
-        let victims: Vec<ItNexus> = st.seen.iter().filter(|s| gone.iter().any(|g| g.matches(s))).cloned().collect();
+        let gone: Vec<Registration> = st
+            .pr
+            .registrations
+            .iter()
+            .filter(|r| pred(r))
+            .cloned()
+            .collect();
+        let victims: Vec<ItNexus> = st
+            .seen
+            .iter()
+            .filter(|s| gone.iter().any(|g| g.matches(s)))
+            .cloned()
+            .collect();
         for v in victims {
             st.ua_one(&v, Asc::REGISTRATIONS_PREEMPTED);
         }
@@ -522,11 +588,15 @@ fn preempt(st: &mut LuState, n: &ItNexus, key: u64, sark: u64, kind: Option<PrTy
 /// REGISTER AND MOVE (SPC-4 §5.9.8): register the nexus named by a TransportID and make it
 /// the reservation holder.
 fn register_and_move(st: &mut LuState, n: &ItNexus, key: u64, sark: u64, p: &[u8]) -> CmdResult {
-    let Some(me) = st.pr.registration(n).cloned() else { return pr_conflict() };
+    let Some(me) = st.pr.registration(n).cloned() else {
+        return pr_conflict();
+    };
     if me.key != key {
         return pr_conflict();
     }
-    let Some(res) = st.pr.reservation.clone() else { return pr_conflict() };
+    let Some(res) = st.pr.reservation.clone() else {
+        return pr_conflict();
+    };
     if !st.pr.is_holder(n) {
         return pr_conflict();
     }
@@ -535,10 +605,16 @@ fn register_and_move(st: &mut LuState, n: &ItNexus, key: u64, sark: u64, p: &[u8
     }
     let (unreg, rel_port) = (p[17] & 0x02 != 0, be16(p, 18));
     let tid_len = be32(p, 20) as usize;
-    let tid = p.get(24..24 + tid_len).ok_or(SenseData::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR))?;
+    let tid = p
+        .get(24..24 + tid_len)
+        .ok_or(SenseData::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR))?;
     let (name, isid) = parse_transport_id(tid).ok_or(SenseData::invalid_param(24, None))?;
     let isid = isid.ok_or(SenseData::invalid_param(24, None))?;
-    let dest = ItNexus { initiator: name.as_str().into(), isid, relative_port: rel_port };
+    let dest = ItNexus {
+        initiator: name.as_str().into(),
+        isid,
+        relative_port: rel_port,
+    };
     if dest == *n {
         return Err(SenseData::invalid_param(24, None));
     }
@@ -548,12 +624,21 @@ fn register_and_move(st: &mut LuState, n: &ItNexus, key: u64, sark: u64, p: &[u8
             r.clone()
         }
         None => {
-            let r = Registration { initiator: name, isid, relative_port: rel_port, all_tg_pt: false, key: sark };
+            let r = Registration {
+                initiator: name,
+                isid,
+                relative_port: rel_port,
+                all_tg_pt: false,
+                key: sark,
+            };
             st.pr.registrations.push(r.clone());
             r
         }
     };
-    st.pr.reservation = Some(Reservation { holder: reg, kind: res.kind });
+    st.pr.reservation = Some(Reservation {
+        holder: reg,
+        kind: res.kind,
+    });
     if unreg {
         st.pr.registrations.retain(|r| r != &me);
     }

@@ -17,11 +17,19 @@ struct Supported {
 }
 
 const fn c(opcode: u8, usage: &'static [u8]) -> Supported {
-    Supported { opcode, sa: None, usage }
+    Supported {
+        opcode,
+        sa: None,
+        usage,
+    }
 }
 
 const fn s(opcode: u8, sa: u16, usage: &'static [u8]) -> Supported {
-    Supported { opcode, sa: Some(sa), usage }
+    Supported {
+        opcode,
+        sa: Some(sa),
+        usage,
+    }
 }
 
 const F: u8 = 0xff;
@@ -81,19 +89,38 @@ static COMMANDS: &[Supported] = &[
     s(0x5f, 0x06, &[0x5f, 0x06, F, 0, 0, F, F, F, F, 0x04]),
     s(0x5f, 0x07, &[0x5f, 0x07, F, 0, 0, F, F, F, F, 0x04]),
     c(0x88, with_op!(0x88, 0xf8, RW16)),
-    c(0x89, &[0x89, 0xf8, F, F, F, F, F, F, F, F, 0, 0, 0, F, 0x1f, 0x04]),
+    c(
+        0x89,
+        &[0x89, 0xf8, F, F, F, F, F, F, F, F, 0, 0, 0, F, 0x1f, 0x04],
+    ),
     c(0x8a, with_op!(0x8a, 0xf8, RW16)),
     c(0x8e, with_op!(0x8e, 0xf2, RW16)),
     c(0x8f, with_op!(0x8f, 0xf6, RW16)),
     c(0x90, with_op!(0x90, 0x02, RW16)),
     c(0x91, with_op!(0x91, 0x02, RW16)),
     c(0x93, with_op!(0x93, 0xe9, RW16)),
-    s(0x9e, 0x10, &[0x9e, 0x10, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0x04]),
-    s(0x9e, 0x12, &[0x9e, 0x12, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0x04]),
+    s(
+        0x9e,
+        0x10,
+        &[0x9e, 0x10, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0x04],
+    ),
+    s(
+        0x9e,
+        0x12,
+        &[0x9e, 0x12, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0x04],
+    ),
     c(0xa0, &[0xa0, 0, F, 0, 0, 0, F, F, F, F, 0, 0x04]),
     s(0xa3, 0x0a, &[0xa3, 0xea, 0, 0, 0, 0, F, F, F, F, 0, 0x04]),
-    s(0xa3, 0x0c, &[0xa3, 0x0c, 0x87, F, F, F, F, F, F, F, 0, 0x04]),
-    s(0xa3, 0x0d, &[0xa3, 0x0d, 0x80, 0, 0, 0, F, F, F, F, 0, 0x04]),
+    s(
+        0xa3,
+        0x0c,
+        &[0xa3, 0x0c, 0x87, F, F, F, F, F, F, F, 0, 0x04],
+    ),
+    s(
+        0xa3,
+        0x0d,
+        &[0xa3, 0x0d, 0x80, 0, 0, 0, F, F, F, F, 0, 0x04],
+    ),
     c(0xa8, with_op!(0xa8, 0xf8, RW12)),
     c(0xaa, with_op!(0xaa, 0xf8, RW12)),
     c(0xae, with_op!(0xae, 0xf2, RW12)),
@@ -138,7 +165,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
                     body.push(0);
                     body.extend_from_slice(&cmd.sa.unwrap_or(0).to_be_bytes());
                     body.push(0);
-                    body.push(if rctd { 0x02 } else { 0 } | if cmd.sa.is_some() { 0x01 } else { 0 });
+                    body.push(
+                        if rctd { 0x02 } else { 0 } | if cmd.sa.is_some() { 0x01 } else { 0 },
+                    );
                     body.extend_from_slice(&(cmd.usage.len() as u16).to_be_bytes());
                     if rctd {
                         body.extend_from_slice(&TIMEOUTS);

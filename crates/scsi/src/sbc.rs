@@ -31,9 +31,21 @@ impl BlockRange {
                 },
                 flags: 0,
             },
-            1 | 2 => BlockRange { lba: be32(cdb, 2) as u64, blocks: be16(cdb, 7) as u64, flags: get(cdb, 1) },
-            5 => BlockRange { lba: be32(cdb, 2) as u64, blocks: be32(cdb, 6) as u64, flags: get(cdb, 1) },
-            _ => BlockRange { lba: be64(cdb, 2), blocks: be32(cdb, 10) as u64, flags: get(cdb, 1) },
+            1 | 2 => BlockRange {
+                lba: be32(cdb, 2) as u64,
+                blocks: be16(cdb, 7) as u64,
+                flags: get(cdb, 1),
+            },
+            5 => BlockRange {
+                lba: be32(cdb, 2) as u64,
+                blocks: be32(cdb, 6) as u64,
+                flags: get(cdb, 1),
+            },
+            _ => BlockRange {
+                lba: be64(cdb, 2),
+                blocks: be32(cdb, 10) as u64,
+                flags: get(cdb, 1),
+            },
         }
     }
 
@@ -44,6 +56,26 @@ impl BlockRange {
     pub fn fua(&self) -> bool {
         self.flags & 0x08 != 0
     }
+}
+
+/// Rewrites the transfer length of a WRITE or WRITE AND VERIFY CDB to `blocks` (fewer than it
+/// asked for); false for any other command. A truncation to zero blocks turns WRITE(6), whose
+/// zero means 256, into TEST UNIT READY.
+pub fn truncate_write(cdb: &mut [u8; 16], blocks: u32) -> bool {
+    match cdb[0] {
+        0x0a => {
+            if blocks == 0 {
+                *cdb = [0; 16];
+            } else {
+                cdb[4] = blocks as u8;
+            }
+        }
+        0x2a | 0x2e => cdb[7..9].copy_from_slice(&(blocks as u16).to_be_bytes()),
+        0xaa | 0xae => cdb[6..10].copy_from_slice(&blocks.to_be_bytes()),
+        0x8a | 0x8e => cdb[10..14].copy_from_slice(&blocks.to_be_bytes()),
+        _ => return false,
+    }
+    true
 }
 
 impl<B: BlockDevice> LogicalUnit<B> {
@@ -67,21 +99,27 @@ impl<B: BlockDevice> LogicalUnit<B> {
             return Err(SenseData::invalid_cdb(1, Some(7)));
         }
         if r.blocks > self.cfg.max_transfer_blocks as u64 {
-            return Err(SenseData::invalid_cdb(if matches!(r.flags, 0) { 4 } else { 7 }, None));
+            return Err(SenseData::invalid_cdb(
+                if matches!(r.flags, 0) { 4 } else { 7 },
+                None,
+            ));
         }
         self.check_lba(r.lba, r.blocks)
     }
 
     fn check_writable(&self) -> Result<(), SenseData> {
         if self.cfg.read_only {
-            return Err(SenseData::new(crate::sense::SenseKey::DataProtect, Asc::WRITE_PROTECTED));
+            return Err(SenseData::new(
+                crate::sense::SenseKey::DataProtect,
+                Asc::WRITE_PROTECTED,
+            ));
         }
         Ok(())
     }
 
     /// The data-out buffer must carry exactly the blocks the CDB names (SBC-3 §4.2.2); a
     /// shorter one means the initiator's Expected Data Transfer Length was too small.
-    fn data_for<'a>(&self, data: &'a Bytes, len: u64) -> Result<Bytes, SenseData> {
+    fn data_for(&self, data: &Bytes, len: u64) -> Result<Bytes, SenseData> {
         if (data.len() as u64) < len {
             return Err(SenseData::invalid_cdb(0, None));
         }
@@ -95,7 +133,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
             return Ok(ScsiResponse::good());
         }
         let bs = self.bs();
-        let data = self.dev.read(r.lba * bs, (r.blocks * bs) as usize).await.map_err(|e| self.io_error(e, false))?;
+        let data = self
+            .dev
+            .read(r.lba * bs, (r.blocks * bs) as usize)
+            .await
+            .map_err(|e| self.io_error(e, false))?;
         Ok(ScsiResponse::data(data))
     }
 
@@ -109,7 +151,10 @@ impl<B: BlockDevice> LogicalUnit<B> {
         let bs = self.bs();
         let payload = self.data_for(data, r.blocks * bs)?;
         let fua = r.fua() || !self.state().wce;
-        self.dev.write(r.lba * bs, payload, fua).await.map_err(|e| self.io_error(e, true))?;
+        self.dev
+            .write(r.lba * bs, payload, fua)
+            .await
+            .map_err(|e| self.io_error(e, true))?;
         Ok(ScsiResponse::good())
     }
 
@@ -124,7 +169,10 @@ impl<B: BlockDevice> LogicalUnit<B> {
         }
         let bs = self.bs();
         let payload = self.data_for(data, r.blocks * bs)?;
-        self.dev.write(r.lba * bs, payload, true).await.map_err(|e| self.io_error(e, true))?;
+        self.dev
+            .write(r.lba * bs, payload, true)
+            .await
+            .map_err(|e| self.io_error(e, true))?;
         Ok(ScsiResponse::good())
     }
 
@@ -141,7 +189,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
             return Ok(ScsiResponse::good());
         }
         let bs = self.bs();
-        let medium = self.dev.read(r.lba * bs, (r.blocks * bs) as usize).await.map_err(|e| self.io_error(e, false))?;
+        let medium = self
+            .dev
+            .read(r.lba * bs, (r.blocks * bs) as usize)
+            .await
+            .map_err(|e| self.io_error(e, false))?;
         let expected: Bytes = match bytchk {
             0 => return Ok(ScsiResponse::good()),
             1 => self.data_for(data, r.blocks * bs)?,
@@ -178,7 +230,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
     /// WRITE SAME (10)/(16) (SBC-3 §5.42, §5.43), with UNMAP and NDOB. WSNZ is 0 in our block
     /// limits, so NUMBER OF LOGICAL BLOCKS 0 means "to the end of the medium".
     pub(crate) async fn write_same(&self, cdb: &[u8], data: &Bytes) -> CmdResult {
-        let (lba, mut blocks) = if cdb[0] == 0x41 { (be32(cdb, 2) as u64, be16(cdb, 7) as u64) } else { (be64(cdb, 2), be32(cdb, 10) as u64) };
+        let (lba, mut blocks) = if cdb[0] == 0x41 {
+            (be32(cdb, 2) as u64, be16(cdb, 7) as u64)
+        } else {
+            (be64(cdb, 2), be32(cdb, 10) as u64)
+        };
         let flags = cdb[1];
         if flags >> 5 != 0 {
             return Err(SenseData::invalid_cdb(1, Some(7)));
@@ -196,7 +252,10 @@ impl<B: BlockDevice> LogicalUnit<B> {
             blocks = self.block_count() - lba;
         }
         if blocks > self.cfg.max_write_same_blocks as u64 {
-            return Err(SenseData::invalid_cdb(if cdb[0] == 0x41 { 7 } else { 10 }, None));
+            return Err(SenseData::invalid_cdb(
+                if cdb[0] == 0x41 { 7 } else { 10 },
+                None,
+            ));
         }
         self.check_lba(lba, blocks)?;
         self.check_writable()?;
@@ -214,7 +273,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
         }
         let (off, len) = (lba * bs, blocks * bs);
         let zero = block.iter().all(|b| *b == 0);
-        let res = if zero && unmap && self.dev.capabilities().discard_zeroes {
+        // With UNMAP set the blocks are deallocated whatever the data block holds (as LIO
+        // does; SBC-3 §5.43 lets the device server unmap); LBPRZ makes them read as zeroes.
+        let res = if unmap && self.dev.capabilities().discard_zeroes {
             self.dev.discard(off, len).await
         } else if zero {
             self.dev.write_zeroes(off, len).await
@@ -236,7 +297,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
         let mut done = 0;
         while done < len {
             let n = per.min(len - done);
-            self.dev.write(off + done, buf.slice(..n as usize), false).await?;
+            self.dev
+                .write(off + done, buf.slice(..n as usize), false)
+                .await?;
             done += n;
         }
         if !self.state().wce {
@@ -279,20 +342,32 @@ impl<B: BlockDevice> LogicalUnit<B> {
         let bs = self.bs();
         for (lba, n) in ranges {
             if n > 0 {
-                self.dev.discard(lba * bs, n * bs).await.map_err(|e| self.io_error(e, true))?;
+                self.dev
+                    .discard(lba * bs, n * bs)
+                    .await
+                    .map_err(|e| self.io_error(e, true))?;
             }
         }
         Ok(ScsiResponse::good())
     }
 
     /// COMPARE AND WRITE (SBC-3 §5.2): atomic through the backstore.
-    pub(crate) async fn compare_and_write(&self, cdb: &[u8], data: &Bytes) -> CmdResult {
+    pub(crate) async fn compare_and_write(
+        &self,
+        cdb: &[u8],
+        data: &Bytes,
+        transfer_length: u32,
+    ) -> CmdResult {
         let lba = be64(cdb, 2);
         let blocks = cdb[13] as u64;
         if cdb[1] >> 5 != 0 {
             return Err(SenseData::invalid_cdb(1, Some(7)));
         }
-        if blocks > self.cfg.max_compare_and_write_blocks as u64 {
+        // A NUMBER OF LOGICAL BLOCKS of 0 with data on the way cannot be what the initiator
+        // meant (a count of 256 does not fit the byte): refuse rather than ignore the data.
+        if blocks > self.cfg.max_compare_and_write_blocks as u64
+            || (blocks == 0 && transfer_length > 0)
+        {
             return Err(SenseData::invalid_cdb(13, None));
         }
         self.check_lba(lba, blocks)?;
@@ -305,7 +380,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
             return Err(SenseData::invalid_cdb(13, None));
         }
         let (cmp, new) = (data.slice(..len), data.slice(len..));
-        let r = self.dev.compare_and_write(lba * self.bs(), cmp, new).await.map_err(|e| self.io_error(e, true))?;
+        let r = self
+            .dev
+            .compare_and_write(lba * self.bs(), cmp, new)
+            .await
+            .map_err(|e| self.io_error(e, true))?;
         match r {
             Some(pos) => Err(SenseData::miscompare(pos)),
             None => {
@@ -331,7 +410,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
         let mut cur = lba;
         while cur < count && descs.len() < max_desc {
             let remaining = (count - cur).min(u32::MAX as u64);
-            let e = self.dev.allocation(cur * bs, remaining * bs).await.map_err(|e| self.io_error(e, false))?;
+            let e = self
+                .dev
+                .allocation(cur * bs, remaining * bs)
+                .await
+                .map_err(|e| self.io_error(e, false))?;
             let n = e.len.div_ceil(bs).clamp(1, remaining);
             let mut d = [0u8; 16];
             d[..8].copy_from_slice(&cur.to_be_bytes());

@@ -77,21 +77,34 @@ pub struct SenseData {
 
 impl SenseData {
     pub const fn new(key: SenseKey, asc: Asc) -> Self {
-        SenseData { key, asc, information: None, field: None }
+        SenseData {
+            key,
+            asc,
+            information: None,
+            field: None,
+        }
     }
 
     pub fn invalid_opcode() -> Self {
-        SenseData::new(SenseKey::IllegalRequest, Asc::INVALID_COMMAND_OPERATION_CODE).with_cdb_field(0, Some(7))
+        SenseData::new(
+            SenseKey::IllegalRequest,
+            Asc::INVALID_COMMAND_OPERATION_CODE,
+        )
+        .with_cdb_field(0, Some(7))
     }
 
     /// INVALID FIELD IN CDB pointing at `byte` (and `bit` when given).
     pub fn invalid_cdb(byte: u16, bit: Option<u8>) -> Self {
-        SenseData::new(SenseKey::IllegalRequest, Asc::INVALID_FIELD_IN_CDB).with_cdb_field(byte, bit)
+        SenseData::new(SenseKey::IllegalRequest, Asc::INVALID_FIELD_IN_CDB)
+            .with_cdb_field(byte, bit)
     }
 
     /// INVALID FIELD IN PARAMETER LIST pointing at `byte` of the data-out buffer.
     pub fn invalid_param(byte: u16, bit: Option<u8>) -> Self {
-        let mut s = SenseData::new(SenseKey::IllegalRequest, Asc::INVALID_FIELD_IN_PARAMETER_LIST);
+        let mut s = SenseData::new(
+            SenseKey::IllegalRequest,
+            Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+        );
         s.field = Some((false, byte, bit));
         s
     }
@@ -109,7 +122,10 @@ impl SenseData {
     }
 
     pub fn miscompare(offset: u64) -> Self {
-        SenseData { information: Some(offset), ..SenseData::new(SenseKey::Miscompare, Asc::MISCOMPARE_DURING_VERIFY) }
+        SenseData {
+            information: Some(offset),
+            ..SenseData::new(SenseKey::Miscompare, Asc::MISCOMPARE_DURING_VERIFY)
+        }
     }
 
     pub fn with_cdb_field(mut self, byte: u16, bit: Option<u8>) -> Self {

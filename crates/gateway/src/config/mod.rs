@@ -79,7 +79,12 @@ pub struct TargetAuth {
 
 impl Default for TargetAuth {
     fn default() -> Self {
-        TargetAuth { mode: AuthMode::None, tpg_chap: None, acls: Vec::new(), discovery: None }
+        TargetAuth {
+            mode: AuthMode::None,
+            tpg_chap: None,
+            acls: Vec::new(),
+            discovery: None,
+        }
     }
 }
 
@@ -164,7 +169,11 @@ pub struct TargetAttributes {
 
 impl Default for TargetAttributes {
     fn default() -> Self {
-        TargetAttributes { cmdsn_depth: 128, login_timeout: 15, write_protect: false }
+        TargetAttributes {
+            cmdsn_depth: 128,
+            login_timeout: 15,
+            write_protect: false,
+        }
     }
 }
 
@@ -202,7 +211,11 @@ impl Config {
                 p if p.is_empty() || p == "?" => ".".to_string(),
                 p => p,
             };
-            ConfigError { source_name: source_name.into(), path, message: e.into_inner().to_string() }
+            ConfigError {
+                source_name: source_name.into(),
+                path,
+                message: e.into_inner().to_string(),
+            }
         })?;
         resolve::resolve(source_name, &doc)
     }
@@ -233,13 +246,29 @@ impl Config {
     /// Chooses the host to serve, as lrbd did: the one named, else the one whose portal
     /// addresses are configured on this machine, else the one named like this machine
     /// (short name or FQDN).
-    pub fn select_host(&self, requested: Option<&str>, local_addrs: &[std::net::IpAddr], hostname: &str) -> Result<String, ConfigError> {
+    pub fn select_host(
+        &self,
+        requested: Option<&str>,
+        local_addrs: &[std::net::IpAddr],
+        hostname: &str,
+    ) -> Result<String, ConfigError> {
         let hosts = self.hosts();
-        let err = |message: String| ConfigError { source_name: self.source_name.clone(), path: "targets".into(), message };
+        let err = |message: String| ConfigError {
+            source_name: self.source_name.clone(),
+            path: "targets".into(),
+            message,
+        };
         if let Some(h) = requested {
-            return hosts.iter().find(|x| x.as_str() == h).cloned().ok_or_else(|| {
-                err(format!("host {h:?} is not a gateway of any target (hosts: {})", hosts.join(", ")))
-            });
+            return hosts
+                .iter()
+                .find(|x| x.as_str() == h)
+                .cloned()
+                .ok_or_else(|| {
+                    err(format!(
+                        "host {h:?} is not a gateway of any target (hosts: {})",
+                        hosts.join(", ")
+                    ))
+                });
         }
         for t in &self.targets {
             for g in &t.tpgs {
@@ -290,11 +319,15 @@ pub fn local_addresses() -> Vec<std::net::IpAddr> {
                 match (*a).sa_family as i32 {
                     libc::AF_INET => {
                         let sin = &*(a as *const libc::sockaddr_in);
-                        out.push(std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                        out.push(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                            u32::from_be(sin.sin_addr.s_addr),
+                        )));
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*(a as *const libc::sockaddr_in6);
-                        out.push(std::net::IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                        out.push(std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                            sin6.sin6_addr.s6_addr,
+                        )));
                     }
                     _ => {}
                 }

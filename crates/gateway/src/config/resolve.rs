@@ -16,7 +16,11 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError { source_name: self.source.into(), path: path.into(), message: message.into() }
+        ConfigError {
+            source_name: self.source.into(),
+            path: path.into(),
+            message: message.into(),
+        }
     }
 
     fn warn(&mut self, path: &str, msg: impl std::fmt::Display) {
@@ -35,7 +39,11 @@ pub fn parse_size(s: &str) -> Option<u64> {
         (i, 'T' | 't') => (&t[..i], 1 << 40),
         _ => (t, 1),
     };
-    num.trim().parse::<u64>().ok()?.checked_mul(mult).filter(|n| *n > 0)
+    num.trim()
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(mult)
+        .filter(|n| *n > 0)
 }
 
 /// Parses a portal address: `ip`, `ip port` (lrbd's form), `ip:port`, `[v6]:port` or a bare
@@ -60,23 +68,43 @@ fn enable_flag(ctx: &Ctx, path: &str, v: &Option<String>) -> Result<bool, Config
     match v.as_deref() {
         None | Some("disable") => Ok(false),
         Some("enable") => Ok(true),
-        Some(o) => Err(ctx.err(path, format!("expected \"enable\" or \"disable\", found {o:?}"))),
+        Some(o) => Err(ctx.err(
+            path,
+            format!("expected \"enable\" or \"disable\", found {o:?}"),
+        )),
     }
 }
 
-fn chap(ctx: &Ctx, path: &str, user: &Option<String>, pass: &Option<String>, mutual: &Option<String>, mu: &Option<String>, mp: &Option<String>) -> Result<Chap, ConfigError> {
+fn chap(
+    ctx: &Ctx,
+    path: &str,
+    user: &Option<String>,
+    pass: &Option<String>,
+    mutual: &Option<String>,
+    mu: &Option<String>,
+    mp: &Option<String>,
+) -> Result<Chap, ConfigError> {
     let (Some(user), Some(secret)) = (user, pass) else {
         return Err(ctx.err(path, "CHAP needs both \"userid\" and \"password\""));
     };
     let mutual = if enable_flag(ctx, &format!("{path}.mutual"), mutual)? {
         match (mu, mp) {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
-            _ => return Err(ctx.err(path, "mutual CHAP needs \"userid_mutual\" and \"password_mutual\"")),
+            _ => {
+                return Err(ctx.err(
+                    path,
+                    "mutual CHAP needs \"userid_mutual\" and \"password_mutual\"",
+                ))
+            }
         }
     } else {
         None
     };
-    Ok(Chap { user: user.clone(), secret: secret.clone(), mutual })
+    Ok(Chap {
+        user: user.clone(),
+        secret: secret.clone(),
+        mutual,
+    })
 }
 
 fn scalar(v: &Value) -> String {
@@ -108,13 +136,35 @@ const PARAMS: &[&str] = &[
 ];
 
 fn acl(ctx: &mut Ctx, path: &str, e: &AclEntry, with_chap: bool) -> Result<Acl, ConfigError> {
-    let initiator = e.initiator.clone().or_else(|| e.iqn.clone()).ok_or_else(|| ctx.err(path, "expected \"initiator\" (or \"iqn\")"))?;
-    let chap = if with_chap { Some(chap(ctx, path, &e.userid, &e.password, &e.mutual, &e.userid_mutual, &e.password_mutual)?) } else { None };
+    let initiator = e
+        .initiator
+        .clone()
+        .or_else(|| e.iqn.clone())
+        .ok_or_else(|| ctx.err(path, "expected \"initiator\" (or \"iqn\")"))?;
+    let chap = if with_chap {
+        Some(chap(
+            ctx,
+            path,
+            &e.userid,
+            &e.password,
+            &e.mutual,
+            &e.userid_mutual,
+            &e.password_mutual,
+        )?)
+    } else {
+        None
+    };
     let (mut params, mut attribs) = (BTreeMap::new(), BTreeMap::new());
     for (k, v) in &e.extra {
         if let Some(p) = k.strip_prefix("param_") {
             if !PARAMS.contains(&p) {
-                return Err(ctx.err(format!("{path}.{k}"), format!("unknown login parameter {p:?}; expected one of {}", PARAMS.join(", "))));
+                return Err(ctx.err(
+                    format!("{path}.{k}"),
+                    format!(
+                        "unknown login parameter {p:?}; expected one of {}",
+                        PARAMS.join(", ")
+                    ),
+                ));
             }
             params.insert(p.to_string(), scalar(v));
         } else if let Some(a) = k.strip_prefix("attrib_") {
@@ -123,18 +173,29 @@ fn acl(ctx: &mut Ctx, path: &str, e: &AclEntry, with_chap: bool) -> Result<Acl, 
             return Err(ctx.err(format!("{path}.{k}"), "unknown key; expected initiator, userid, password, mutual, userid_mutual, password_mutual, attrib_* or param_*"));
         }
     }
-    Ok(Acl { initiator, chap, params, attribs })
+    Ok(Acl {
+        initiator,
+        chap,
+        params,
+        attribs,
+    })
 }
 
 pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigError> {
-    let mut ctx = Ctx { source, warnings: Vec::new() };
+    let mut ctx = Ctx {
+        source,
+        warnings: Vec::new(),
+    };
 
     // Portals by name.
     let mut portals: BTreeMap<&str, Vec<SocketAddr>> = BTreeMap::new();
     for (i, p) in doc.portals.iter().enumerate() {
         let path = format!("portals[{i}]");
         if portals.contains_key(p.name.as_str()) {
-            return Err(ctx.err(format!("{path}.name"), format!("portal {:?} is defined twice", p.name)));
+            return Err(ctx.err(
+                format!("{path}.name"),
+                format!("portal {:?} is defined twice", p.name),
+            ));
         }
         let mut addrs = Vec::new();
         for (j, a) in p.addresses.iter().enumerate() {
@@ -144,7 +205,10 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
             addrs.push(sa);
         }
         if addrs.is_empty() {
-            return Err(ctx.err(format!("{path}.addresses"), "a portal needs at least one address"));
+            return Err(ctx.err(
+                format!("{path}.addresses"),
+                "a portal needs at least one address",
+            ));
         }
         portals.insert(&p.name, addrs);
     }
@@ -161,24 +225,42 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
         for (k, v) in &t.extra {
             let kp = format!("{path}.{k}");
             let Some(attr) = k.strip_prefix("tpg_") else {
-                return Err(ctx.err(kp, "unknown key; expected target, hosts, host, wwn_generate or tpg_*"));
+                return Err(ctx.err(
+                    kp,
+                    "unknown key; expected target, hosts, host, wwn_generate or tpg_*",
+                ));
             };
-            let num = || scalar(v).parse::<u32>().map_err(|_| ctx.err(&kp, format!("expected a number, found {v}")));
+            let num = || {
+                scalar(v)
+                    .parse::<u32>()
+                    .map_err(|_| ctx.err(&kp, format!("expected a number, found {v}")))
+            };
             match attr {
                 "default_cmdsn_depth" => attributes.cmdsn_depth = num()?.clamp(1, 65535),
                 "login_timeout" => attributes.login_timeout = num()?.max(1),
-                "prod_mode_write_protect" | "demo_mode_write_protect" => attributes.write_protect = num()? != 0,
+                "prod_mode_write_protect" | "demo_mode_write_protect" => {
+                    attributes.write_protect = num()? != 0
+                }
                 "default_erl" => {
                     if num()? > 0 {
-                        ctx.warn(&kp, "error recovery level above 0 is not implemented; sessions negotiate 0");
+                        ctx.warn(
+                            &kp,
+                            "error recovery level above 0 is not implemented; sessions negotiate 0",
+                        );
                     }
                 }
                 "t10_pi" => {
                     if num()? != 0 {
-                        return Err(ctx.err(kp, "T10 protection information is not supported; use 0"));
+                        return Err(
+                            ctx.err(kp, "T10 protection information is not supported; use 0")
+                        );
                     }
                 }
-                "netif_timeout" | "cache_dynamic_acls" | "generate_node_acls" | "authentication" | "demo_mode_discovery" => {
+                "netif_timeout"
+                | "cache_dynamic_acls"
+                | "generate_node_acls"
+                | "authentication"
+                | "demo_mode_discovery" => {
                     ctx.warn(&kp, "LIO setting with no effect on rbdgw");
                 }
                 _ => return Err(ctx.err(kp, format!("unknown TPG attribute {attr:?}"))),
@@ -189,13 +271,24 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
             Some("original") => {
                 wwn_original.insert(t.target.clone());
             }
-            Some(o) => return Err(ctx.err(format!("{path}.wwn_generate"), format!("expected \"original\", found {o:?}"))),
+            Some(o) => {
+                return Err(ctx.err(
+                    format!("{path}.wwn_generate"),
+                    format!("expected \"original\", found {o:?}"),
+                ))
+            }
         }
         let entry = targets.iter().position(|x| x.iqn == t.target);
         let idx = match entry {
             Some(i) => i,
             None => {
-                targets.push(Target { iqn: t.target.clone(), tpgs: Vec::new(), luns: Vec::new(), auth: TargetAuth::default(), attributes: attributes.clone() });
+                targets.push(Target {
+                    iqn: t.target.clone(),
+                    tpgs: Vec::new(),
+                    luns: Vec::new(),
+                    auth: TargetAuth::default(),
+                    attributes: attributes.clone(),
+                });
                 targets.len() - 1
             }
         };
@@ -207,22 +300,42 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
                 let mut order: Vec<&str> = Vec::new();
                 for (j, hp) in hosts.iter().enumerate() {
                     let addrs = portals.get(hp.portal.as_str()).ok_or_else(|| {
-                        ctx.err(format!("{path}.hosts[{j}].portal"), format!("no portal named {:?} in \"portals\"", hp.portal))
+                        ctx.err(
+                            format!("{path}.hosts[{j}].portal"),
+                            format!("no portal named {:?} in \"portals\"", hp.portal),
+                        )
                     })?;
                     if !order.contains(&hp.portal.as_str()) {
                         order.push(&hp.portal);
                     }
                     let tag = order.iter().position(|p| *p == hp.portal).unwrap_or(0) as u16 + 1;
-                    target.tpgs.push(Tpg { tag, host: hp.host.clone(), portal_name: hp.portal.clone(), addresses: addrs.clone() });
+                    target.tpgs.push(Tpg {
+                        tag,
+                        host: hp.host.clone(),
+                        portal_name: hp.portal.clone(),
+                        addresses: addrs.clone(),
+                    });
                 }
                 if hosts.is_empty() {
-                    return Err(ctx.err(format!("{path}.hosts"), "a target needs at least one host"));
+                    return Err(
+                        ctx.err(format!("{path}.hosts"), "a target needs at least one host")
+                    );
                 }
             }
             (None, Some(host)) => {
-                target.tpgs.push(Tpg { tag: 1, host: host.clone(), portal_name: String::new(), addresses: Vec::new() });
+                target.tpgs.push(Tpg {
+                    tag: 1,
+                    host: host.clone(),
+                    portal_name: String::new(),
+                    addresses: Vec::new(),
+                });
             }
-            _ => return Err(ctx.err(path, "expected either \"hosts\": [{host, portal}] or \"host\"")),
+            _ => {
+                return Err(ctx.err(
+                    path,
+                    "expected either \"hosts\": [{host, portal}] or \"host\"",
+                ))
+            }
         }
     }
 
@@ -235,11 +348,19 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
                 .iter()
                 .find(|t| t.tpgs.iter().any(|g| &g.host == h))
                 .map(|t| t.iqn.clone())
-                .ok_or_else(|| ctx.err(format!("{path}.host"), format!("no target is served by host {h:?}")))?,
+                .ok_or_else(|| {
+                    ctx.err(
+                        format!("{path}.host"),
+                        format!("no target is served by host {h:?}"),
+                    )
+                })?,
             (None, None) => return Err(ctx.err(&path, "expected \"target\" or \"host\"")),
         };
         let Some(ti) = targets.iter().position(|t| t.iqn == iqn) else {
-            return Err(ctx.err(format!("{path}.target"), format!("no target {iqn:?} in \"targets\"")));
+            return Err(ctx.err(
+                format!("{path}.target"),
+                format!("no target {iqn:?} in \"targets\""),
+            ));
         };
         let mode = match a.authentication.as_str() {
             "none" => AuthMode::None,
@@ -247,12 +368,31 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
             "tpg+identified" => AuthMode::TpgIdentified,
             "identified" => AuthMode::Identified,
             "acls" => AuthMode::Acls,
-            o => return Err(ctx.err(format!("{path}.authentication"), format!("expected none, tpg, tpg+identified, identified or acls, found {o:?}"))),
+            o => {
+                return Err(ctx.err(
+                    format!("{path}.authentication"),
+                    format!("expected none, tpg, tpg+identified, identified or acls, found {o:?}"),
+                ))
+            }
         };
         let tpg_chap = match (&a.tpg, mode) {
-            (Some(c), _) => Some(chap(&ctx, &format!("{path}.tpg"), &Some(c.userid.clone()), &Some(c.password.clone()), &c.mutual, &c.userid_mutual, &c.password_mutual)?),
+            (Some(c), _) => Some(chap(
+                &ctx,
+                &format!("{path}.tpg"),
+                &Some(c.userid.clone()),
+                &Some(c.password.clone()),
+                &c.mutual,
+                &c.userid_mutual,
+                &c.password_mutual,
+            )?),
             (None, AuthMode::Tpg | AuthMode::TpgIdentified) => {
-                return Err(ctx.err(&path, format!("authentication {:?} needs \"tpg\": {{userid, password}}", mode.name())));
+                return Err(ctx.err(
+                    &path,
+                    format!(
+                        "authentication {:?} needs \"tpg\": {{userid, password}}",
+                        mode.name()
+                    ),
+                ));
             }
             (None, _) => None,
         };
@@ -264,15 +404,31 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
             acls.push(acl(&mut ctx, &format!("{path}.identified[{j}]"), e, false)?);
         }
         if mode == AuthMode::Acls && acls.is_empty() {
-            return Err(ctx.err(&path, "authentication \"acls\" needs \"acls\": [{initiator, userid, password}]"));
+            return Err(ctx.err(
+                &path,
+                "authentication \"acls\" needs \"acls\": [{initiator, userid, password}]",
+            ));
         }
         let discovery = match &a.discovery {
             Some(d) if enable_flag(&ctx, &format!("{path}.discovery.auth"), &d.auth)? => {
-                Some(chap(&ctx, &format!("{path}.discovery"), &d.userid, &d.password, &d.mutual, &d.userid_mutual, &d.password_mutual)?)
+                Some(chap(
+                    &ctx,
+                    &format!("{path}.discovery"),
+                    &d.userid,
+                    &d.password,
+                    &d.mutual,
+                    &d.userid_mutual,
+                    &d.password_mutual,
+                )?)
             }
             _ => None,
         };
-        targets[ti].auth = TargetAuth { mode, tpg_chap, acls, discovery };
+        targets[ti].auth = TargetAuth {
+            mode,
+            tpg_chap,
+            acls,
+            discovery,
+        };
     }
 
     // Images.
@@ -280,20 +436,46 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
         for (gi, gw) in pool.gateways.iter().enumerate() {
             let gpath = format!("pools[{pi}].gateways[{gi}]");
             let ti = match (&gw.target, &gw.host) {
-                (Some(t), None) => targets.iter().position(|x| &x.iqn == t).ok_or_else(|| ctx.err(format!("{gpath}.target"), format!("no target {t:?} in \"targets\"")))?,
+                (Some(t), None) => targets.iter().position(|x| &x.iqn == t).ok_or_else(|| {
+                    ctx.err(
+                        format!("{gpath}.target"),
+                        format!("no target {t:?} in \"targets\""),
+                    )
+                })?,
                 (None, Some(h)) => targets
                     .iter()
                     .position(|x| x.tpgs.iter().any(|g| &g.host == h))
-                    .ok_or_else(|| ctx.err(format!("{gpath}.host"), format!("no target is served by host {h:?}")))?,
+                    .ok_or_else(|| {
+                        ctx.err(
+                            format!("{gpath}.host"),
+                            format!("no target is served by host {h:?}"),
+                        )
+                    })?,
                 _ => return Err(ctx.err(gpath, "expected either \"target\" or \"host\"")),
             };
             for (ii, img) in gw.tpg.iter().enumerate() {
                 let path = format!("{gpath}.tpg[{ii}]");
-                let lun = image_lun(&mut ctx, &path, &pool.pool, &targets[ti], img, wwn_original.contains(&targets[ti].iqn))?;
+                let lun = image_lun(
+                    &mut ctx,
+                    &path,
+                    &pool.pool,
+                    &targets[ti],
+                    img,
+                    wwn_original.contains(&targets[ti].iqn),
+                )?;
                 // Single-host portals named on image entries become that host's addresses.
                 if let (Some(host), Some(portal)) = (&gw.host, &img.portal) {
-                    let addrs = portals.get(portal.as_str()).ok_or_else(|| ctx.err(format!("{path}.portal"), format!("no portal named {portal:?}")))?;
-                    for g in targets[ti].tpgs.iter_mut().filter(|g| &g.host == host && g.addresses.is_empty()) {
+                    let addrs = portals.get(portal.as_str()).ok_or_else(|| {
+                        ctx.err(
+                            format!("{path}.portal"),
+                            format!("no portal named {portal:?}"),
+                        )
+                    })?;
+                    for g in targets[ti]
+                        .tpgs
+                        .iter_mut()
+                        .filter(|g| &g.host == host && g.addresses.is_empty())
+                    {
                         g.portal_name = portal.clone();
                         g.addresses = addrs.clone();
                     }
@@ -308,7 +490,11 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
         let mut used: BTreeSet<u64> = BTreeSet::new();
         for l in t.luns.iter().filter(|l| l.lun != u64::MAX) {
             if !used.insert(l.lun) {
-                return Err(ConfigError { source_name: source.into(), path: "pools".into(), message: format!("target {}: LUN {} is assigned twice", t.iqn, l.lun) });
+                return Err(ConfigError {
+                    source_name: source.into(),
+                    path: "pools".into(),
+                    message: format!("target {}: LUN {} is assigned twice", t.iqn, l.lun),
+                });
             }
         }
         let mut next = 0;
@@ -327,45 +513,94 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
             if l.owner.is_empty() && !hosts.is_empty() {
                 l.owner = hosts[(l.lun as usize) % hosts.len()].clone();
             } else if !l.owner.is_empty() && !hosts.contains(&l.owner) {
-                return Err(ConfigError { source_name: source.into(), path: "pools".into(), message: format!("LUN {} of {}: owner {:?} is not a host of the target", l.lun, t.iqn, l.owner) });
+                return Err(ConfigError {
+                    source_name: source.into(),
+                    path: "pools".into(),
+                    message: format!(
+                        "LUN {} of {}: owner {:?} is not a host of the target",
+                        l.lun, t.iqn, l.owner
+                    ),
+                });
             }
         }
         for g in &mut t.tpgs {
             if g.addresses.is_empty() {
                 // lrbd's host-only target without a portal listens on every address.
-                g.addresses.push(SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 3260));
+                g.addresses.push(SocketAddr::new(
+                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    3260,
+                ));
             }
         }
     }
-    Ok(Config { source_name: source.into(), targets, warnings: ctx.warnings })
+    Ok(Config {
+        source_name: source.into(),
+        targets,
+        warnings: ctx.warnings,
+    })
 }
 
-fn image_lun(ctx: &mut Ctx, path: &str, pool: &str, target: &Target, img: &ImageEntry, wwn_original: bool) -> Result<Lun, ConfigError> {
+fn image_lun(
+    ctx: &mut Ctx,
+    path: &str,
+    pool: &str,
+    target: &Target,
+    img: &ImageEntry,
+    wwn_original: bool,
+) -> Result<Lun, ConfigError> {
     if img.image.is_empty() {
         return Err(ctx.err(format!("{path}.image"), "expected an image name"));
     }
     let size = match &img.size {
         None => None,
-        Some(v) => Some(parse_size(&scalar(v)).ok_or_else(|| ctx.err(format!("{path}.size"), format!("expected a size like \"1G\" or \"512M\", found {v}")))?),
+        Some(v) => Some(parse_size(&scalar(v)).ok_or_else(|| {
+            ctx.err(
+                format!("{path}.size"),
+                format!("expected a size like \"1G\" or \"512M\", found {v}"),
+            )
+        })?),
     };
     let backstore = match img.backstore.as_deref().unwrap_or("rbd") {
-        "rbd" => BackstoreSpec::Rbd { pool: pool.into(), image: img.rbd_name.clone().unwrap_or_else(|| img.image.clone()) },
+        "rbd" => BackstoreSpec::Rbd {
+            pool: pool.into(),
+            image: img.rbd_name.clone().unwrap_or_else(|| img.image.clone()),
+        },
         "file" => {
-            let p = img.path.clone().ok_or_else(|| ctx.err(path, "backstore \"file\" needs \"path\""))?;
+            let p = img
+                .path
+                .clone()
+                .ok_or_else(|| ctx.err(path, "backstore \"file\" needs \"path\""))?;
             BackstoreSpec::File { path: p, size }
         }
-        "memory" => BackstoreSpec::Memory { size: size.ok_or_else(|| ctx.err(path, "backstore \"memory\" needs \"size\""))? },
-        o => return Err(ctx.err(format!("{path}.backstore"), format!("expected \"rbd\", \"file\" or \"memory\", found {o:?}"))),
+        "memory" => BackstoreSpec::Memory {
+            size: size.ok_or_else(|| ctx.err(path, "backstore \"memory\" needs \"size\""))?,
+        },
+        o => {
+            return Err(ctx.err(
+                format!("{path}.backstore"),
+                format!("expected \"rbd\", \"file\" or \"memory\", found {o:?}"),
+            ))
+        }
     };
     if img.path.is_some() && backstore.kind() != "file" {
-        return Err(ctx.err(format!("{path}.path"), "\"path\" applies to backstore \"file\" only"));
+        return Err(ctx.err(
+            format!("{path}.path"),
+            "\"path\" applies to backstore \"file\" only",
+        ));
     }
     if img.lun.is_some_and(|l| l >= 16384) {
         return Err(ctx.err(format!("{path}.lun"), "expected a LUN number below 16384"));
     }
-    for (k, v) in [("retries", &img.retries), ("sleep", &img.sleep), ("retry_errors", &img.retry_errors)] {
+    for (k, v) in [
+        ("retries", &img.retries),
+        ("sleep", &img.sleep),
+        ("retry_errors", &img.retry_errors),
+    ] {
         if v.is_some() {
-            ctx.warn(&format!("{path}.{k}"), "lrbd's rbd map retry setting: librbd retries on its own");
+            ctx.warn(
+                &format!("{path}.{k}"),
+                "lrbd's rbd map retry setting: librbd retries on its own",
+            );
         }
     }
     let mut attributes = LunAttributes::default();
@@ -374,7 +609,11 @@ fn image_lun(ctx: &mut Ctx, path: &str, pool: &str, target: &Target, img: &Image
         let Some(attr) = k.strip_prefix("backstore_") else {
             return Err(ctx.err(kp, "unknown key; expected image, lun, uuid, initiator, portal, rbd_name, retries, sleep, retry_errors, backstore, path, size, owner or backstore_*"));
         };
-        let num = || scalar(v).parse::<u32>().map_err(|_| ctx.err(&kp, format!("expected a number, found {v}")));
+        let num = || {
+            scalar(v)
+                .parse::<u32>()
+                .map_err(|_| ctx.err(&kp, format!("expected a number, found {v}")))
+        };
         match attr {
             "block_size" => {
                 let bs = num()?;
@@ -393,10 +632,28 @@ fn image_lun(ctx: &mut Ctx, path: &str, pool: &str, target: &Target, img: &Image
             "max_unmap_block_desc_count" => attributes.max_unmap_block_desc_count = Some(num()?),
             "max_write_same_len" => attributes.max_write_same_len = Some(num()?),
             "unmap_granularity" => attributes.unmap_granularity = Some(num()?.max(1)),
-            "emulate_caw" | "emulate_3pc" | "emulate_dpo" | "emulate_fua_read" | "emulate_fua_write" | "emulate_model_alias" | "emulate_rest_reord"
-            | "emulate_tas" | "emulate_ua_intlck_ctrl" | "enforce_pr_isids" | "force_pr_aptpl" | "is_nonrot" | "optimal_sectors" | "queue_depth"
-            | "unmap_granularity_alignment" | "hw_block_size" | "hw_max_sectors" | "hw_queue_depth" | "max_unmap_lba" | "pi_prot_type"
-            | "unmap_zeroes_data" | "fabric_max_sectors" => {
+            "emulate_caw"
+            | "emulate_3pc"
+            | "emulate_dpo"
+            | "emulate_fua_read"
+            | "emulate_fua_write"
+            | "emulate_model_alias"
+            | "emulate_rest_reord"
+            | "emulate_tas"
+            | "emulate_ua_intlck_ctrl"
+            | "enforce_pr_isids"
+            | "force_pr_aptpl"
+            | "is_nonrot"
+            | "optimal_sectors"
+            | "queue_depth"
+            | "unmap_granularity_alignment"
+            | "hw_block_size"
+            | "hw_max_sectors"
+            | "hw_queue_depth"
+            | "max_unmap_lba"
+            | "pi_prot_type"
+            | "unmap_zeroes_data"
+            | "fabric_max_sectors" => {
                 ctx.warn(&kp, "LIO backstore attribute with no effect on rbdgw");
             }
             _ => return Err(ctx.err(kp, format!("unknown backstore attribute {attr:?}"))),
@@ -407,7 +664,11 @@ fn image_lun(ctx: &mut Ctx, path: &str, pool: &str, target: &Target, img: &Image
         None => {
             // lrbd: uuid3(NAMESPACE_DNS, pool + target + image); wwn_generate "original"
             // (lrbd 1.0) used target + image.
-            let name = if wwn_original { format!("{}{}", target.iqn, img.image) } else { format!("{pool}{}{}", target.iqn, img.image) };
+            let name = if wwn_original {
+                format!("{}{}", target.iqn, img.image)
+            } else {
+                format!("{pool}{}{}", target.iqn, img.image)
+            };
             uuid::Uuid::new_v3(&uuid::Uuid::NAMESPACE_DNS, name.as_bytes()).to_string()
         }
     };
@@ -427,7 +688,10 @@ fn image_lun(ctx: &mut Ctx, path: &str, pool: &str, target: &Target, img: &Image
 fn valid_iscsi_name(s: &str) -> bool {
     let lower = s.to_ascii_lowercase();
     (lower.starts_with("iqn.") && lower.len() > 12 && lower.as_bytes()[8] == b'-')
-        || (lower.starts_with("eui.") && lower.len() == 20 && lower[4..].chars().all(|c| c.is_ascii_hexdigit()))
-        || (lower.starts_with("naa.") && lower[4..].chars().all(|c| c.is_ascii_hexdigit()) && matches!(lower.len() - 4, 16 | 32))
+        || (lower.starts_with("eui.")
+            && lower.len() == 20
+            && lower[4..].chars().all(|c| c.is_ascii_hexdigit()))
+        || (lower.starts_with("naa.")
+            && lower[4..].chars().all(|c| c.is_ascii_hexdigit())
+            && matches!(lower.len() - 4, 16 | 32))
 }
-

@@ -8,17 +8,33 @@ fn seed_config_loads_unchanged() {
     assert_eq!(c.targets.len(), 1);
     let t = &c.targets[0];
     assert_eq!(t.iqn, "iqn.1994-05.com.redhat:37d4cea93db4");
-    let tags: Vec<(u16, &str, String)> = t.tpgs.iter().map(|g| (g.tag, g.host.as_str(), g.addresses[0].to_string())).collect();
+    let tags: Vec<(u16, &str, String)> = t
+        .tpgs
+        .iter()
+        .map(|g| (g.tag, g.host.as_str(), g.addresses[0].to_string()))
+        .collect();
     assert_eq!(
         tags,
-        vec![(1, "testscsi.novalocal", "192.168.0.27:3260".to_string()), (2, "scsifirst", "192.168.0.32:3260".to_string())]
+        vec![
+            (1, "testscsi.novalocal", "192.168.0.27:3260".to_string()),
+            (2, "scsifirst", "192.168.0.32:3260".to_string())
+        ]
     );
     assert_eq!(t.luns.len(), 1);
     let l = &t.luns[0];
     assert_eq!(l.lun, 0);
-    assert_eq!(l.backstore, BackstoreSpec::Rbd { pool: "rbd".into(), image: "wuxingyi".into() });
+    assert_eq!(
+        l.backstore,
+        BackstoreSpec::Rbd {
+            pool: "rbd".into(),
+            image: "wuxingyi".into()
+        }
+    );
     // lrbd's rule: uuid3(NAMESPACE_DNS, pool + target + image).
-    let want = uuid::Uuid::new_v3(&uuid::Uuid::NAMESPACE_DNS, b"rbdiqn.1994-05.com.redhat:37d4cea93db4wuxingyi");
+    let want = uuid::Uuid::new_v3(
+        &uuid::Uuid::NAMESPACE_DNS,
+        b"rbdiqn.1994-05.com.redhat:37d4cea93db4wuxingyi",
+    );
     assert_eq!(l.serial, want.to_string());
     assert_eq!(t.auth.mode, AuthMode::None);
 }
@@ -27,11 +43,23 @@ fn seed_config_loads_unchanged() {
 fn host_selection() {
     let c = Config::parse("seed", SEED).unwrap();
     let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-    assert_eq!(c.select_host(Some("scsifirst"), &[], "x").unwrap(), "scsifirst");
+    assert_eq!(
+        c.select_host(Some("scsifirst"), &[], "x").unwrap(),
+        "scsifirst"
+    );
     assert!(c.select_host(Some("nope"), &[], "x").is_err());
-    assert_eq!(c.select_host(None, &[ip("192.168.0.32")], "x").unwrap(), "scsifirst");
-    assert_eq!(c.select_host(None, &[ip("10.1.1.1")], "testscsi").unwrap(), "testscsi.novalocal");
-    assert_eq!(c.select_host(None, &[], "scsifirst.example.org").unwrap(), "scsifirst");
+    assert_eq!(
+        c.select_host(None, &[ip("192.168.0.32")], "x").unwrap(),
+        "scsifirst"
+    );
+    assert_eq!(
+        c.select_host(None, &[ip("10.1.1.1")], "testscsi").unwrap(),
+        "testscsi.novalocal"
+    );
+    assert_eq!(
+        c.select_host(None, &[], "scsifirst.example.org").unwrap(),
+        "scsifirst"
+    );
     let e = c.select_host(None, &[], "other").unwrap_err();
     assert!(e.message.contains("--host"), "{e}");
 }
@@ -42,16 +70,21 @@ fn err(json: &str) -> ConfigError {
 
 #[test]
 fn errors_name_the_json_path() {
-    let e = err(r#"{"targets": [{"target": "iqn.2003-01.org.x:t", "hosts": [{"host": "a", "portal": "p", "colour": 1}]}]}"#);
+    let e = err(
+        r#"{"targets": [{"target": "iqn.2003-01.org.x:t", "hosts": [{"host": "a", "portal": "p", "colour": 1}]}]}"#,
+    );
     assert_eq!(e.path, "targets[0].hosts[0].colour");
     assert!(e.message.contains("colour"), "{e}");
     let e = err(r#"{"portals": [{"name": "p", "addresses": ["not-an-ip"]}]}"#);
     assert_eq!(e.path, "portals[0].addresses[0]");
-    let e = err(r#"{"targets": [{"target": "iqn.2003-01.org.x:t", "hosts": [{"host": "a", "portal": "missing"}]}]}"#);
+    let e = err(
+        r#"{"targets": [{"target": "iqn.2003-01.org.x:t", "hosts": [{"host": "a", "portal": "missing"}]}]}"#,
+    );
     assert_eq!(e.path, "targets[0].hosts[0].portal");
     let e = err(r#"{"bogus": 1}"#);
     assert!(e.message.contains("bogus"));
-    let e = err(r#"{"targets": [{"target": "iqn.2003-01.org.x:t", "host": "a", "tpg_nonsense": 1}]}"#);
+    let e =
+        err(r#"{"targets": [{"target": "iqn.2003-01.org.x:t", "host": "a", "tpg_nonsense": 1}]}"#);
     assert_eq!(e.path, "targets[0].tpg_nonsense");
     assert_eq!(err("{").path, ".");
 }
@@ -80,16 +113,38 @@ fn full_config_resolves() {
     assert_eq!(t.attributes.cmdsn_depth, 64);
     assert_eq!(t.tpgs[0].addresses[0].to_string(), "127.0.0.1:3261");
     assert_eq!(t.tpgs[0].addresses[1].to_string(), "[::1]:3262");
-    let luns: Vec<(u64, &str, &str)> = t.luns.iter().map(|l| (l.lun, l.image.as_str(), l.owner.as_str())).collect();
-    assert_eq!(luns, vec![(0, "b", "gw2"), (1, "c", "gw2"), (3, "a", "gw2")]);
+    let luns: Vec<(u64, &str, &str)> = t
+        .luns
+        .iter()
+        .map(|l| (l.lun, l.image.as_str(), l.owner.as_str()))
+        .collect();
+    assert_eq!(
+        luns,
+        vec![(0, "b", "gw2"), (1, "c", "gw2"), (3, "a", "gw2")]
+    );
     assert_eq!(t.luns[0].attributes.block_size, 4096);
-    assert_eq!(t.luns[2].backstore, BackstoreSpec::Memory { size: 64 << 20 });
+    assert_eq!(
+        t.luns[2].backstore,
+        BackstoreSpec::Memory { size: 64 << 20 }
+    );
     assert_eq!(t.luns[1].serial, "0123abcd-0000-0000-0000-000000000000");
     assert_eq!(t.auth.mode, AuthMode::Acls);
-    assert_eq!(t.auth.acls[0].params.get("MaxBurstLength").map(String::as_str), Some("65536"));
-    assert_eq!(t.auth.acls[1].chap.as_ref().unwrap().mutual, Some(("tu".into(), "tp".into())));
+    assert_eq!(
+        t.auth.acls[0]
+            .params
+            .get("MaxBurstLength")
+            .map(String::as_str),
+        Some("65536")
+    );
+    assert_eq!(
+        t.auth.acls[1].chap.as_ref().unwrap().mutual,
+        Some(("tu".into(), "tp".into()))
+    );
     assert_eq!(t.auth.discovery.as_ref().unwrap().user, "d");
-    assert!(c.warnings.iter().any(|w| w.contains("backstore_queue_depth")));
+    assert!(c
+        .warnings
+        .iter()
+        .any(|w| w.contains("backstore_queue_depth")));
 }
 
 #[test]

@@ -77,6 +77,8 @@ struct Conn {
     /// A SendTargets answer too long for one PDU: (TTT, what is left).
     text_out: Option<(u32, Bytes)>,
     text_in: Vec<u8>,
+    /// Commands failed for a broken data sequence: their late Data-Out is dropped quietly.
+    failed: std::collections::HashSet<u32>,
     ping: Option<(u32, Instant)>,
     logged_out: bool,
 }
@@ -90,7 +92,16 @@ fn lookup_lun(s: &ScsiSession, raw: u64) -> Option<Arc<Lu>> {
 }
 
 pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
-    let Setup { gw, mut reader, wr, login, listen, local, peer, mut shutdown } = setup;
+    let Setup {
+        gw,
+        mut reader,
+        wr,
+        login,
+        listen,
+        local,
+        peer,
+        mut shutdown,
+    } = setup;
     let p = login.params.clone();
     reader.decoder.header_digest = p.header_digest == Digest::Crc32c;
     reader.decoder.data_digest = p.data_digest == Digest::Crc32c;
@@ -117,22 +128,39 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
     let mut handle = None;
     let scsi = if login.session_type == SessionType::Normal {
         let name = login.target_name.clone().unwrap_or_default();
-        let Some(target) = gw.target(&name).cloned() else { anyhow::bail!("target {name} vanished") };
+        let Some(target) = gw.target(&name).cloned() else {
+            anyhow::bail!("target {name} vanished")
+        };
         let key = SessionKey::new(&login.initiator_name, login.isid, &target.cfg.iqn);
-        handle = Some(gw.sessions.register(key.clone(), login.tsih, Duration::from_secs(10)).await);
+        handle = Some(
+            gw.sessions
+                .register(key.clone(), login.tsih, Duration::from_secs(10))
+                .await,
+        );
         session_key = Some(key);
         let relative_port = gw.tpg_for(&target, listen).unwrap_or(1);
-        let nexus = ItNexus { initiator: login.initiator_name.as_str().into(), isid: login.isid, relative_port };
+        let nexus = ItNexus {
+            initiator: login.initiator_name.as_str().into(),
+            isid: login.isid,
+            relative_port,
+        };
         // A new I_T nexus: whatever an older one with this identity held is gone.
         for lu in target.luns.values() {
             lu.nexus_lost(&nexus);
         }
         let luns = target.visible_luns(&login.initiator_name);
-        Some(ScsiSession { target, nexus, luns })
+        Some(ScsiSession {
+            target,
+            nexus,
+            luns,
+        })
     } else {
         None
     };
-    let mut kill = handle.as_ref().map(|h| h.kill.clone()).unwrap_or_else(|| watch::channel(false).1);
+    let mut kill = handle
+        .as_ref()
+        .map(|h| h.kill.clone())
+        .unwrap_or_else(|| watch::channel(false).1);
 
     let mut c = Conn {
         gw: gw.clone(),
@@ -147,6 +175,7 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
         next_ttt: 1,
         text_out: None,
         text_in: Vec::new(),
+        failed: Default::default(),
         ping: None,
         logged_out: false,
     };
@@ -185,11 +214,11 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
                 }
                 c.send_ping().await;
             }
-            _ = kill.changed() => {
+            Ok(()) = kill.changed() => {
                 info!(?peer, "session replaced by a reinstating login");
                 break Ok(());
             }
-            _ = shutdown.changed(), if !asked_logout => {
+            Ok(()) = shutdown.changed(), if !asked_logout => {
                 asked_logout = true;
                 c.request_logout().await;
             }
@@ -260,7 +289,8 @@ impl Conn {
     /// Handles one PDU; `Ok(false)` ends the connection.
     async fn on_pdu(&mut self, pdu: Pdu) -> anyhow::Result<bool> {
         let Some(op) = pdu.bhs.opcode() else {
-            self.send_reject(RejectReason::CommandNotSupported, &pdu.bhs).await;
+            self.send_reject(RejectReason::CommandNotSupported, &pdu.bhs)
+                .await;
             return Ok(true);
         };
         let discovery = self.scsi.is_none();
@@ -286,12 +316,14 @@ impl Conn {
                 Ok(true)
             }
             o if !o.is_initiator() => {
-                self.send_reject(RejectReason::ProtocolError, &pdu.bhs).await;
+                self.send_reject(RejectReason::ProtocolError, &pdu.bhs)
+                    .await;
                 Ok(true)
             }
             _ => {
                 // A login in full feature phase, or SCSI in a discovery session.
-                self.send_reject(RejectReason::ProtocolError, &pdu.bhs).await;
+                self.send_reject(RejectReason::ProtocolError, &pdu.bhs)
+                    .await;
                 Ok(true)
             }
         }
@@ -305,7 +337,10 @@ impl Conn {
         match self.window.accept(bhs.cmd_sn(), counts) {
             Acceptance::Accepted => true,
             Acceptance::Ignore => {
-                debug!(cmd_sn = bhs.cmd_sn(), "CmdSN outside the window: ignored (RFC 7143 §4.2.2.1)");
+                debug!(
+                    cmd_sn = bhs.cmd_sn(),
+                    "CmdSN outside the window: ignored (RFC 7143 §4.2.2.1)"
+                );
                 false
             }
         }
@@ -321,6 +356,7 @@ impl Conn {
             self.window.hold();
         }
         let itt = bhs.itt();
+        self.failed.remove(&itt);
         let lun_raw = bhs.lun_raw();
         let flags = bhs.flags();
         let (read, write) = (flags & 0x40 != 0, flags & 0x20 != 0);
@@ -336,17 +372,38 @@ impl Conn {
         }
         let lu = lookup_lun(s, lun_raw);
         let bs = lu.as_ref().map_or(512, |l| l.config().block_size);
-        let spdtl = scsi::data_out_length(&cdb, bs);
+        let mut spdtl = scsi::data_out_length(&cdb, bs);
         let (overflow, residual) = if spdtl > edtl as u64 {
-            (true, Some(Residual::Overflow((spdtl - edtl as u64).min(u32::MAX as u64) as u32)))
+            let residual = Some(Residual::Overflow(
+                (spdtl - edtl as u64).min(u32::MAX as u64) as u32,
+            ));
+            // FCP-4 §9.4.2 a): a WRITE whose EDTL is shorter than its transfer length writes
+            // the whole blocks EDTL covers and reports the overflow; other commands
+            // transfer nothing and fail (b).
+            match scsi::sbc::truncate_write(&mut cdb, edtl / bs) {
+                true => {
+                    spdtl = scsi::data_out_length(&cdb, bs);
+                    (false, residual)
+                }
+                false => (true, residual),
+            }
         } else if write && (edtl as u64) > spdtl {
-            (false, Some(Residual::Underflow((edtl as u64 - spdtl) as u32)))
+            (
+                false,
+                Some(Residual::Underflow((edtl as u64 - spdtl) as u32)),
+            )
         } else {
             (false, None)
         };
         if write && edtl > 0 {
             let keep = spdtl.min(edtl as u64).min(MAX_COMMAND_BUFFER) as u32;
-            let mut transfer = WriteTransfer::new(edtl, keep, &pdu.data, bhs.final_bit(), &self.transfer_params());
+            let mut transfer = WriteTransfer::new(
+                edtl,
+                keep,
+                &pdu.data,
+                bhs.final_bit(),
+                &self.transfer_params(),
+            );
             let tp = self.transfer_params();
             let mut tags = Vec::new();
             let r2ts = transfer.next_r2ts(&tp, &mut || {
@@ -358,7 +415,16 @@ impl Conn {
             for r in &r2ts {
                 self.send_r2t(itt, lun_raw, r).await;
             }
-            let pw = PendingWrite { lu, lun_raw, cdb, edtl, read, residual, overflow, transfer };
+            let pw = PendingWrite {
+                lu,
+                lun_raw,
+                cdb,
+                edtl,
+                read,
+                residual,
+                overflow,
+                transfer,
+            };
             if pw.transfer.is_complete() {
                 self.dispatch(itt, pw);
             } else {
@@ -367,13 +433,30 @@ impl Conn {
             return Ok(true);
         }
         let transfer = WriteTransfer::new(0, 0, &[], true, &self.transfer_params());
-        self.dispatch(itt, PendingWrite { lu, lun_raw, cdb, edtl, read, residual, overflow, transfer });
+        self.dispatch(
+            itt,
+            PendingWrite {
+                lu,
+                lun_raw,
+                cdb,
+                edtl,
+                read,
+                residual,
+                overflow,
+                transfer,
+            },
+        );
         Ok(true)
     }
 
     async fn send_r2t(&self, itt: u32, lun_raw: u64, r: &iscsi::dataout::R2t) {
         let mut bhs = Bhs::new(Opcode::ReadyToTransfer);
-        bhs.set_lun_raw(lun_raw).set_itt(itt).set_ttt(r.ttt).set_data_sn(r.r2t_sn).set_buffer_offset(r.offset).set_residual_count(r.len);
+        bhs.set_lun_raw(lun_raw)
+            .set_itt(itt)
+            .set_ttt(r.ttt)
+            .set_data_sn(r.r2t_sn)
+            .set_buffer_offset(r.offset)
+            .set_residual_count(r.len);
         self.send(Pdu::new(bhs), false).await;
     }
 
@@ -382,18 +465,37 @@ impl Conn {
         let itt = bhs.itt();
         let tp = self.transfer_params();
         let Some(pw) = self.pending.get_mut(&itt) else {
+            if self.failed.contains(&itt) {
+                return Ok(true);
+            }
             // Data for a command we do not know (finished, aborted or never accepted).
             self.send_reject(RejectReason::InvalidPduField, &bhs).await;
             return Ok(true);
         };
-        if let Err(e) = pw.transfer.on_data_out(bhs.ttt(), bhs.data_sn(), bhs.buffer_offset(), &pdu.data, bhs.final_bit()) {
-            // RFC 7143 §7.1.4.1 / §7.12: at error recovery level 0 a broken data sequence ends
-            // the connection; the initiator recovers the session.
-            warn!(initiator = %self.initiator, itt, "Data-Out sequence error: {e}; closing the connection");
-            self.send_reject(RejectReason::ProtocolError, &bhs).await;
-            self.pending.remove(&itt);
-            self.window.complete();
-            return Ok(false);
+        if let Err(e) = pw.transfer.on_data_out(
+            bhs.ttt(),
+            bhs.data_sn(),
+            bhs.buffer_offset(),
+            &pdu.data,
+            bhs.final_bit(),
+        ) {
+            // At error recovery level 0 the target cannot ask for the data again (RFC 7143
+            // §7.1.4.1): the command ends with a data phase error and writes nothing; its
+            // further Data-Out PDUs are dropped.
+            warn!(initiator = %self.initiator, itt, "Data-Out sequence error: {e}; failing the command");
+            let asc = match e {
+                iscsi::dataout::DataOutError::UnknownTtt(_) => Asc(0x4b, 0x01),
+                iscsi::dataout::DataOutError::Offset { .. } => Asc(0x4b, 0x05),
+                _ => Asc(0x4b, 0x00),
+            };
+            if let Some(pw) = self.pending.remove(&itt) {
+                let resp = ScsiResponse::check(SenseData::new(scsi::SenseKey::AbortedCommand, asc));
+                let r2ts = pw.transfer.r2t_count();
+                self.failed.insert(itt);
+                self.finish(itt, pw.lun_raw, resp, pw.edtl, pw.read, None, r2ts)
+                    .await;
+            }
+            return Ok(true);
         }
         let mut next = self.next_ttt;
         let r2ts = pw.transfer.next_r2ts(&tp, &mut || {
@@ -405,7 +507,11 @@ impl Conn {
         for r in &r2ts {
             self.send_r2t(itt, lun_raw, r).await;
         }
-        if self.pending.get(&itt).is_some_and(|p| p.transfer.is_complete()) {
+        if self
+            .pending
+            .get(&itt)
+            .is_some_and(|p| p.transfer.is_complete())
+        {
             if let Some(pw) = self.pending.remove(&itt) {
                 self.dispatch(itt, pw);
             }
@@ -415,15 +521,41 @@ impl Conn {
 
     /// Queues a finished command's response.
     #[allow(clippy::too_many_arguments)]
-    async fn finish(&self, itt: u32, lun_raw: u64, resp: ScsiResponse, edtl: u32, read: bool, write_residual: Option<Residual>, r2ts: u32) {
-        let done = ScsiDone { itt, lun_raw, resp, edtl, read, write_residual, r2ts };
+    async fn finish(
+        &self,
+        itt: u32,
+        lun_raw: u64,
+        resp: ScsiResponse,
+        edtl: u32,
+        read: bool,
+        write_residual: Option<Residual>,
+        r2ts: u32,
+    ) {
+        let done = ScsiDone {
+            itt,
+            lun_raw,
+            resp,
+            edtl,
+            read,
+            write_residual,
+            r2ts,
+        };
         let _ = self.tx.send(Out::Scsi(Box::new(done))).await;
     }
 
     /// Runs a command whose data-out (if any) is complete, as a task of its own.
     fn dispatch(&mut self, itt: u32, pw: PendingWrite) {
         let Some(s) = &self.scsi else { return };
-        let PendingWrite { lu, lun_raw, cdb, edtl, read, residual, overflow, transfer } = pw;
+        let PendingWrite {
+            lu,
+            lun_raw,
+            cdb,
+            edtl,
+            read,
+            residual,
+            overflow,
+            transfer,
+        } = pw;
         let r2ts = transfer.r2t_count();
         let data_out = transfer.into_data();
         let tx = self.tx.clone();
@@ -439,7 +571,13 @@ impl Conn {
             } else if cdb[0] == 0xa0 {
                 scsi::reports::report_luns(&cdb, &luns)
             } else if let Some(lu) = &lu {
-                lu.execute(&ScsiCommand { cdb: &cdb, nexus: &nexus, data_out }).await
+                lu.execute(&ScsiCommand {
+                    cdb: &cdb,
+                    nexus: &nexus,
+                    data_out,
+                    transfer_length: edtl,
+                })
+                .await
             } else {
                 scsi::no_such_lun(&cdb)
             };
@@ -449,9 +587,21 @@ impl Conn {
         let mut guard = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let task = tokio::spawn(async move {
             let (resp, read, edtl, residual, r2ts) = fut.await;
-            let owned = tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&itt).is_some();
+            let owned = tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&itt)
+                .is_some();
             if owned {
-                let done = ScsiDone { itt, lun_raw, resp, edtl, read, write_residual: residual, r2ts };
+                let done = ScsiDone {
+                    itt,
+                    lun_raw,
+                    resp,
+                    edtl,
+                    read,
+                    write_residual: residual,
+                    r2ts,
+                };
                 let _ = tx.send(Out::Scsi(Box::new(done))).await;
             }
         });
@@ -462,13 +612,18 @@ impl Conn {
     fn abort_where(&mut self, pred: impl Fn(u32, u64) -> bool) -> usize {
         let mut n = 0;
         let before = self.pending.len();
-        self.pending.retain(|itt, pw| !pred(*itt, scsi::decode_lun(pw.lun_raw).unwrap_or(u64::MAX)));
+        self.pending
+            .retain(|itt, pw| !pred(*itt, scsi::decode_lun(pw.lun_raw).unwrap_or(u64::MAX)));
         for _ in self.pending.len()..before {
             self.window.complete();
             n += 1;
         }
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        let victims: Vec<u32> = tasks.iter().filter(|(itt, (lun, _))| pred(**itt, *lun)).map(|(i, _)| *i).collect();
+        let victims: Vec<u32> = tasks
+            .iter()
+            .filter(|(itt, (lun, _))| pred(**itt, *lun))
+            .map(|(i, _)| *i)
+            .collect();
         for itt in victims {
             if let Some((_, h)) = tasks.remove(&itt) {
                 h.abort();
@@ -503,7 +658,9 @@ impl Conn {
                     // received and aborted.
                     let ref_cmd_sn = bhs.max_cmd_sn();
                     let (exp, _) = self.window.stamp();
-                    if iscsi::seq::sn_lt(ref_cmd_sn, bhs.cmd_sn()) && !iscsi::seq::sn_lt(ref_cmd_sn, exp) {
+                    if iscsi::seq::sn_lt(ref_cmd_sn, bhs.cmd_sn())
+                        && !iscsi::seq::sn_lt(ref_cmd_sn, exp)
+                    {
                         0
                     } else {
                         1
@@ -521,7 +678,10 @@ impl Conn {
                 None => 2,
                 Some(lu) => {
                     self.abort_where(|_, l| l == lun);
-                    lu.reset(scsi::lu::ResetKind::LogicalUnit);
+                    lu.reset(
+                        scsi::lu::ResetKind::LogicalUnit,
+                        self.scsi.as_ref().map(|s| &s.nexus),
+                    );
                     info!(initiator = %self.initiator, lun, "LOGICAL UNIT RESET");
                     0
                 }
@@ -529,9 +689,13 @@ impl Conn {
             6 | 7 => {
                 self.abort_where(|_, _| true);
                 if let Some(s) = &self.scsi {
-                    let kind = if function == 6 { scsi::lu::ResetKind::TargetWarm } else { scsi::lu::ResetKind::TargetCold };
+                    let kind = if function == 6 {
+                        scsi::lu::ResetKind::TargetWarm
+                    } else {
+                        scsi::lu::ResetKind::TargetCold
+                    };
                     for lu in s.target.luns.values() {
-                        lu.reset(kind);
+                        lu.reset(kind, Some(&s.nexus));
                     }
                 }
                 info!(initiator = %self.initiator, "TARGET {} RESET", if function == 6 { "WARM" } else { "COLD" });
@@ -564,7 +728,9 @@ impl Conn {
             return;
         }
         let mut r = Bhs::new(Opcode::NopIn);
-        r.set_lun_raw(bhs.lun_raw()).set_itt(bhs.itt()).set_ttt(RESERVED_TAG);
+        r.set_lun_raw(bhs.lun_raw())
+            .set_itt(bhs.itt())
+            .set_ttt(RESERVED_TAG);
         self.send(Pdu::with_data(r, pdu.data.clone()), true).await;
     }
 
@@ -602,7 +768,13 @@ impl Conn {
                         for (k, v) in &keys.0 {
                             if k == "SendTargets" {
                                 let own = self.scsi.as_ref().map(|s| s.target.cfg.iqn.clone());
-                                let st = crate::discovery::send_targets(&self.gw, &self.initiator, v, own.as_deref(), self.local);
+                                let st = crate::discovery::send_targets(
+                                    &self.gw,
+                                    &self.initiator,
+                                    v,
+                                    own.as_deref(),
+                                    self.local,
+                                );
                                 answer.0.extend(st.0);
                             } else {
                                 answer.push(k.clone(), "NotUnderstood");
@@ -640,7 +812,13 @@ impl Conn {
         let reason = bhs.flags() & 0x7f;
         // Let running commands finish first (RFC 7143 §11.14: the logout cleans up).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while (!self.tasks.lock().unwrap_or_else(|e| e.into_inner()).is_empty()) && Instant::now() < deadline {
+        while (!self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty())
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut r = Bhs::new(Opcode::LogoutResponse);

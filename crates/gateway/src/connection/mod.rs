@@ -56,18 +56,49 @@ pub(crate) fn reject(reason: RejectReason, bad: &Bhs) -> Pdu {
 }
 
 /// Serves one accepted TCP connection until it ends.
-pub async fn serve(stream: TcpStream, gw: Arc<Gateway>, listen: SocketAddr, shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    stream: TcpStream,
+    gw: Arc<Gateway>,
+    listen: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
     let peer = stream.peer_addr().ok();
     let local = stream.local_addr().unwrap_or(listen);
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
-    let mut reader = PduReader { rd, buf: BytesMut::with_capacity(64 * 1024), decoder: PduDecoder::default() };
-    let login_timeout = gw.targets.iter().map(|t| t.cfg.attributes.login_timeout).max().unwrap_or(15);
+    let mut reader = PduReader {
+        rd,
+        buf: BytesMut::with_capacity(64 * 1024),
+        decoder: PduDecoder::default(),
+    };
+    let login_timeout = gw
+        .targets
+        .iter()
+        .map(|t| t.cfg.attributes.login_timeout)
+        .max()
+        .unwrap_or(15);
     let tsih = gw.allocate_tsih();
-    let initial_stat_sn = u32::from_be_bytes(iscsi::chap::random_bytes(4).try_into().unwrap_or([0, 0, 0, 1]));
-    let cmd_window = gw.targets.iter().map(|t| t.cfg.attributes.cmdsn_depth).max().unwrap_or(128);
-    let mut login = Login::new(PortalInfo { tpg_tag: 0, tsih, initial_stat_sn, cmd_window });
-    let dir = LoginDirectory { gateway: &gw, listen };
+    let initial_stat_sn = u32::from_be_bytes(
+        iscsi::chap::random_bytes(4)
+            .try_into()
+            .unwrap_or([0, 0, 0, 1]),
+    );
+    let cmd_window = gw
+        .targets
+        .iter()
+        .map(|t| t.cfg.attributes.cmdsn_depth)
+        .max()
+        .unwrap_or(128);
+    let mut login = Login::new(PortalInfo {
+        tpg_tag: 0,
+        tsih,
+        initial_stat_sn,
+        cmd_window,
+    });
+    let dir = LoginDirectory {
+        gateway: &gw,
+        listen,
+    };
 
     let result = tokio::time::timeout(Duration::from_secs(login_timeout as u64), async {
         loop {
@@ -80,7 +111,10 @@ pub async fn serve(stream: TcpStream, gw: Arc<Gateway>, listen: SocketAddr, shut
                 Ok(None) | Err(_) => return None,
             };
             // The TPG tag depends on the target named in the first PDU.
-            if let Some(name) = iscsi::text::TextPairs::parse(&pdu.data).ok().and_then(|t| t.get("TargetName").map(str::to_string)) {
+            if let Some(name) = iscsi::text::TextPairs::parse(&pdu.data)
+                .ok()
+                .and_then(|t| t.get("TargetName").map(str::to_string))
+            {
                 if let Some(t) = gw.target(&name) {
                     login.set_tpg_tag(gw.tpg_for(t, listen).unwrap_or(0));
                 }
@@ -98,7 +132,11 @@ pub async fn serve(stream: TcpStream, gw: Arc<Gateway>, listen: SocketAddr, shut
                 None => continue,
                 Some(Ok(res)) => return Some(res),
                 Some(Err(status)) => {
-                    info!(?peer, status = format_args!("{:#06x}", status.0), "login refused");
+                    info!(
+                        ?peer,
+                        status = format_args!("{:#06x}", status.0),
+                        "login refused"
+                    );
                     return None;
                 }
             }
@@ -121,7 +159,18 @@ pub async fn serve(stream: TcpStream, gw: Arc<Gateway>, listen: SocketAddr, shut
         tsih = res.tsih,
         "login complete"
     );
-    if let Err(e) = ffp::run(ffp::Setup { gw: gw.clone(), reader, wr, login: *res, listen, local, peer, shutdown }).await {
+    if let Err(e) = ffp::run(ffp::Setup {
+        gw: gw.clone(),
+        reader,
+        wr,
+        login: *res,
+        listen,
+        local,
+        peer,
+        shutdown,
+    })
+    .await
+    {
         warn!(?peer, "connection ended: {e}");
     }
 }

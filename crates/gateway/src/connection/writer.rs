@@ -38,7 +38,10 @@ pub struct ScsiDone {
 #[derive(Debug)]
 pub enum Out {
     /// A PDU; `advances` when it carries a status and takes the next StatSN.
-    Pdu { pdu: Pdu, advances: bool },
+    Pdu {
+        pdu: Pdu,
+        advances: bool,
+    },
     Scsi(Box<ScsiDone>),
     /// Flush and close the connection.
     Close,
@@ -60,7 +63,13 @@ struct WindowState {
 
 impl Window {
     pub fn new(exp_cmd_sn: u32, depth: u32) -> Self {
-        Window { inner: Mutex::new(WindowState { exp_cmd_sn, depth: depth.max(1), inflight: 0 }) }
+        Window {
+            inner: Mutex::new(WindowState {
+                exp_cmd_sn,
+                depth: depth.max(1),
+                inflight: 0,
+            }),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, WindowState> {
@@ -85,7 +94,11 @@ impl Window {
         } else if iscsi::seq::sn_lt(w.exp_cmd_sn, cmd_sn) && iscsi::seq::sn_le(cmd_sn, max) {
             // A gap can only come from a misbehaving initiator (one connection per session):
             // resynchronise rather than stall.
-            tracing::warn!(expected = w.exp_cmd_sn, got = cmd_sn, "CmdSN gap; resynchronising");
+            tracing::warn!(
+                expected = w.exp_cmd_sn,
+                got = cmd_sn,
+                "CmdSN gap; resynchronising"
+            );
             w.exp_cmd_sn = cmd_sn.wrapping_add(1);
         } else {
             return Acceptance::Ignore;
@@ -190,7 +203,8 @@ impl Writer {
             }
             None => {}
         };
-        let collapse = d.resp.status == ScsiStatus::Good && d.resp.sense.is_none() && !data.is_empty();
+        let collapse =
+            d.resp.status == ScsiStatus::Good && d.resp.sense.is_none() && !data.is_empty();
         let p = self.params;
         let seg = p.max_xmit_data_segment_length.max(512) as usize;
         let burst = p.max_burst_length.max(512) as usize;
@@ -211,13 +225,20 @@ impl Writer {
                 flags |= 0x01;
             }
             bhs.set_flags(flags);
-            bhs.set_itt(d.itt).set_ttt(RESERVED_TAG).set_data_sn(data_sn).set_buffer_offset(offset as u32);
+            bhs.set_itt(d.itt)
+                .set_ttt(RESERVED_TAG)
+                .set_data_sn(data_sn)
+                .set_buffer_offset(offset as u32);
             let status = last && collapse;
             if status {
                 bhs.0[3] = d.resp.status as u8;
                 residual_bits(&mut bhs);
             }
-            self.put(out, Pdu::with_data(bhs, data.slice(offset..offset + n)), status);
+            self.put(
+                out,
+                Pdu::with_data(bhs, data.slice(offset..offset + n)),
+                status,
+            );
             data_sn += 1;
             offset += n;
         }
@@ -279,14 +300,22 @@ mod tests {
 
     fn writer(seg: u32, burst: u32) -> Writer {
         Writer {
-            params: WriterParams { header_digest: false, data_digest: false, max_xmit_data_segment_length: seg, max_burst_length: burst },
+            params: WriterParams {
+                header_digest: false,
+                data_digest: false,
+                max_xmit_data_segment_length: seg,
+                max_burst_length: burst,
+            },
             stat_sn: 10,
             window: Arc::new(Window::new(1, 8)),
         }
     }
 
     fn decode_all(mut b: BytesMut) -> Vec<Pdu> {
-        let dec = PduDecoder { max_recv_data_segment_length: 1 << 20, ..Default::default() };
+        let dec = PduDecoder {
+            max_recv_data_segment_length: 1 << 20,
+            ..Default::default()
+        };
         let mut v = Vec::new();
         while let Some(p) = dec.decode(&mut b).unwrap() {
             v.push(p);
@@ -298,12 +327,24 @@ mod tests {
     fn data_in_segmentation_with_phase_collapse() {
         let mut w = writer(1024, 2048);
         let mut out = BytesMut::new();
-        let done = ScsiDone { itt: 5, lun_raw: 0, resp: ScsiResponse::data(Bytes::from(vec![1u8; 3000])), edtl: 3000, read: true, write_residual: None, r2ts: 0 };
+        let done = ScsiDone {
+            itt: 5,
+            lun_raw: 0,
+            resp: ScsiResponse::data(Bytes::from(vec![1u8; 3000])),
+            edtl: 3000,
+            read: true,
+            write_residual: None,
+            r2ts: 0,
+        };
         w.encode(Out::Scsi(Box::new(done)), &mut out);
         let pdus = decode_all(out);
         assert_eq!(pdus.len(), 3);
         let f: Vec<u8> = pdus.iter().map(|p| p.bhs.flags()).collect();
-        assert_eq!(f, vec![0x00, 0x80, 0x81], "F at the burst end and the last PDU, S on the last");
+        assert_eq!(
+            f,
+            vec![0x00, 0x80, 0x81],
+            "F at the burst end and the last PDU, S on the last"
+        );
         assert_eq!(pdus[2].bhs.stat_sn(), 10);
         assert_eq!(w.stat_sn, 11);
         assert_eq!(pdus[2].bhs.buffer_offset(), 2048);
@@ -315,7 +356,15 @@ mod tests {
         let mut w = writer(8192, 1 << 20);
         let mut out = BytesMut::new();
         // Read of 512 bytes with EDTL 200: overflow, 200 bytes sent.
-        let done = ScsiDone { itt: 1, lun_raw: 0, resp: ScsiResponse::data(Bytes::from(vec![0u8; 512])), edtl: 200, read: true, write_residual: None, r2ts: 0 };
+        let done = ScsiDone {
+            itt: 1,
+            lun_raw: 0,
+            resp: ScsiResponse::data(Bytes::from(vec![0u8; 512])),
+            edtl: 200,
+            read: true,
+            write_residual: None,
+            r2ts: 0,
+        };
         w.encode(Out::Scsi(Box::new(done)), &mut out);
         let p = decode_all(out.split());
         assert_eq!(p[0].data.len(), 200);
@@ -323,7 +372,15 @@ mod tests {
         assert_eq!(p[0].bhs.residual_count(), 312);
         // Check condition: separate response with sense.
         let sense = scsi::SenseData::lba_out_of_range();
-        let done = ScsiDone { itt: 2, lun_raw: 0, resp: ScsiResponse::check(sense), edtl: 512, read: true, write_residual: None, r2ts: 0 };
+        let done = ScsiDone {
+            itt: 2,
+            lun_raw: 0,
+            resp: ScsiResponse::check(sense),
+            edtl: 512,
+            read: true,
+            write_residual: None,
+            r2ts: 0,
+        };
         w.encode(Out::Scsi(Box::new(done)), &mut out);
         let p = decode_all(out.split());
         assert_eq!(p.len(), 1);
