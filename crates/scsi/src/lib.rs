@@ -126,7 +126,9 @@ pub fn data_out_length(cdb: &[u8], block_size: u32) -> u64 {
     use cdb::{be16, be32};
     let bs = block_size as u64;
     match cdb.first().copied().unwrap_or(0) {
-        0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e => sbc::BlockRange::parse(cdb).blocks * bs,
+        0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x8b => {
+            sbc::BlockRange::parse(cdb).blocks * bs
+        }
         0x2f | 0xaf | 0x8f => match (cdb::get(cdb, 1) >> 1) & 3 {
             1 => sbc::BlockRange::parse(cdb).blocks * bs,
             3 => bs,

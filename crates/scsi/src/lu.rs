@@ -179,8 +179,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
 
     /// A task management reset (SAM-5 §6.3.4 LOGICAL UNIT RESET, §6.3.7 TARGET RESET):
     /// SPC-2 reservations and PREVENT are dropped; every nexus gets a unit attention.
-    /// The nexus that asked for the reset gets no unit attention for it (SAM-5 §6.3.4: "every
-    /// I_T nexus other than the one on which the task management function was received").
+    /// A LOGICAL UNIT RESET raises its unit attention on every nexus, the issuer's included
+    /// (initiators re-check every path after it, as libiscsi's MultipathIO.Reset does); a
+    /// target reset spares the nexus that asked for it, which knows.
     pub fn reset(&self, kind: ResetKind, issuer: Option<&ItNexus>) {
         let mut st = self.state();
         st.reserved_by = None;
@@ -191,7 +192,12 @@ impl<B: BlockDevice> LogicalUnit<B> {
             ResetKind::TargetWarm => Asc(0x29, 0x02),
             ResetKind::TargetCold => Asc(0x29, 0x01),
         };
-        st.ua_all(asc, issuer);
+        let except = if kind == ResetKind::LogicalUnit {
+            None
+        } else {
+            issuer
+        };
+        st.ua_all(asc, except);
     }
 
     /// The I_T nexus is gone (logout, connection loss, session reinstatement): SPC-2
@@ -284,8 +290,12 @@ impl<B: BlockDevice> LogicalUnit<B> {
             0x2f | 0xaf | 0x8f => self.verify(cdb, &cmd.data_out).await,
             0x34 | 0x90 => self.pre_fetch(cdb),
             0x35 | 0x91 => self.synchronize_cache(cdb).await,
-            0x41 | 0x93 => self.write_same(cdb, &cmd.data_out).await,
+            0x41 | 0x93 => {
+                self.write_same(cdb, &cmd.data_out, cmd.transfer_length)
+                    .await
+            }
             0x42 => self.unmap(cdb, &cmd.data_out).await,
+            0x8b => self.or_write(cdb, &cmd.data_out).await,
             0x89 => {
                 self.compare_and_write(cdb, &cmd.data_out, cmd.transfer_length)
                     .await

@@ -50,7 +50,6 @@ struct PendingWrite {
     edtl: u32,
     read: bool,
     residual: Option<Residual>,
-    overflow: bool,
     transfer: WriteTransfer,
 }
 
@@ -373,27 +372,21 @@ impl Conn {
         let lu = lookup_lun(s, lun_raw);
         let bs = lu.as_ref().map_or(512, |l| l.config().block_size);
         let mut spdtl = scsi::data_out_length(&cdb, bs);
-        let (overflow, residual) = if spdtl > edtl as u64 {
+        let residual = if spdtl > edtl as u64 {
             let residual = Some(Residual::Overflow(
                 (spdtl - edtl as u64).min(u32::MAX as u64) as u32,
             ));
             // FCP-4 §9.4.2 a): a WRITE whose EDTL is shorter than its transfer length writes
-            // the whole blocks EDTL covers and reports the overflow; other commands
-            // transfer nothing and fail (b).
-            match scsi::sbc::truncate_write(&mut cdb, edtl / bs) {
-                true => {
-                    spdtl = scsi::data_out_length(&cdb, bs);
-                    (false, residual)
-                }
-                false => (true, residual),
+            // the whole blocks EDTL covers and reports the overflow; b) any other command
+            // finds its data-out short and refuses.
+            if scsi::sbc::truncate_write(&mut cdb, edtl / bs) {
+                spdtl = scsi::data_out_length(&cdb, bs);
             }
+            residual
         } else if write && (edtl as u64) > spdtl {
-            (
-                false,
-                Some(Residual::Underflow((edtl as u64 - spdtl) as u32)),
-            )
+            Some(Residual::Underflow((edtl as u64 - spdtl) as u32))
         } else {
-            (false, None)
+            None
         };
         if write && edtl > 0 {
             let keep = spdtl.min(edtl as u64).min(MAX_COMMAND_BUFFER) as u32;
@@ -422,7 +415,6 @@ impl Conn {
                 edtl,
                 read,
                 residual,
-                overflow,
                 transfer,
             };
             if pw.transfer.is_complete() {
@@ -442,7 +434,6 @@ impl Conn {
                 edtl,
                 read,
                 residual,
-                overflow,
                 transfer,
             },
         );
@@ -553,7 +544,6 @@ impl Conn {
             edtl,
             read,
             residual,
-            overflow,
             transfer,
         } = pw;
         let r2ts = transfer.r2t_count();
@@ -564,11 +554,7 @@ impl Conn {
         let tasks = self.tasks.clone();
         let lun = scsi::decode_lun(lun_raw).unwrap_or(u64::MAX);
         let fut = async move {
-            let resp = if overflow {
-                // RFC 7143 §11.4.5.2 with FCP-4's rule: EDTL shorter than the command's own
-                // length: transfer nothing and say so.
-                ScsiResponse::check(SenseData::illegal(Asc::INVALID_FIELD_IN_INFORMATION_UNIT))
-            } else if cdb[0] == 0xa0 {
+            let resp = if cdb[0] == 0xa0 {
                 scsi::reports::report_luns(&cdb, &luns)
             } else if let Some(lu) = &lu {
                 lu.execute(&ScsiCommand {
