@@ -121,3 +121,5 @@ pub fn require(program: &str, package: &str) {
 pub fn lines(r: impl std::io::Read) -> Vec<String> {
     BufReader::new(r).lines().map_while(Result::ok).collect()
 }
+
+pub mod client;
