@@ -208,3 +208,6 @@ mod tests {
         assert_eq!(n.initiator_port(), "iqn.a,i,0x400001370000");
     }
 }
+
+#[cfg(test)]
+mod lu_tests;
