@@ -605,7 +605,11 @@ mod fuzz_smoke {
                 bytes[5] = 0;
                 bytes[6] %= 2;
             }
-            let dec = PduDecoder { header_digest: round % 3 == 0, data_digest: round % 5 == 0, max_recv_data_segment_length: 8192 };
+            let dec = PduDecoder {
+                header_digest: round % 3 == 0,
+                data_digest: round % 5 == 0,
+                max_recv_data_segment_length: 8192,
+            };
             let mut buf = BytesMut::from(&bytes[..]);
             while let Ok(Some(pdu)) = dec.decode(&mut buf) {
                 let _ = TextPairs::parse(&pdu.data);

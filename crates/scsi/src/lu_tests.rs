@@ -8,19 +8,32 @@ use crate::sense::{Asc, SenseKey};
 use crate::{ItNexus, LogicalUnit, ScsiCommand, ScsiResponse, ScsiStatus};
 
 fn lu(read_only: bool) -> LogicalUnit<FileDevice> {
-    let mut c = LuConfig::new(0, "0123abcd-0000-0000-0000-000000000000", "iqn.2026-11.org.rbdgw:t");
+    let mut c = LuConfig::new(
+        0,
+        "0123abcd-0000-0000-0000-000000000000",
+        "iqn.2026-11.org.rbdgw:t",
+    );
     c.read_only = read_only;
     LogicalUnit::new(c, FileDevice::memory(1 << 20).unwrap())
 }
 
 fn nexus(n: u8) -> ItNexus {
-    ItNexus { initiator: format!("iqn.2026-11.org.rbdgw:i{n}").into(), isid: [0x40, 0, 0, 0, 0, n], relative_port: 1 }
+    ItNexus {
+        initiator: format!("iqn.2026-11.org.rbdgw:i{n}").into(),
+        isid: [0x40, 0, 0, 0, 0, n],
+        relative_port: 1,
+    }
 }
 
 async fn run(lu: &LogicalUnit<FileDevice>, n: &ItNexus, cdb: &[u8], data: &[u8]) -> ScsiResponse {
     let mut full = [0u8; 16];
     full[..cdb.len()].copy_from_slice(cdb);
-    let cmd = ScsiCommand { cdb: &full, nexus: n, data_out: Bytes::copy_from_slice(data), transfer_length: data.len() as u32 };
+    let cmd = ScsiCommand {
+        cdb: &full,
+        nexus: n,
+        data_out: Bytes::copy_from_slice(data),
+        transfer_length: data.len() as u32,
+    };
     lu.execute(&cmd).await
 }
 
@@ -51,22 +64,70 @@ async fn error_paths_report_the_right_sense() {
     ready(&lu, &n).await;
     let blocks = lu.block_count() as u32;
     let ill = SenseKey::IllegalRequest;
-    check(&run(&lu, &n, &[0xee], &[]).await, ill, Asc::INVALID_COMMAND_OPERATION_CODE);
-    check(&run(&lu, &n, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0x04], &[]).await, ill, Asc::INVALID_FIELD_IN_CDB); // NACA
-    check(&run(&lu, &n, &write10(blocks, 1), &[0; 512]).await, ill, Asc::LBA_OUT_OF_RANGE);
-    check(&run(&lu, &n, &[0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0], &[]).await, ill, Asc::INVALID_FIELD_IN_CDB); // RDPROTECT
-    check(&run(&lu, &n, &write10(0, 2), &[0; 512]).await, ill, Asc::INVALID_FIELD_IN_INFORMATION_UNIT); // short data
-    check(&run(&lu, &n, &[0x12, 0, 0x80, 0, 255, 0], &[]).await, ill, Asc::INVALID_FIELD_IN_CDB); // page without EVPD
-    check(&run(&lu, &n, &[0x12, 1, 0x42, 0, 255, 0], &[]).await, ill, Asc::INVALID_FIELD_IN_CDB); // unknown VPD page
-    check(&run(&lu, &n, &[0x1a, 0, 0xc8, 0, 255, 0], &[]).await, ill, Asc::SAVING_PARAMETERS_NOT_SUPPORTED);
-    check(&run(&lu, &n, &[0x42, 0, 0, 0, 0, 0, 0, 0, 4, 0], &[0; 4]).await, ill, Asc::PARAMETER_LIST_LENGTH_ERROR);
-    check(&run(&lu, &n, &[0x1b, 0, 0, 0, 0x02, 0], &[]).await, ill, Asc::INVALID_FIELD_IN_CDB); // LOEJ
-    check(&run(&lu, &n, &[0x5e, 0x09, 0, 0, 0, 0, 0, 0, 255, 0], &[]).await, ill, Asc::INVALID_FIELD_IN_CDB);
+    check(
+        &run(&lu, &n, &[0xee], &[]).await,
+        ill,
+        Asc::INVALID_COMMAND_OPERATION_CODE,
+    );
+    check(
+        &run(&lu, &n, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0x04], &[]).await,
+        ill,
+        Asc::INVALID_FIELD_IN_CDB,
+    ); // NACA
+    check(
+        &run(&lu, &n, &write10(blocks, 1), &[0; 512]).await,
+        ill,
+        Asc::LBA_OUT_OF_RANGE,
+    );
+    check(
+        &run(&lu, &n, &[0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0], &[]).await,
+        ill,
+        Asc::INVALID_FIELD_IN_CDB,
+    ); // RDPROTECT
+    check(
+        &run(&lu, &n, &write10(0, 2), &[0; 512]).await,
+        ill,
+        Asc::INVALID_FIELD_IN_INFORMATION_UNIT,
+    ); // short data
+    check(
+        &run(&lu, &n, &[0x12, 0, 0x80, 0, 255, 0], &[]).await,
+        ill,
+        Asc::INVALID_FIELD_IN_CDB,
+    ); // page without EVPD
+    check(
+        &run(&lu, &n, &[0x12, 1, 0x42, 0, 255, 0], &[]).await,
+        ill,
+        Asc::INVALID_FIELD_IN_CDB,
+    ); // unknown VPD page
+    check(
+        &run(&lu, &n, &[0x1a, 0, 0xc8, 0, 255, 0], &[]).await,
+        ill,
+        Asc::SAVING_PARAMETERS_NOT_SUPPORTED,
+    );
+    check(
+        &run(&lu, &n, &[0x42, 0, 0, 0, 0, 0, 0, 0, 4, 0], &[0; 4]).await,
+        ill,
+        Asc::PARAMETER_LIST_LENGTH_ERROR,
+    );
+    check(
+        &run(&lu, &n, &[0x1b, 0, 0, 0, 0x02, 0], &[]).await,
+        ill,
+        Asc::INVALID_FIELD_IN_CDB,
+    ); // LOEJ
+    check(
+        &run(&lu, &n, &[0x5e, 0x09, 0, 0, 0, 0, 0, 0, 255, 0], &[]).await,
+        ill,
+        Asc::INVALID_FIELD_IN_CDB,
+    );
     // WRITE SAME beyond MAXIMUM WRITE SAME LENGTH.
     let mut ws = [0u8; 16];
     ws[0] = 0x93;
     ws[10..14].copy_from_slice(&0x10000u32.to_be_bytes());
-    check(&run(&lu, &n, &ws, &[0; 512]).await, ill, Asc::INVALID_FIELD_IN_CDB);
+    check(
+        &run(&lu, &n, &ws, &[0; 512]).await,
+        ill,
+        Asc::INVALID_FIELD_IN_CDB,
+    );
     // MODE SELECT may not change what is not changeable (the control page's QAM).
     let sense = run(&lu, &n, &[0x1a, 0x08, 0x0a, 0, 255, 0], &[]).await;
     let mut page = sense.data[4..].to_vec();
@@ -82,7 +143,10 @@ async fn compare_and_write_and_verify_miscompare_offsets() {
     let lu = lu(false);
     let n = nexus(1);
     ready(&lu, &n).await;
-    assert_eq!(run(&lu, &n, &write10(4, 1), &[7u8; 512]).await.status, ScsiStatus::Good);
+    assert_eq!(
+        run(&lu, &n, &write10(4, 1), &[7u8; 512]).await.status,
+        ScsiStatus::Good
+    );
     let mut caw = [0u8; 16];
     caw[0] = 0x89;
     caw[2..10].copy_from_slice(&4u64.to_be_bytes());
@@ -103,7 +167,11 @@ async fn compare_and_write_and_verify_miscompare_offsets() {
     let r = run(&lu, &n, &v, &expect).await;
     assert_eq!(r.sense.unwrap().information, Some(300));
     v[1] = 0x04; // BYTCHK 10b is reserved
-    check(&run(&lu, &n, &v, &expect).await, SenseKey::IllegalRequest, Asc::INVALID_FIELD_IN_CDB);
+    check(
+        &run(&lu, &n, &v, &expect).await,
+        SenseKey::IllegalRequest,
+        Asc::INVALID_FIELD_IN_CDB,
+    );
 }
 
 #[tokio::test]
@@ -111,7 +179,11 @@ async fn read_only_lun_refuses_writes() {
     let lu = lu(true);
     let n = nexus(1);
     ready(&lu, &n).await;
-    check(&run(&lu, &n, &write10(0, 1), &[0; 512]).await, SenseKey::DataProtect, Asc::WRITE_PROTECTED);
+    check(
+        &run(&lu, &n, &write10(0, 1), &[0; 512]).await,
+        SenseKey::DataProtect,
+        Asc::WRITE_PROTECTED,
+    );
     let r = run(&lu, &n, &[0x1a, 0x08, 0x3f, 0, 255, 0], &[]).await;
     assert_eq!(r.data[2] & 0x80, 0x80, "WP in the mode parameter header");
 }
@@ -124,8 +196,15 @@ async fn unit_attentions_follow_resets_and_mode_changes() {
     ready(&lu, &b).await;
     lu.reset(ResetKind::LogicalUnit, Some(&a));
     // INQUIRY does not report the unit attention; TEST UNIT READY does, once.
-    assert_eq!(run(&lu, &a, &[0x12, 0, 0, 0, 36, 0], &[]).await.status, ScsiStatus::Good);
-    check(&run(&lu, &a, &[0x00], &[]).await, SenseKey::UnitAttention, Asc::BUS_DEVICE_RESET);
+    assert_eq!(
+        run(&lu, &a, &[0x12, 0, 0, 0, 36, 0], &[]).await.status,
+        ScsiStatus::Good
+    );
+    check(
+        &run(&lu, &a, &[0x00], &[]).await,
+        SenseKey::UnitAttention,
+        Asc::BUS_DEVICE_RESET,
+    );
     assert_eq!(run(&lu, &a, &[0x00], &[]).await.status, ScsiStatus::Good);
     // REQUEST SENSE reports and clears it.
     let r = run(&lu, &b, &[0x03, 0, 0, 0, 18, 0], &[]).await;
@@ -137,8 +216,17 @@ async fn unit_attentions_follow_resets_and_mode_changes() {
     page[2] &= !0x04;
     let mut list = vec![0u8, 0, 0, 0];
     list.extend_from_slice(&page);
-    assert_eq!(run(&lu, &a, &[0x15, 0x10, 0, 0, list.len() as u8, 0], &list).await.status, ScsiStatus::Good);
-    check(&run(&lu, &b, &[0x00], &[]).await, SenseKey::UnitAttention, Asc::MODE_PARAMETERS_CHANGED);
+    assert_eq!(
+        run(&lu, &a, &[0x15, 0x10, 0, 0, list.len() as u8, 0], &list)
+            .await
+            .status,
+        ScsiStatus::Good
+    );
+    check(
+        &run(&lu, &b, &[0x00], &[]).await,
+        SenseKey::UnitAttention,
+        Asc::MODE_PARAMETERS_CHANGED,
+    );
     assert_eq!(run(&lu, &a, &[0x00], &[]).await.status, ScsiStatus::Good);
 }
 
@@ -160,27 +248,63 @@ async fn persistent_reservations_conflict_and_persist() {
     assert_eq!(run(&lu, &a, &c, &p).await.status, ScsiStatus::Good);
     // Reserve Write Exclusive with the wrong key: conflict; with the right one: good.
     let (c, p) = prout(1, 1, 0xbb, 0);
-    assert_eq!(run(&lu, &a, &c, &p).await.status, ScsiStatus::ReservationConflict);
+    assert_eq!(
+        run(&lu, &a, &c, &p).await.status,
+        ScsiStatus::ReservationConflict
+    );
     let (c, p) = prout(1, 1, 0xaa, 0);
     assert_eq!(run(&lu, &a, &c, &p).await.status, ScsiStatus::Good);
     // b may read but not write.
-    assert_eq!(run(&lu, &b, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]).await.status, ScsiStatus::Good);
-    assert_eq!(run(&lu, &b, &write10(0, 1), &[0; 512]).await.status, ScsiStatus::ReservationConflict);
-    assert_eq!(run(&lu, &a, &write10(0, 1), &[0; 512]).await.status, ScsiStatus::Good);
+    assert_eq!(
+        run(&lu, &b, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[])
+            .await
+            .status,
+        ScsiStatus::Good
+    );
+    assert_eq!(
+        run(&lu, &b, &write10(0, 1), &[0; 512]).await.status,
+        ScsiStatus::ReservationConflict
+    );
+    assert_eq!(
+        run(&lu, &a, &write10(0, 1), &[0; 512]).await.status,
+        ScsiStatus::Good
+    );
     // RESERVE(6) conflicts while persistent registrations exist.
-    assert_eq!(run(&lu, &b, &[0x16, 0, 0, 0, 0, 0], &[]).await.status, ScsiStatus::ReservationConflict);
+    assert_eq!(
+        run(&lu, &b, &[0x16, 0, 0, 0, 0, 0], &[]).await.status,
+        ScsiStatus::ReservationConflict
+    );
     // READ RESERVATION shows a's key and the type.
     let r = run(&lu, &b, &[0x5e, 0x01, 0, 0, 0, 0, 0, 0, 255, 0], &[]).await;
     assert_eq!(&r.data[8..16], &0xaau64.to_be_bytes());
     assert_eq!(r.data[21], 1);
     // The state is in the backstore's metadata for the next start.
-    let stored = backstore::BlockDevice::metadata_get(lu.device(), crate::pr::METADATA_KEY).await.unwrap().unwrap();
-    assert_eq!(crate::pr::PrState::decode(&stored).unwrap().registrations.len(), 1);
+    let stored = backstore::BlockDevice::metadata_get(lu.device(), crate::pr::METADATA_KEY)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        crate::pr::PrState::decode(&stored)
+            .unwrap()
+            .registrations
+            .len(),
+        1
+    );
     // b registers and preempts a: a gets REGISTRATIONS PREEMPTED.
     let (c, p) = prout(0, 0, 0, 0xcc);
     assert_eq!(run(&lu, &b, &c, &p).await.status, ScsiStatus::Good);
     let (c, p) = prout(4, 3, 0xcc, 0xaa);
     assert_eq!(run(&lu, &b, &c, &p).await.status, ScsiStatus::Good);
-    check(&run(&lu, &a, &[0x00], &[]).await, SenseKey::UnitAttention, Asc::REGISTRATIONS_PREEMPTED);
-    assert_eq!(run(&lu, &a, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]).await.status, ScsiStatus::ReservationConflict, "exclusive access");
+    check(
+        &run(&lu, &a, &[0x00], &[]).await,
+        SenseKey::UnitAttention,
+        Asc::REGISTRATIONS_PREEMPTED,
+    );
+    assert_eq!(
+        run(&lu, &a, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[])
+            .await
+            .status,
+        ScsiStatus::ReservationConflict,
+        "exclusive access"
+    );
 }

@@ -1,0 +1,135 @@
+//! The command line's contract: clear errors and a non-zero exit for a bad config or a portal
+//! that cannot be bound; `plan` on the seed's config; SIGTERM asks initiators to log out
+//! (Async Message) and stops cleanly.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::client::Client;
+use common::{free_port, Gateway, Scratch};
+use iscsi::pdu::{Bhs, Opcode, Pdu};
+
+fn rbdgw(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rbdgw"))
+        .args(args)
+        .output()
+        .expect("run rbdgw")
+}
+
+#[test]
+fn plan_shows_the_seed_as_lrbd_applied_it() {
+    let seed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/seed-config.json"
+    );
+    let out = rbdgw(&["plan", "--config", seed, "--host", "testscsi.novalocal"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("target iqn.1994-05.com.redhat:37d4cea93db4"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "tpg 1: host testscsi.novalocal, portal portal1 [192.168.0.27:3260]  (enabled here)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("tpg 2: host scsifirst, portal portal2 [192.168.0.32:3260]  (disabled here)"),
+        "{text}"
+    );
+    assert!(text.contains("lun 0: rbd rbd/wuxingyi"), "{text}");
+    assert!(text.contains("wwid naa.6001405"), "{text}");
+}
+
+#[test]
+fn bad_config_and_busy_portal_fail_before_serving() {
+    let dir = Scratch::new("lifecycle-errors");
+    let cfg = dir.0.join("bad.json");
+    std::fs::write(
+        &cfg,
+        r#"{"targets": [{"target": "iqn.2026-11.org.x:t", "host": "gw1", "colour": "red"}]}"#,
+    )
+    .unwrap();
+    let out = rbdgw(&["serve", "--config", cfg.to_str().unwrap(), "--host", "gw1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.json") && err.contains("targets[0]") && err.contains("colour"),
+        "{err}"
+    );
+    let out = rbdgw(&[
+        "plan",
+        "--config",
+        dir.0.join("missing.json").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+
+    // A portal already in use.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let config = serde_json::json!({
+        "targets": [{"target": "iqn.2026-11.org.rbdgw:busy", "hosts": [{"host": "gw1", "portal": "p1"}]}],
+        "portals": [{"name": "p1", "addresses": [addr.to_string()]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": "iqn.2026-11.org.rbdgw:busy", "tpg": [
+            {"image": "m", "backstore": "memory", "size": "1M"}]}]}]
+    });
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let out = rbdgw(&["serve", "--config", cfg.to_str().unwrap(), "--host", "gw1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on portal {addr}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_asks_initiators_to_log_out() {
+    let dir = Scratch::new("lifecycle-term");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = serde_json::json!({
+        "targets": [{"target": "iqn.2026-11.org.rbdgw:term", "hosts": [{"host": "gw1", "portal": "p1"}]}],
+        "portals": [{"name": "p1", "addresses": [addr.to_string()]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": "iqn.2026-11.org.rbdgw:term", "tpg": [
+            {"image": "m", "backstore": "memory", "size": "1M"}]}]}]
+    });
+    let gw = Gateway::start(&dir.0, &config.to_string(), "gw1", addr);
+    let mut c = Client::connect(addr);
+    c.login(
+        "iqn.2026-11.org.rbdgw:term-init",
+        Some("iqn.2026-11.org.rbdgw:term"),
+        "",
+    );
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { kill(gw.child.id() as i32, 15) };
+    let msg = c
+        .recv_timeout(Duration::from_secs(5))
+        .expect("an Async Message");
+    assert_eq!(msg.bhs.opcode(), Some(Opcode::AsyncMessage));
+    assert_eq!(
+        msg.bhs.0[36], 1,
+        "AsyncEvent 1: the target requests a logout"
+    );
+    let mut bhs = Bhs::new(Opcode::LogoutRequest);
+    bhs.0[0] |= 0x40;
+    bhs.set_flags(0x80);
+    bhs.set_itt(77)
+        .set_cmd_sn(c.cmd_sn)
+        .set_exp_stat_sn(c.exp_stat_sn);
+    c.send(&Pdu::with_data(bhs, Bytes::new()));
+    let r = c.recv().expect("logout response");
+    assert_eq!(r.bhs.opcode(), Some(Opcode::LogoutResponse));
+    assert_eq!(r.bhs.0[2], 0);
+    let status = gw.terminate();
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
