@@ -366,7 +366,15 @@ impl Conn {
         if !pdu.ahs.is_empty() || (read && write) {
             // Extended CDBs and bidirectional commands: none of our commands use them.
             let resp = ScsiResponse::check(SenseData::invalid_opcode());
-            self.finish(itt, lun_raw, resp, edtl, read, None, 0).await;
+            self.finish(ScsiDone {
+                itt,
+                resp,
+                edtl,
+                read,
+                write_residual: None,
+                r2ts: 0,
+            })
+            .await;
             return Ok(true);
         }
         let lu = lookup_lun(s, lun_raw);
@@ -483,8 +491,15 @@ impl Conn {
                 let resp = ScsiResponse::check(SenseData::new(scsi::SenseKey::AbortedCommand, asc));
                 let r2ts = pw.transfer.r2t_count();
                 self.failed.insert(itt);
-                self.finish(itt, pw.lun_raw, resp, pw.edtl, pw.read, None, r2ts)
-                    .await;
+                self.finish(ScsiDone {
+                    itt,
+                    resp,
+                    edtl: pw.edtl,
+                    read: pw.read,
+                    write_residual: None,
+                    r2ts,
+                })
+                .await;
             }
             return Ok(true);
         }
@@ -511,26 +526,7 @@ impl Conn {
     }
 
     /// Queues a finished command's response.
-    #[allow(clippy::too_many_arguments)]
-    async fn finish(
-        &self,
-        itt: u32,
-        lun_raw: u64,
-        resp: ScsiResponse,
-        edtl: u32,
-        read: bool,
-        write_residual: Option<Residual>,
-        r2ts: u32,
-    ) {
-        let done = ScsiDone {
-            itt,
-            lun_raw,
-            resp,
-            edtl,
-            read,
-            write_residual,
-            r2ts,
-        };
+    async fn finish(&self, done: ScsiDone) {
         let _ = self.tx.send(Out::Scsi(Box::new(done))).await;
     }
 
@@ -581,7 +577,6 @@ impl Conn {
             if owned {
                 let done = ScsiDone {
                     itt,
-                    lun_raw,
                     resp,
                     edtl,
                     read,

@@ -23,7 +23,6 @@ pub enum Residual {
 #[derive(Debug)]
 pub struct ScsiDone {
     pub itt: u32,
-    pub lun_raw: u64,
     pub resp: ScsiResponse,
     pub edtl: u32,
     /// The R bit: data-in goes to the initiator (up to EDTL).
@@ -262,7 +261,6 @@ impl Writer {
             }
             None => bytes::Bytes::new(),
         };
-        let _ = d.lun_raw;
         self.put(out, Pdu::with_data(bhs, sense), true);
     }
 
@@ -329,7 +327,6 @@ mod tests {
         let mut out = BytesMut::new();
         let done = ScsiDone {
             itt: 5,
-            lun_raw: 0,
             resp: ScsiResponse::data(Bytes::from(vec![1u8; 3000])),
             edtl: 3000,
             read: true,
@@ -358,7 +355,6 @@ mod tests {
         // Read of 512 bytes with EDTL 200: overflow, 200 bytes sent.
         let done = ScsiDone {
             itt: 1,
-            lun_raw: 0,
             resp: ScsiResponse::data(Bytes::from(vec![0u8; 512])),
             edtl: 200,
             read: true,
@@ -374,7 +370,6 @@ mod tests {
         let sense = scsi::SenseData::lba_out_of_range();
         let done = ScsiDone {
             itt: 2,
-            lun_raw: 0,
             resp: ScsiResponse::check(sense),
             edtl: 512,
             read: true,
