@@ -7,16 +7,16 @@
 //! `lseek(SEEK_DATA/SEEK_HOLE)` for allocation status. Ownership is an OFD lock (`F_OFD_SETLK`),
 //! which another process — another gateway on a shared file system — sees.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::metadata::Metadata;
 use crate::{check_range, BackstoreError, BlockDevice, Capabilities, Extent, Result};
 
 struct Inner {
@@ -25,13 +25,8 @@ struct Inner {
     /// Shared by writes, exclusive for compare-and-write.
     write_order: RwLock<()>,
     /// Where metadata lives: a sidecar directory beside the file, or memory for a memfd.
-    meta: Meta,
+    meta: Metadata,
     path: Option<PathBuf>,
-}
-
-enum Meta {
-    Dir(PathBuf),
-    Memory(Mutex<HashMap<String, Vec<u8>>>),
 }
 
 /// A block device over a file descriptor.
@@ -85,12 +80,10 @@ impl FileDevice {
                 path.display()
             )));
         }
-        let mut sidecar = path.as_os_str().to_owned();
-        sidecar.push(".rbdgw");
         Ok(Self::from_file(
             file,
             md.len(),
-            Meta::Dir(sidecar.into()),
+            Metadata::sidecar(path)?,
             Some(path.to_path_buf()),
         ))
     }
@@ -105,15 +98,10 @@ impl FileDevice {
         // SAFETY: fd is a freshly created descriptor that nothing else owns.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(size)?;
-        Ok(Self::from_file(
-            file,
-            size,
-            Meta::Memory(Mutex::new(HashMap::new())),
-            None,
-        ))
+        Ok(Self::from_file(file, size, Metadata::memory(), None))
     }
 
-    fn from_file(file: File, size: u64, meta: Meta, path: Option<PathBuf>) -> Self {
+    fn from_file(file: File, size: u64, meta: Metadata, path: Option<PathBuf>) -> Self {
         FileDevice {
             inner: Arc::new(Inner {
                 file,
@@ -323,55 +311,30 @@ impl BlockDevice for FileDevice {
 
     async fn metadata_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let key = key.to_string();
-        match &self.inner.meta {
-            Meta::Memory(m) => Ok(m
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&key)
-                .cloned()),
-            Meta::Dir(_) => {
-                self.blocking(move |i| {
-                    let Meta::Dir(dir) = &i.meta else {
-                        unreachable!()
-                    };
-                    match std::fs::read(dir.join(&key)) {
-                        Ok(v) => Ok(Some(v)),
-                        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-                        Err(e) => Err(e.into()),
-                    }
-                })
-                .await
-            }
-        }
+        self.blocking(move |i| i.meta.get(&key)).await
     }
 
     async fn metadata_set(&self, key: &str, value: Vec<u8>) -> Result<()> {
         let key = key.to_string();
-        match &self.inner.meta {
-            Meta::Memory(m) => {
-                m.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, value);
-                Ok(())
-            }
-            Meta::Dir(_) => {
-                self.blocking(move |i| {
-                    let Meta::Dir(dir) = &i.meta else {
-                        unreachable!()
-                    };
-                    std::fs::create_dir_all(dir)?;
-                    // Write, sync, rename: a crash leaves the old value or the new one.
-                    let tmp = dir.join(format!(".{key}.tmp.{}", std::process::id()));
-                    let mut f = File::create(&tmp)?;
-                    f.write_all(&value)?;
-                    f.sync_all()?;
-                    std::fs::rename(&tmp, dir.join(&key))?;
-                    File::open(dir)?.sync_all()?;
-                    Ok(())
-                })
-                .await
-            }
-        }
+        self.blocking(move |i| i.meta.set(&key, &value)).await
+    }
+
+    async fn metadata_compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool> {
+        let key = key.to_string();
+        self.blocking(move |i| {
+            i.meta
+                .compare_and_set(&key, expected.as_deref(), &value, true)
+        })
+        .await
+    }
+
+    fn metadata_generation(&self) -> u64 {
+        self.inner.meta.generation()
     }
 
     async fn try_acquire_ownership(&self) -> Result<bool> {
@@ -475,6 +438,46 @@ mod tests {
             other.metadata_get("pr").await.unwrap(),
             Some(b"v1".to_vec()),
             "metadata is shared"
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn compare_and_set_and_generation_are_shared_between_opens() {
+        let d = std::env::temp_dir().join(format!("rbdgw-meta-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("img");
+        let a = FileDevice::open(&p, Some(1 << 20)).unwrap();
+        let b = FileDevice::open(&p, None).unwrap();
+        let g0 = b.metadata_generation();
+        assert!(a
+            .metadata_compare_and_set("k", None, b"1".to_vec())
+            .await
+            .unwrap());
+        assert!(
+            b.metadata_generation() > g0,
+            "the other open sees the change at once"
+        );
+        assert!(
+            !b.metadata_compare_and_set("k", None, b"2".to_vec())
+                .await
+                .unwrap(),
+            "stale expectation"
+        );
+        assert!(b
+            .metadata_compare_and_set("k", Some(b"1".to_vec()), b"2".to_vec())
+            .await
+            .unwrap());
+        assert_eq!(a.metadata_get("k").await.unwrap(), Some(b"2".to_vec()));
+        assert!(
+            a.metadata_get("../etc").await.is_err(),
+            "keys cannot leave the sidecar"
         );
         std::fs::remove_dir_all(d).unwrap();
     }

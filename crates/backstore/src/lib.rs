@@ -15,6 +15,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 pub mod file;
+mod metadata;
 
 pub use file::FileDevice;
 
@@ -94,6 +95,19 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// Replaces a small persistent metadata value, atomically.
     fn metadata_set(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<()>> + Send;
 
+    /// Replaces a metadata value only if it still holds `expected` (`None`: absent), atomically
+    /// against every gateway sharing the device; `Ok(false)` when it did not.
+    fn metadata_compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// A counter that changes whenever any gateway changes the metadata; reading it must be
+    /// cheap (it is read before every command to notice reservation changes).
+    fn metadata_generation(&self) -> u64;
+
     /// Takes the ownership lock (exclusive between gateways) if it is free; `Ok(false)` when
     /// another holder has it.
     fn try_acquire_ownership(&self) -> impl Future<Output = Result<bool>> + Send;
@@ -161,6 +175,17 @@ impl BlockDevice for Device {
     }
     async fn metadata_set(&self, key: &str, value: Vec<u8>) -> Result<()> {
         dispatch!(self, d => d.metadata_set(key, value).await)
+    }
+    async fn metadata_compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool> {
+        dispatch!(self, d => d.metadata_compare_and_set(key, expected, value).await)
+    }
+    fn metadata_generation(&self) -> u64 {
+        dispatch!(self, d => d.metadata_generation())
     }
     async fn try_acquire_ownership(&self) -> Result<bool> {
         dispatch!(self, d => d.try_acquire_ownership().await)
