@@ -82,9 +82,10 @@ pub(crate) struct LuState {
     pub seen: HashSet<ItNexus>,
     /// Caching mode page WCE.
     pub wce: bool,
-    /// SPC-2 RESERVE(6)/(10) holder.
-    pub reserved_by: Option<ItNexus>,
+    /// Persistent reservations and the SPC-2 holder, as last read from the shared metadata.
     pub pr: PrState,
+    /// The metadata generation `pr` was read at.
+    pub seen_generation: u64,
     /// Nexuses that sent PREVENT ALLOW MEDIUM REMOVAL with PREVENT=1 (SBC-3 §5.12).
     pub prevent: HashSet<ItNexus>,
     /// The owning TPG (ALUA Active/Optimized); None means every TPG is optimized.
@@ -159,22 +160,10 @@ impl<B: BlockDevice> LogicalUnit<B> {
         self.dev.size() / self.cfg.block_size as u64
     }
 
-    /// Loads state kept in the backstore (persistent reservations with APTPL).
+    /// Loads the state kept in the backstore (reservations shared by every gateway).
     pub async fn load_persistent_state(&self) {
-        match self.dev.metadata_get(crate::pr::METADATA_KEY).await {
-            Ok(Some(v)) => match PrState::decode(&v) {
-                Ok(pr) => self.state().pr = pr,
-                Err(e) => warn!(
-                    lun = self.cfg.lun,
-                    "ignoring unreadable persistent reservation state: {e}"
-                ),
-            },
-            Ok(None) => {}
-            Err(e) => warn!(
-                lun = self.cfg.lun,
-                "cannot read persistent reservation state: {e}"
-            ),
-        }
+        self.state().seen_generation = u64::MAX;
+        self.refresh_shared().await;
     }
 
     /// A task management reset (SAM-5 §6.3.4 LOGICAL UNIT RESET, §6.3.7 TARGET RESET):
@@ -182,9 +171,17 @@ impl<B: BlockDevice> LogicalUnit<B> {
     /// A LOGICAL UNIT RESET raises its unit attention on every nexus, the issuer's included
     /// (initiators re-check every path after it, as libiscsi's MultipathIO.Reset does); a
     /// target reset spares the nexus that asked for it, which knows.
-    pub fn reset(&self, kind: ResetKind, issuer: Option<&ItNexus>) {
+    pub async fn reset(&self, kind: ResetKind, issuer: Option<&ItNexus>) {
+        self.refresh_shared().await;
+        if self.state().pr.legacy_holder.is_some() {
+            let _ = self
+                .update_shared(|st| {
+                    st.pr.legacy_holder = None;
+                    Ok(ScsiResponse::good())
+                })
+                .await;
+        }
         let mut st = self.state();
-        st.reserved_by = None;
         st.prevent.clear();
         st.wce = self.cfg.write_cache;
         let asc = match kind {
@@ -202,11 +199,22 @@ impl<B: BlockDevice> LogicalUnit<B> {
 
     /// The I_T nexus is gone (logout, connection loss, session reinstatement): SPC-2
     /// reservations and PREVENT held through it end (SPC-4 §5.9.2, SBC-3 §5.12).
-    pub fn nexus_lost(&self, nexus: &ItNexus) {
-        let mut st = self.state();
-        if st.reserved_by.as_ref() == Some(nexus) {
-            st.reserved_by = None;
+    pub async fn nexus_lost(&self, nexus: &ItNexus) {
+        self.refresh_shared().await;
+        let held = self.state().pr.legacy_holder.as_ref().is_some_and(|h| {
+            h.initiator.eq_ignore_ascii_case(&nexus.initiator)
+                && h.isid == nexus.isid
+                && h.relative_port == nexus.relative_port
+        });
+        if held {
+            let _ = self
+                .update_shared(|st| {
+                    st.pr.legacy_holder = None;
+                    Ok(ScsiResponse::good())
+                })
+                .await;
         }
+        let mut st = self.state();
         st.prevent.remove(nexus);
         st.ua.remove(nexus);
         st.seen.remove(nexus);
@@ -239,6 +247,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
         if let Some(resp) = self.unit_attention(cmd, op) {
             return Ok(resp);
         }
+        self.refresh_shared().await;
         if let Some(resp) = self.reservation_conflict(cmd) {
             return Ok(resp);
         }
@@ -317,8 +326,8 @@ impl<B: BlockDevice> LogicalUnit<B> {
             },
             0x1b => self.start_stop_unit(cdb),
             0x1e => self.prevent_allow(cmd),
-            0x16 | 0x56 => self.reserve(cmd),
-            0x17 | 0x57 => self.release(cmd),
+            0x16 | 0x56 => self.reserve(cmd).await,
+            0x17 | 0x57 => self.release(cmd).await,
             0x5e => self.persistent_reserve_in(cmd),
             0x5f => self.persistent_reserve_out(cmd).await,
             0x37 | 0xb7 => self.read_defect_data(cdb),

@@ -194,7 +194,7 @@ async fn unit_attentions_follow_resets_and_mode_changes() {
     let (a, b) = (nexus(1), nexus(2));
     ready(&lu, &a).await;
     ready(&lu, &b).await;
-    lu.reset(ResetKind::LogicalUnit, Some(&a));
+    lu.reset(ResetKind::LogicalUnit, Some(&a)).await;
     // INQUIRY does not report the unit attention; TEST UNIT READY does, once.
     assert_eq!(
         run(&lu, &a, &[0x12, 0, 0, 0, 36, 0], &[]).await.status,

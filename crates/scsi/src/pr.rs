@@ -94,6 +94,9 @@ pub struct PrState {
     pub registrations: Vec<Registration>,
     pub reservation: Option<Reservation>,
     pub aptpl: bool,
+    /// The SPC-2 RESERVE(6)/(10) holder, kept here so that every gateway enforces it.
+    #[serde(default)]
+    pub legacy_holder: Option<Registration>,
 }
 
 impl PrState {
@@ -103,6 +106,17 @@ impl PrState {
 
     pub fn decode(b: &[u8]) -> Result<PrState, serde_json::Error> {
         serde_json::from_slice(b)
+    }
+
+    /// The nexus as a registration-shaped identity (for the SPC-2 holder).
+    pub(crate) fn identity(n: &ItNexus) -> Registration {
+        Registration {
+            initiator: n.initiator.to_string(),
+            isid: n.isid,
+            relative_port: n.relative_port,
+            all_tg_pt: false,
+            key: 0,
+        }
     }
 
     fn registration(&self, n: &ItNexus) -> Option<&Registration> {
@@ -203,9 +217,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
     /// SPC-2 reservation and persistent reservation conflicts for any command.
     pub(crate) fn reservation_conflict(&self, cmd: &ScsiCommand<'_>) -> Option<ScsiResponse> {
         let st = self.state();
-        if let Some(holder) = &st.reserved_by {
+        if let Some(holder) = &st.pr.legacy_holder {
             let exempt = matches!(cmd.cdb[0], 0x12 | 0xa0 | 0x03 | 0x17 | 0x57 | 0xa3);
-            if holder != cmd.nexus && !exempt {
+            if !holder.matches(cmd.nexus) && !exempt {
                 return Some(ScsiResponse::conflict());
             }
         }
@@ -215,34 +229,105 @@ impl<B: BlockDevice> LogicalUnit<B> {
     }
 
     /// RESERVE (6)/(10) (SPC-2 §7.21): the whole LU, for this nexus.
-    pub(crate) fn reserve(&self, cmd: &ScsiCommand<'_>) -> CmdResult {
+    pub(crate) async fn reserve(&self, cmd: &ScsiCommand<'_>) -> CmdResult {
         if cmd.cdb[0] == 0x56 && cmd.cdb[1] & 0x12 != 0 {
             return Err(SenseData::invalid_cdb(1, Some(4))); // third-party / long ID
         }
-        let mut st = self.state();
-        // SPC-4 §5.9.1: with any persistent registration, RESERVE and RELEASE conflict.
-        if !st.pr.registrations.is_empty() {
-            return pr_conflict();
-        }
-        match &st.reserved_by {
-            Some(h) if h != cmd.nexus => pr_conflict(),
-            _ => {
-                st.reserved_by = Some(cmd.nexus.clone());
-                Ok(ScsiResponse::good())
+        let n = cmd.nexus;
+        self.update_shared(|st| {
+            // SPC-4 §5.9.1: with any persistent registration, RESERVE and RELEASE conflict.
+            if !st.pr.registrations.is_empty() {
+                return pr_conflict();
             }
-        }
+            match &st.pr.legacy_holder {
+                Some(h) if !h.matches(n) => pr_conflict(),
+                _ => {
+                    st.pr.legacy_holder = Some(PrState::identity(n));
+                    Ok(ScsiResponse::good())
+                }
+            }
+        })
+        .await
     }
 
     /// RELEASE (6)/(10) (SPC-2 §7.17): releasing someone else's reservation is a no-op.
-    pub(crate) fn release(&self, cmd: &ScsiCommand<'_>) -> CmdResult {
-        let mut st = self.state();
-        if !st.pr.registrations.is_empty() {
-            return pr_conflict();
+    pub(crate) async fn release(&self, cmd: &ScsiCommand<'_>) -> CmdResult {
+        let n = cmd.nexus;
+        self.update_shared(|st| {
+            if !st.pr.registrations.is_empty() {
+                return pr_conflict();
+            }
+            if st.pr.legacy_holder.as_ref().is_some_and(|h| h.matches(n)) {
+                st.pr.legacy_holder = None;
+            }
+            Ok(ScsiResponse::good())
+        })
+        .await
+    }
+
+    /// Applies `f` to the reservation state shared by every gateway: read it, apply, and
+    /// compare-and-set it back, again if another gateway changed it meanwhile. Only a GOOD
+    /// outcome is written.
+    pub(crate) async fn update_shared(&self, f: impl Fn(&mut LuState) -> CmdResult) -> CmdResult {
+        for _ in 0..64 {
+            let generation = self.dev.metadata_generation();
+            let old = self
+                .dev
+                .metadata_get(METADATA_KEY)
+                .await
+                .map_err(|e| self.metadata_error(e))?;
+            let (result, new) = {
+                let mut st = self.state();
+                st.pr = match &old {
+                    Some(b) => PrState::decode(b).unwrap_or_default(),
+                    None => PrState::default(),
+                };
+                st.seen_generation = generation;
+                let r = f(&mut st);
+                if !matches!(r, Ok(ref r) if r.status == crate::ScsiStatus::Good) {
+                    return r;
+                }
+                (r, st.pr.encode())
+            };
+            if old.as_deref() == Some(&new[..]) {
+                return result;
+            }
+            if self
+                .dev
+                .metadata_compare_and_set(METADATA_KEY, old, new)
+                .await
+                .map_err(|e| self.metadata_error(e))?
+            {
+                self.state().seen_generation = self.dev.metadata_generation();
+                return result;
+            }
         }
-        if st.reserved_by.as_ref() == Some(cmd.nexus) {
-            st.reserved_by = None;
+        Err(SenseData::new(
+            crate::sense::SenseKey::AbortedCommand,
+            Asc::NO_ADDITIONAL,
+        ))
+    }
+
+    fn metadata_error(&self, e: backstore::BackstoreError) -> SenseData {
+        tracing::warn!(lun = self.cfg.lun, "reservation state unavailable: {e}");
+        SenseData::illegal(Asc::INSUFFICIENT_REGISTRATION_RESOURCES)
+    }
+
+    /// Reloads the shared reservation state when another gateway (or this one) changed it:
+    /// one memory read when nothing changed.
+    pub(crate) async fn refresh_shared(&self) {
+        let generation = self.dev.metadata_generation();
+        if self.state().seen_generation == generation {
+            return;
         }
-        Ok(ScsiResponse::good())
+        match self.dev.metadata_get(METADATA_KEY).await {
+            Ok(v) => {
+                let mut st = self.state();
+                st.pr = v.and_then(|b| PrState::decode(&b).ok()).unwrap_or_default();
+                st.seen_generation = generation;
+            }
+            Err(e) => tracing::warn!(lun = self.cfg.lun, "cannot reload reservation state: {e}"),
+        }
     }
 
     pub(crate) fn persistent_reserve_in(&self, cmd: &ScsiCommand<'_>) -> CmdResult {
@@ -353,34 +438,24 @@ impl<B: BlockDevice> LogicalUnit<B> {
             return Err(SenseData::invalid_cdb(2, None));
         }
         let n = cmd.nexus;
-        let result;
-        let snapshot;
-        {
-            let mut st = self.state();
-            result = match sa {
-                0 | 6 => register(&mut st, n, key, sark, sa == 6, all_tg_pt, aptpl),
-                1 => reserve(&mut st, n, key, pr_type),
-                2 => release(&mut st, n, key, pr_type),
-                3 => clear(&mut st, n, key),
-                4 | 5 => preempt(&mut st, n, key, sark, pr_type),
-                _ => register_and_move(&mut st, n, key, sark, p),
+        self.update_shared(|st| {
+            let r = match sa {
+                0 | 6 => register(st, n, key, sark, sa == 6, all_tg_pt, aptpl),
+                1 => reserve(st, n, key, pr_type),
+                2 => release(st, n, key, pr_type),
+                3 => clear(st, n, key),
+                4 | 5 => preempt(st, n, key, sark, pr_type),
+                _ => register_and_move(st, n, key, sark, p),
             };
-            if !matches!(result, Ok(ref r) if r.status == crate::ScsiStatus::Good) {
-                return result;
-            }
             // Every successful PR OUT but RESERVE and RELEASE advances PRgeneration
             // (SPC-4 §6.15.2).
-            if !matches!(sa, 1 | 2) {
+            if matches!(r, Ok(ref r) if r.status == crate::ScsiStatus::Good) && !matches!(sa, 1 | 2)
+            {
                 st.pr.generation = st.pr.generation.wrapping_add(1);
             }
-            snapshot = st.pr.encode();
-        }
-        // Persist: APTPL requires it, and the state is kept where every gateway sees it.
-        if let Err(e) = self.dev.metadata_set(METADATA_KEY, snapshot).await {
-            tracing::warn!(lun = self.cfg.lun, "cannot persist reservation state: {e}");
-            return Err(SenseData::illegal(Asc::INSUFFICIENT_REGISTRATION_RESOURCES));
-        }
-        result
+            r
+        })
+        .await
     }
 }
 

@@ -145,7 +145,7 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
         };
         // A new I_T nexus: whatever an older one with this identity held is gone.
         for lu in target.luns.values() {
-            lu.nexus_lost(&nexus);
+            lu.nexus_lost(&nexus).await;
         }
         let luns = target.visible_luns(&login.initiator_name);
         Some(ScsiSession {
@@ -229,7 +229,7 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
     if let Some(s) = &c.scsi {
         // Logout or connection loss: the I_T nexus is gone (SAM-5 §6.3.4).
         for lu in s.target.luns.values() {
-            lu.nexus_lost(&s.nexus);
+            lu.nexus_lost(&s.nexus).await;
         }
     }
     let _ = tx.send(Out::Close).await;
@@ -662,7 +662,8 @@ impl Conn {
                     lu.reset(
                         scsi::lu::ResetKind::LogicalUnit,
                         self.scsi.as_ref().map(|s| &s.nexus),
-                    );
+                    )
+                    .await;
                     info!(initiator = %self.initiator, lun, "LOGICAL UNIT RESET");
                     0
                 }
@@ -676,7 +677,7 @@ impl Conn {
                         scsi::lu::ResetKind::TargetCold
                     };
                     for lu in s.target.luns.values() {
-                        lu.reset(kind, Some(&s.nexus));
+                        lu.reset(kind, Some(&s.nexus)).await;
                     }
                 }
                 info!(initiator = %self.initiator, "TARGET {} RESET", if function == 6 { "WARM" } else { "COLD" });
@@ -801,6 +802,15 @@ impl Conn {
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if reason != 2 {
+            // The I_T nexus ends with the logout: release what it held before answering, so
+            // the initiator's next login finds it released (SPC-4 §5.9.2).
+            if let Some(sess) = &self.scsi {
+                for lu in sess.target.luns.values() {
+                    lu.nexus_lost(&sess.nexus).await;
+                }
+            }
         }
         let mut r = Bhs::new(Opcode::LogoutResponse);
         r.set_itt(bhs.itt());
