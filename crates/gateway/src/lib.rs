@@ -4,6 +4,7 @@
 pub mod config;
 pub mod connection;
 pub mod discovery;
+pub mod ownership;
 pub mod plan;
 pub mod server;
 pub mod session;

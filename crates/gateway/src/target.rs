@@ -23,6 +23,8 @@ pub type Lu = LogicalUnit<Device>;
 pub struct TargetRuntime {
     pub cfg: Target,
     pub luns: BTreeMap<u64, Arc<Lu>>,
+    /// ALUA ownership per LUN (absent for targets only described, not served, here).
+    pub owners: BTreeMap<u64, Arc<crate::ownership::Ownership>>,
 }
 
 impl TargetRuntime {
@@ -41,25 +43,24 @@ impl TargetRuntime {
             .map(|l| l.lun)
             .collect()
     }
+}
 
-    /// Whether `initiator` may log in at all, per the target's authentication mode.
-    fn admits(&self, initiator: &str) -> bool {
-        let named = || {
-            self.cfg
-                .auth
-                .acls
-                .iter()
-                .any(|a| a.initiator.eq_ignore_ascii_case(initiator))
-                || self.cfg.luns.iter().any(|l| {
-                    l.initiators
-                        .iter()
-                        .any(|i| i.eq_ignore_ascii_case(initiator))
-                })
-        };
-        match self.cfg.auth.mode {
-            AuthMode::None | AuthMode::Tpg => true,
-            AuthMode::Identified | AuthMode::TpgIdentified | AuthMode::Acls => named(),
-        }
+/// Whether `initiator` may log in to (or discover) a target, per its authentication mode.
+fn admits(cfg: &Target, initiator: &str) -> bool {
+    let named = || {
+        cfg.auth
+            .acls
+            .iter()
+            .any(|a| a.initiator.eq_ignore_ascii_case(initiator))
+            || cfg.luns.iter().any(|l| {
+                l.initiators
+                    .iter()
+                    .any(|i| i.eq_ignore_ascii_case(initiator))
+            })
+    };
+    match cfg.auth.mode {
+        AuthMode::None | AuthMode::Tpg => true,
+        AuthMode::Identified | AuthMode::TpgIdentified | AuthMode::Acls => named(),
     }
 }
 
@@ -148,6 +149,7 @@ impl Gateway {
                 })
                 .collect();
             let mut luns = BTreeMap::new();
+            let mut owners = BTreeMap::new();
             for l in &t.luns {
                 let dev =
                     open_device(l).with_context(|| format!("target {} LUN {}", t.iqn, l.lun))?;
@@ -177,16 +179,20 @@ impl Gateway {
                 c.max_write_same_blocks = a.max_write_same_len.unwrap_or(c.max_write_same_blocks);
                 c.optimal_unmap_granularity =
                     a.unmap_granularity.unwrap_or(c.optimal_unmap_granularity);
-                let lu = LogicalUnit::new(c, dev);
+                let lu = Arc::new(LogicalUnit::new(c, dev));
                 lu.load_persistent_state().await;
                 let owner_tag = t.tpgs.iter().find(|g| g.host == l.owner).map(|g| g.tag);
-                lu.set_owner_tpg(owner_tag);
+                owners.insert(
+                    l.lun,
+                    crate::ownership::Ownership::start(lu.clone(), local.tag, owner_tag).await,
+                );
                 info!(target = %t.iqn, lun = l.lun, backstore = l.backstore.kind(), image = %l.image, serial = %l.serial, bytes = size, "LUN ready");
-                luns.insert(l.lun, Arc::new(lu));
+                luns.insert(l.lun, lu);
             }
             targets.push(Arc::new(TargetRuntime {
                 cfg: t.clone(),
                 luns,
+                owners,
             }));
         }
         if targets.is_empty() {
@@ -254,15 +260,7 @@ impl Gateway {
         self.config
             .targets
             .iter()
-            .filter(|t| match self.target(&t.iqn) {
-                Some(rt) => rt.admits(initiator),
-                // Served by other gateways only: apply the same rule on the config.
-                None => TargetRuntime {
-                    cfg: (*t).clone(),
-                    luns: BTreeMap::new(),
-                }
-                .admits(initiator),
-            })
+            .filter(|t| admits(t, initiator))
             .collect()
     }
 }
@@ -297,7 +295,7 @@ impl Directory for LoginDirectory<'_> {
             // The target exists but not behind this portal.
             return Err(LoginStatus::NOT_FOUND);
         }
-        if !t.admits(initiator) {
+        if !admits(&t.cfg, initiator) {
             return Err(LoginStatus::AUTHORIZATION_FAILURE);
         }
         let acl = t

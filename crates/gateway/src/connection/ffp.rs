@@ -549,17 +549,33 @@ impl Conn {
         let luns = s.luns.clone();
         let tasks = self.tasks.clone();
         let lun = scsi::decode_lun(lun_raw).unwrap_or(u64::MAX);
+        let owner = s
+            .target
+            .owners
+            .get(&lun)
+            .filter(|_| crate::ownership::needs_ownership(cdb[0]))
+            .cloned();
         let fut = async move {
             let resp = if cdb[0] == 0xa0 {
                 scsi::reports::report_luns(&cdb, &luns)
             } else if let Some(lu) = &lu {
-                lu.execute(&ScsiCommand {
-                    cdb: &cdb,
-                    nexus: &nexus,
-                    data_out,
-                    transfer_length: edtl,
-                })
-                .await
+                // Only the owner writes: a write elsewhere takes the ownership over first.
+                let guard = match &owner {
+                    Some(o) => o.write_guard().await.map(Some),
+                    None => Ok(None),
+                };
+                match guard {
+                    Ok(_guard) => {
+                        lu.execute(&ScsiCommand {
+                            cdb: &cdb,
+                            nexus: &nexus,
+                            data_out,
+                            transfer_length: edtl,
+                        })
+                        .await
+                    }
+                    Err(sense) => ScsiResponse::check(sense),
+                }
             } else {
                 scsi::no_such_lun(&cdb)
             };

@@ -1,0 +1,218 @@
+//! Which gateway owns a LU: implicit ALUA (SPC-4 §5.16) tied to the backstore's ownership
+//! lock, so that only the owner writes.
+//!
+//! The owner holds the lock (for a file image an OFD lock, released by the kernel when the
+//! process dies) and its TPG tag is in the image's metadata (`alua_owner`), so every gateway
+//! answers REPORT TARGET PORT GROUPS alike. A write arriving at another gateway means the
+//! initiator failed over: that gateway takes the lock if it is free (the owner died), or asks
+//! the owner to hand over (`alua_request`); the owner stops writing, waits for its writes in
+//! flight, flushes and releases. Until the new owner holds the lock the write is answered
+//! NOT READY, ASYMMETRIC ACCESS STATE TRANSITION and the initiator retries. A gateway that
+//! lost the lock never writes again without taking it back the same way.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstore::BlockDevice;
+use scsi::{Asc, SenseData, SenseKey};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::target::Lu;
+
+const OWNER_KEY: &str = "alua_owner";
+const REQUEST_KEY: &str = "alua_request";
+/// How often a gateway looks at the shared ownership state.
+const POLL: Duration = Duration::from_millis(200);
+/// How long a write waits for a handover before the initiator is told to retry.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+
+fn parse_tag(v: Option<Vec<u8>>) -> Option<u16> {
+    v.and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// The ownership of one LU as this gateway sees it.
+pub struct Ownership {
+    lu: Arc<Lu>,
+    my_tag: u16,
+    owned: AtomicBool,
+    /// Handing over: writes wait instead of taking the lock back.
+    yielding: AtomicBool,
+    writes_in_flight: AtomicU32,
+    seen_generation: AtomicU64,
+    acquiring: tokio::sync::Mutex<()>,
+}
+
+/// Held by a write while it runs on the owner.
+pub struct WriteGuard(Arc<Ownership>);
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        self.0.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn transitioning() -> SenseData {
+    SenseData::new(SenseKey::NotReady, Asc::LU_NOT_ACCESSIBLE_TRANSITIONING)
+}
+
+impl Ownership {
+    /// Sets up ownership at start: the configured owner takes the lock if it is free.
+    pub async fn start(lu: Arc<Lu>, my_tag: u16, configured_owner: Option<u16>) -> Arc<Ownership> {
+        let o = Arc::new(Ownership {
+            lu,
+            my_tag,
+            owned: AtomicBool::new(false),
+            yielding: AtomicBool::new(false),
+            writes_in_flight: AtomicU32::new(0),
+            seen_generation: AtomicU64::new(u64::MAX),
+            acquiring: tokio::sync::Mutex::new(()),
+        });
+        let recorded = parse_tag(o.lu.device().metadata_get(OWNER_KEY).await.ok().flatten());
+        if configured_owner == Some(my_tag) && (recorded.is_none() || recorded == Some(my_tag)) {
+            o.try_take().await;
+        }
+        o.refresh().await;
+        if o.owned.load(Ordering::Acquire) {
+            o.lu.set_owner_tpg(Some(my_tag));
+        } else if recorded.is_none() {
+            o.lu.set_owner_tpg(configured_owner);
+        }
+        let weak = Arc::downgrade(&o);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(POLL).await;
+                let Some(o) = weak.upgrade() else { return };
+                o.refresh().await;
+            }
+        });
+        o
+    }
+
+    pub fn is_owner(&self) -> bool {
+        self.owned.load(Ordering::Acquire)
+    }
+
+    /// Takes the lock if it is free; records this gateway as the owner.
+    async fn try_take(&self) -> bool {
+        let dev = self.lu.device();
+        match dev.try_acquire_ownership().await {
+            Ok(true) => {
+                self.owned.store(true, Ordering::Release);
+                if let Err(e) = dev
+                    .metadata_set(OWNER_KEY, self.my_tag.to_string().into_bytes())
+                    .await
+                {
+                    warn!(
+                        lun = self.lu.config().lun,
+                        "cannot record the ALUA owner: {e}"
+                    );
+                }
+                let _ = dev.metadata_set(REQUEST_KEY, Vec::new()).await;
+                self.lu.set_owner_tpg(Some(self.my_tag));
+                info!(
+                    lun = self.lu.config().lun,
+                    tpg = self.my_tag,
+                    "this gateway owns the LU now"
+                );
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                warn!(lun = self.lu.config().lun, "ownership lock failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// Follows the shared state: the recorded owner (for ALUA) and handover requests.
+    async fn refresh(&self) {
+        let dev = self.lu.device();
+        let generation = dev.metadata_generation();
+        if self.seen_generation.swap(generation, Ordering::AcqRel) == generation {
+            return;
+        }
+        if let Some(owner) = parse_tag(dev.metadata_get(OWNER_KEY).await.ok().flatten()) {
+            self.lu.set_owner_tpg(Some(owner));
+        }
+        if !self.is_owner() {
+            return;
+        }
+        let request = parse_tag(dev.metadata_get(REQUEST_KEY).await.ok().flatten());
+        if let Some(to) = request.filter(|t| *t != self.my_tag) {
+            self.hand_over(to).await;
+        }
+    }
+
+    /// Gives the LU up to the gateway of TPG `to`: no new writes, wait for the running ones,
+    /// flush, unlock.
+    async fn hand_over(&self, to: u16) {
+        let lun = self.lu.config().lun;
+        self.yielding.store(true, Ordering::Release);
+        self.owned.store(false, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.writes_in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let dev = self.lu.device();
+        if let Err(e) = dev.flush().await {
+            warn!(lun, "flush before handover failed: {e}");
+        }
+        if let Err(e) = dev.release_ownership().await {
+            warn!(lun, "releasing the ownership lock failed: {e}");
+        }
+        self.yielding.store(false, Ordering::Release);
+        info!(lun, to_tpg = to, "handed the LU over");
+    }
+
+    /// Admits one write: on the owner at once; elsewhere after taking the ownership over.
+    pub async fn write_guard(self: &Arc<Self>) -> Result<WriteGuard, SenseData> {
+        loop {
+            if self.is_owner() {
+                self.writes_in_flight.fetch_add(1, Ordering::AcqRel);
+                if self.is_owner() {
+                    return Ok(WriteGuard(self.clone()));
+                }
+                self.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+            let _one = self.acquiring.lock().await;
+            if self.is_owner() {
+                continue;
+            }
+            let deadline = Instant::now() + HANDOVER_WAIT;
+            let mut asked = false;
+            loop {
+                if !self.yielding.load(Ordering::Acquire) && self.try_take().await {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(transitioning());
+                }
+                if !asked {
+                    asked = true;
+                    info!(
+                        lun = self.lu.config().lun,
+                        tpg = self.my_tag,
+                        "write on a non-owner path: asking the owner to hand over"
+                    );
+                    let _ = self
+                        .lu
+                        .device()
+                        .metadata_set(REQUEST_KEY, self.my_tag.to_string().into_bytes())
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Commands that change the medium and so need ownership (SBC-3 write-class commands).
+pub fn needs_ownership(opcode: u8) -> bool {
+    matches!(
+        opcode,
+        0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x41 | 0x93 | 0x42 | 0x89 | 0x8b
+    )
+}
