@@ -3,12 +3,18 @@
 //!
 //! The owner holds the lock (for a file image an OFD lock, released by the kernel when the
 //! process dies) and its TPG tag is in the image's metadata (`alua_owner`), so every gateway
-//! answers REPORT TARGET PORT GROUPS alike. A write arriving at another gateway means the
-//! initiator failed over: that gateway takes the lock if it is free (the owner died), or asks
-//! the owner to hand over (`alua_request`); the owner stops writing, waits for its writes in
-//! flight, flushes and releases. Until the new owner holds the lock the write is answered
-//! NOT READY, ASYMMETRIC ACCESS STATE TRANSITION and the initiator retries. A gateway that
-//! lost the lock never writes again without taking it back the same way.
+//! answers REPORT TARGET PORT GROUPS alike. A write arriving at another gateway takes the lock
+//! if it is free (the owner died), or asks the owner to hand over (`alua_request`): the owner
+//! stops writing, waits for its writes in flight, flushes and releases. Until the new owner
+//! holds the lock the write is answered NOT READY, ASYMMETRIC ACCESS STATE TRANSITION and the
+//! initiator retries. A gateway that lost the lock never writes again without taking it back
+//! the same way.
+//!
+//! The write lock may bounce between gateways when an initiator writes down several paths at
+//! once (round robin, or libiscsi's MultipathIO). The ALUA owner — what REPORT TARGET PORT
+//! GROUPS shows and ASYMMETRIC ACCESS STATE CHANGED announces — moves only on a failover: at
+//! once when the lock was free (the owner is gone), else once the new holder kept the lock
+//! for [`STABLE`] (the initiator stays on its paths: the old owner's are down).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +31,8 @@ const OWNER_KEY: &str = "alua_owner";
 const REQUEST_KEY: &str = "alua_request";
 /// How often a gateway looks at the shared ownership state.
 const POLL: Duration = Duration::from_millis(200);
+/// How long a gateway must keep the lock, taken by handover, to become the ALUA owner.
+const STABLE: Duration = Duration::from_secs(5);
 /// How long a write waits for a handover before the initiator is told to retry.
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 
@@ -43,6 +51,8 @@ pub struct Ownership {
     writes_in_flight: AtomicU32,
     seen_generation: AtomicU64,
     acquiring: tokio::sync::Mutex<()>,
+    /// When this gateway last took the lock.
+    taken_at: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Held by a write while it runs on the owner.
@@ -69,15 +79,17 @@ impl Ownership {
             writes_in_flight: AtomicU32::new(0),
             seen_generation: AtomicU64::new(u64::MAX),
             acquiring: tokio::sync::Mutex::new(()),
+            taken_at: std::sync::Mutex::new(None),
         });
         let recorded = parse_tag(o.lu.device().metadata_get(OWNER_KEY).await.ok().flatten());
-        if configured_owner == Some(my_tag) && (recorded.is_none() || recorded == Some(my_tag)) {
-            o.try_take().await;
+        if configured_owner == Some(my_tag)
+            && (recorded.is_none() || recorded == Some(my_tag))
+            && o.try_take().await
+        {
+            o.set_alua_owner(my_tag).await;
         }
         o.refresh().await;
-        if o.owned.load(Ordering::Acquire) {
-            o.lu.set_owner_tpg(Some(my_tag));
-        } else if recorded.is_none() {
+        if recorded.is_none() && !o.is_owner() {
             o.lu.set_owner_tpg(configured_owner);
         }
         let weak = Arc::downgrade(&o);
@@ -95,27 +107,18 @@ impl Ownership {
         self.owned.load(Ordering::Acquire)
     }
 
-    /// Takes the lock if it is free; records this gateway as the owner.
+    /// Takes the lock if it is free.
     async fn try_take(&self) -> bool {
         let dev = self.lu.device();
         match dev.try_acquire_ownership().await {
             Ok(true) => {
                 self.owned.store(true, Ordering::Release);
-                if let Err(e) = dev
-                    .metadata_set(OWNER_KEY, self.my_tag.to_string().into_bytes())
-                    .await
-                {
-                    warn!(
-                        lun = self.lu.config().lun,
-                        "cannot record the ALUA owner: {e}"
-                    );
-                }
+                *self.taken_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 let _ = dev.metadata_set(REQUEST_KEY, Vec::new()).await;
-                self.lu.set_owner_tpg(Some(self.my_tag));
                 info!(
                     lun = self.lu.config().lun,
                     tpg = self.my_tag,
-                    "this gateway owns the LU now"
+                    "this gateway holds the write lock"
                 );
                 true
             }
@@ -127,8 +130,38 @@ impl Ownership {
         }
     }
 
-    /// Follows the shared state: the recorded owner (for ALUA) and handover requests.
+    /// Records `tag` as the ALUA owner, for every gateway to report.
+    async fn set_alua_owner(&self, tag: u16) {
+        if let Err(e) = self
+            .lu
+            .device()
+            .metadata_set(OWNER_KEY, tag.to_string().into_bytes())
+            .await
+        {
+            warn!(
+                lun = self.lu.config().lun,
+                "cannot record the ALUA owner: {e}"
+            );
+        }
+        self.lu.set_owner_tpg(Some(tag));
+        info!(
+            lun = self.lu.config().lun,
+            tpg = tag,
+            "ALUA owner (active/optimized) is now TPG {tag}"
+        );
+    }
+
+    /// Follows the shared state: the recorded owner (for ALUA) and handover requests; claims
+    /// the ALUA ownership when the lock stayed here for [`STABLE`].
     async fn refresh(&self) {
+        let held_long = self
+            .taken_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() >= STABLE);
+        if self.is_owner() && held_long && self.lu.owner_tpg() != Some(self.my_tag) {
+            self.set_alua_owner(self.my_tag).await;
+        }
         let dev = self.lu.device();
         let generation = dev.metadata_generation();
         if self.seen_generation.swap(generation, Ordering::AcqRel) == generation {
@@ -164,7 +197,7 @@ impl Ownership {
             warn!(lun, "releasing the ownership lock failed: {e}");
         }
         self.yielding.store(false, Ordering::Release);
-        info!(lun, to_tpg = to, "handed the LU over");
+        info!(lun, to_tpg = to, "handed the write lock over");
     }
 
     /// Admits one write: on the owner at once; elsewhere after taking the ownership over.
@@ -181,29 +214,32 @@ impl Ownership {
             if self.is_owner() {
                 continue;
             }
+            if !self.yielding.load(Ordering::Acquire) && self.try_take().await {
+                // The lock was free: the owner is gone (or there never was one). A failover.
+                if self.lu.owner_tpg() != Some(self.my_tag) {
+                    self.set_alua_owner(self.my_tag).await;
+                }
+                continue;
+            }
+            info!(
+                lun = self.lu.config().lun,
+                tpg = self.my_tag,
+                "write on a non-owner path: asking the owner to hand over"
+            );
+            let _ = self
+                .lu
+                .device()
+                .metadata_set(REQUEST_KEY, self.my_tag.to_string().into_bytes())
+                .await;
             let deadline = Instant::now() + HANDOVER_WAIT;
-            let mut asked = false;
             loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 if !self.yielding.load(Ordering::Acquire) && self.try_take().await {
                     break;
                 }
                 if Instant::now() >= deadline {
                     return Err(transitioning());
                 }
-                if !asked {
-                    asked = true;
-                    info!(
-                        lun = self.lu.config().lun,
-                        tpg = self.my_tag,
-                        "write on a non-owner path: asking the owner to hand over"
-                    );
-                    let _ = self
-                        .lu
-                        .device()
-                        .metadata_set(REQUEST_KEY, self.my_tag.to_string().into_bytes())
-                        .await;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }

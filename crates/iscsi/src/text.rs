@@ -29,6 +29,16 @@ impl TextPairs {
     /// Parses a complete text segment (the concatenation of a sequence of C-bit PDUs).
     /// Empty strings between NULs are tolerated, as initiators pad.
     pub fn parse(data: &[u8]) -> Result<Self, TextError> {
+        Self::parse_inner(data, false)
+    }
+
+    /// Parses a text where keys may repeat, as in a SendTargets answer (RFC 7143 Appendix C:
+    /// one TargetAddress per portal).
+    pub fn parse_list(data: &[u8]) -> Result<Self, TextError> {
+        Self::parse_inner(data, true)
+    }
+
+    fn parse_inner(data: &[u8], repeats: bool) -> Result<Self, TextError> {
         let mut out: Vec<(String, String)> = Vec::new();
         for item in data.split(|b| *b == 0) {
             if item.is_empty() {
@@ -47,7 +57,7 @@ impl TextPairs {
                 return Err(TextError::BadKey(k.into()));
             }
             // RFC 7143 §6.2: a key sent twice in one negotiation is a protocol error.
-            if out.iter().any(|(ek, _)| ek == k) {
+            if !repeats && out.iter().any(|(ek, _)| ek == k) {
                 return Err(TextError::Duplicate(k.into()));
             }
             out.push((k.to_string(), v.to_string()));

@@ -37,13 +37,21 @@ impl<B: BlockDevice> LogicalUnit<B> {
         }
     }
 
-    /// Sets the owning TPG; a change raises ASYMMETRIC ACCESS STATE CHANGED (SPC-4 §5.16.2.6)
-    /// for every nexus.
+    /// The owning TPG (Active/Optimized), if one is set.
+    pub fn owner_tpg(&self) -> Option<u16> {
+        self.state().owner_tpg
+    }
+
+    /// Sets the owning TPG. When this gateway's paths lose Active/Optimized, their nexuses get
+    /// ASYMMETRIC ACCESS STATE CHANGED (SPC-4 §5.16.2.6) and re-read the groups; the paths of
+    /// the new owner — the ones the initiator moved to — are left undisturbed.
     pub fn set_owner_tpg(&self, owner: Option<u16>) {
         let mut st = self.state();
         if st.owner_tpg != owner {
             st.owner_tpg = owner;
-            st.ua_all(crate::sense::Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, None);
+            if owner.is_some_and(|o| o != self.cfg.local_tpg) {
+                st.ua_all(crate::sense::Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, None);
+            }
         }
     }
 

@@ -119,6 +119,9 @@ pub struct LogicalUnit<B> {
     pub(crate) cfg: LuConfig,
     pub(crate) dev: B,
     state: Mutex<LuState>,
+    /// When the last command arrived, in milliseconds since `epoch`.
+    last_command_ms: std::sync::atomic::AtomicU64,
+    epoch: std::time::Instant,
 }
 
 /// Kinds of reset a task management function causes (SAM-5 §6.3).
@@ -139,6 +142,8 @@ impl<B: BlockDevice> LogicalUnit<B> {
             cfg,
             dev,
             state: Mutex::new(state),
+            last_command_ms: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         }
     }
 
@@ -172,15 +177,17 @@ impl<B: BlockDevice> LogicalUnit<B> {
     /// (initiators re-check every path after it, as libiscsi's MultipathIO.Reset does); a
     /// target reset spares the nexus that asked for it, which knows.
     pub async fn reset(&self, kind: ResetKind, issuer: Option<&ItNexus>) {
-        self.refresh_shared().await;
-        if self.state().pr.legacy_holder.is_some() {
-            let _ = self
-                .update_shared(|st| {
-                    st.pr.legacy_holder = None;
-                    Ok(ScsiResponse::good())
-                })
-                .await;
-        }
+        // The SPC-2 reservation goes; a LOGICAL UNIT RESET is counted where every gateway
+        // sees it, so each raises the unit attention on its own paths.
+        let _ = self
+            .update_shared(|st| {
+                st.pr.legacy_holder = None;
+                if kind == ResetKind::LogicalUnit {
+                    st.pr.resets += 1;
+                }
+                Ok(ScsiResponse::good())
+            })
+            .await;
         let mut st = self.state();
         st.prevent.clear();
         st.wce = self.cfg.write_cache;
@@ -225,8 +232,27 @@ impl<B: BlockDevice> LogicalUnit<B> {
         self.state().ua_all(asc, None);
     }
 
+    /// Whether the command would end in RESERVATION CONFLICT right now.
+    pub async fn conflicts(&self, cmd: &ScsiCommand<'_>) -> bool {
+        self.refresh_shared().await;
+        self.reservation_conflict(cmd).is_some()
+    }
+
+    /// How long no command arrived at this LU (on this gateway).
+    pub fn idle_for(&self) -> std::time::Duration {
+        let last = self
+            .last_command_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.epoch
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
+    }
+
     /// Runs one command.
     pub async fn execute(&self, cmd: &ScsiCommand<'_>) -> ScsiResponse {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_command_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
         match self.execute_inner(cmd).await {
             Ok(r) => r,
             Err(sense) => ScsiResponse::check(sense),
@@ -244,10 +270,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
         if cdb[need - 1] & 0x04 != 0 {
             return Err(SenseData::invalid_cdb(need as u16 - 1, Some(2)));
         }
+        // Shared state first: a reset or reservation change made through another gateway.
+        self.refresh_shared().await;
         if let Some(resp) = self.unit_attention(cmd, op) {
             return Ok(resp);
         }
-        self.refresh_shared().await;
         if let Some(resp) = self.reservation_conflict(cmd) {
             return Ok(resp);
         }

@@ -97,6 +97,20 @@ pub struct PrState {
     /// The SPC-2 RESERVE(6)/(10) holder, kept here so that every gateway enforces it.
     #[serde(default)]
     pub legacy_holder: Option<Registration>,
+    /// LOGICAL UNIT RESETs so far, through any gateway: each gateway raises the reset's unit
+    /// attention on its own nexuses when it sees the count grow.
+    #[serde(default)]
+    pub resets: u64,
+}
+
+/// Installs shared state read from the metadata; a reset made through another gateway shows
+/// as a larger reset count and becomes a unit attention here too.
+pub(crate) fn install(st: &mut LuState, new: PrState) {
+    let first_load = st.seen_generation == u64::MAX;
+    if !first_load && new.resets > st.pr.resets {
+        st.ua_all(Asc::BUS_DEVICE_RESET, None);
+    }
+    st.pr = new;
 }
 
 impl PrState {
@@ -278,10 +292,12 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 .map_err(|e| self.metadata_error(e))?;
             let (result, new) = {
                 let mut st = self.state();
-                st.pr = match &old {
-                    Some(b) => PrState::decode(b).unwrap_or_default(),
-                    None => PrState::default(),
-                };
+                install(
+                    &mut st,
+                    old.as_deref()
+                        .and_then(|b| PrState::decode(b).ok())
+                        .unwrap_or_default(),
+                );
                 st.seen_generation = generation;
                 let r = f(&mut st);
                 if !matches!(r, Ok(ref r) if r.status == crate::ScsiStatus::Good) {
@@ -323,7 +339,10 @@ impl<B: BlockDevice> LogicalUnit<B> {
         match self.dev.metadata_get(METADATA_KEY).await {
             Ok(v) => {
                 let mut st = self.state();
-                st.pr = v.and_then(|b| PrState::decode(&b).ok()).unwrap_or_default();
+                install(
+                    &mut st,
+                    v.and_then(|b| PrState::decode(&b).ok()).unwrap_or_default(),
+                );
                 st.seen_generation = generation;
             }
             Err(e) => tracing::warn!(lun = self.cfg.lun, "cannot reload reservation state: {e}"),

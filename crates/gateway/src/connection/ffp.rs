@@ -560,9 +560,16 @@ impl Conn {
                 scsi::reports::report_luns(&cdb, &luns)
             } else if let Some(lu) = &lu {
                 // Only the owner writes: a write elsewhere takes the ownership over first.
+                // A write that will conflict with a reservation does not move the lock.
+                let cmd = ScsiCommand {
+                    cdb: &cdb,
+                    nexus: &nexus,
+                    data_out: bytes::Bytes::new(),
+                    transfer_length: edtl,
+                };
                 let guard = match &owner {
-                    Some(o) => o.write_guard().await.map(Some),
-                    None => Ok(None),
+                    Some(o) if !lu.conflicts(&cmd).await => o.write_guard().await.map(Some),
+                    _ => Ok(None),
                 };
                 match guard {
                     Ok(_guard) => {

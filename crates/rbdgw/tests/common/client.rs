@@ -194,3 +194,112 @@ impl Client {
         Pdu::with_data(bhs, data)
     }
 }
+
+/// The outcome of one SCSI command as the test client sees it.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: u8,
+    pub data: Vec<u8>,
+    /// (sense key, ASC, ASCQ) for CHECK CONDITION.
+    pub sense: Option<(u8, u8, u8)>,
+}
+
+impl Client {
+    /// Runs one SCSI command to completion: data-out through R2Ts, data-in gathered.
+    pub fn scsi(&mut self, lun: u64, cdb: &[u8], data_out: &[u8], data_in_len: u32) -> Outcome {
+        let write = !data_out.is_empty();
+        let edtl = if write {
+            data_out.len() as u32
+        } else {
+            data_in_len
+        };
+        let cmd = self.scsi_command(lun, cdb, data_in_len > 0, write, edtl, Bytes::new());
+        let itt = cmd.bhs.itt();
+        self.send(&cmd);
+        let mut data = vec![0u8; data_in_len as usize];
+        let mut got = 0usize;
+        loop {
+            let p = self
+                .recv_timeout(Duration::from_secs(20))
+                .expect("a response to the SCSI command");
+            match p.bhs.opcode() {
+                Some(Opcode::ReadyToTransfer) if p.bhs.itt() == itt => {
+                    let (off, len) = (
+                        p.bhs.buffer_offset() as usize,
+                        p.bhs.residual_count() as usize,
+                    );
+                    let mut bhs = Bhs::new(Opcode::DataOut);
+                    bhs.set_lun_raw(lun << 48)
+                        .set_itt(itt)
+                        .set_ttt(p.bhs.ttt())
+                        .set_exp_stat_sn(self.exp_stat_sn);
+                    bhs.set_data_sn(0).set_buffer_offset(off as u32);
+                    let chunk = Bytes::copy_from_slice(&data_out[off..off + len]);
+                    self.send(&Pdu::with_data(bhs, chunk));
+                }
+                Some(Opcode::DataIn) if p.bhs.itt() == itt => {
+                    let off = p.bhs.buffer_offset() as usize;
+                    data[off..off + p.data.len()].copy_from_slice(&p.data);
+                    got = got.max(off + p.data.len());
+                    if p.bhs.flags() & 0x01 != 0 {
+                        data.truncate(got);
+                        return Outcome {
+                            status: p.bhs.0[3],
+                            data,
+                            sense: None,
+                        };
+                    }
+                }
+                Some(Opcode::ScsiResponse) if p.bhs.itt() == itt => {
+                    data.truncate(got);
+                    let sense =
+                        (p.data.len() >= 16).then(|| (p.data[4] & 0x0f, p.data[14], p.data[15]));
+                    return Outcome {
+                        status: p.bhs.0[3],
+                        data,
+                        sense,
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Like [`Client::scsi`], but swallows pending unit attentions first (as initiators do).
+    pub fn scsi_ready(
+        &mut self,
+        lun: u64,
+        cdb: &[u8],
+        data_out: &[u8],
+        data_in_len: u32,
+    ) -> Outcome {
+        for _ in 0..8 {
+            let o = self.scsi(lun, cdb, data_out, data_in_len);
+            if o.sense.map(|s| s.0) != Some(0x06) {
+                return o;
+            }
+        }
+        panic!("unit attentions do not stop");
+    }
+
+    /// SendTargets=All over this (discovery or normal) session.
+    pub fn send_targets(&mut self) -> TextPairs {
+        let itt = self.next_itt();
+        let mut bhs = Bhs::new(Opcode::TextRequest);
+        bhs.0[0] |= 0x40;
+        bhs.set_itt(itt)
+            .set_ttt(0xffff_ffff)
+            .set_cmd_sn(self.cmd_sn)
+            .set_exp_stat_sn(self.exp_stat_sn);
+        self.send(&Pdu::with_data(
+            bhs,
+            Bytes::from_static(b"SendTargets=All\0"),
+        ));
+        loop {
+            let p = self.recv().expect("text response");
+            if p.bhs.opcode() == Some(Opcode::TextResponse) && p.bhs.itt() == itt {
+                return TextPairs::parse_list(&p.data).expect("text");
+            }
+        }
+    }
+}

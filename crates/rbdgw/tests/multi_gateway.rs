@@ -1,0 +1,216 @@
+//! The seed's scenario on loopback: two `rbdgw serve` processes, gw1 on 127.0.0.1 (TPG 1)
+//! and gw2 on 127.0.0.2 (TPG 2), export one file image as LUN 0 of one target.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::client::Client;
+use common::{free_port, require, Gateway, Scratch};
+
+const TARGET: &str = "iqn.2026-11.org.rbdgw:ha";
+
+fn vpd(c: &mut Client, page: u8) -> Vec<u8> {
+    let o = c.scsi_ready(0, &[0x12, 1, page, 0x10, 0, 0], &[], 4096);
+    assert_eq!(o.status, 0);
+    o.data
+}
+
+/// NAA designator of VPD 0x83.
+fn naa(page83: &[u8]) -> Vec<u8> {
+    let mut off = 4;
+    while off + 4 <= page83.len() {
+        let len = page83[off + 3] as usize;
+        if page83[off + 1] & 0x0f == 3 {
+            return page83[off + 4..off + 4 + len].to_vec();
+        }
+        off += 4 + len;
+    }
+    panic!("no NAA designator");
+}
+
+/// REPORT TARGET PORT GROUPS: (tag, access state) per group.
+fn rtpg(c: &mut Client) -> Vec<(u16, u8)> {
+    let o = c.scsi_ready(0, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], &[], 1024);
+    assert_eq!(o.status, 0, "{o:?}");
+    let mut v = Vec::new();
+    let mut off = 4;
+    while off + 8 <= o.data.len() {
+        v.push((
+            u16::from_be_bytes([o.data[off + 2], o.data[off + 3]]),
+            o.data[off] & 0x0f,
+        ));
+        off += 8 + 4 * o.data[off + 7] as usize;
+    }
+    v
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn write10(lba: u32) -> [u8; 10] {
+    let mut c = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c
+}
+
+fn prout(sa: u8, kind: u8, key: u64, sark: u64) -> ([u8; 10], Vec<u8>) {
+    let mut p = vec![0u8; 24];
+    p[..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sark.to_be_bytes());
+    ([0x5f, sa, kind, 0, 0, 0, 0, 0, 24, 0], p)
+}
+
+#[test]
+fn two_gateways_one_lun() {
+    require("iscsi-test-cu", "libiscsi-bin");
+    let dir = Scratch::new("multi");
+    let port = free_port();
+    let (a1, a2) = (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"));
+    let image = dir.0.join("ha.img");
+    let config = serde_json::json!({
+        "auth": [{"target": TARGET, "authentication": "none"}],
+        "targets": [{"target": TARGET, "hosts": [{"host": "gw1", "portal": "portal1"}, {"host": "gw2", "portal": "portal2"}]}],
+        "portals": [{"name": "portal1", "addresses": [a1]}, {"name": "portal2", "addresses": [a2]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": TARGET, "tpg": [
+            {"image": "ha", "backstore": "file", "path": image.display().to_string(), "size": "64M", "owner": "gw1"}]}]}]
+    })
+    .to_string();
+    let gw1 = Gateway::start(&dir.0, &config, "gw1", a1.parse().unwrap());
+    let gw2 = Gateway::start(&dir.0, &config, "gw2", a2.parse().unwrap());
+
+    // SendTargets on either gateway lists both portals, each with its own TPG tag.
+    for addr in [&a1, &a2] {
+        let mut d = Client::connect(addr.parse().unwrap());
+        d.login("iqn.2026-11.org.rbdgw:disc", None, "");
+        let st = d.send_targets();
+        let addrs: Vec<&str> =
+            st.0.iter()
+                .filter(|(k, _)| k == "TargetAddress")
+                .map(|(_, v)| v.as_str())
+                .collect();
+        assert_eq!(st.get("TargetName"), Some(TARGET));
+        assert_eq!(
+            addrs,
+            vec![format!("{a1},1"), format!("{a2},2")],
+            "discovery on {addr}"
+        );
+    }
+
+    // One initiator, one session per gateway; login answers carry each gateway's TPG tag.
+    let mut s1 = Client::connect(a1.parse().unwrap());
+    let t = s1.login("iqn.2026-11.org.rbdgw:host-a", Some(TARGET), "");
+    assert_eq!(t.get("TargetPortalGroupTag"), Some("1"));
+    let mut s2 = Client::connect(a2.parse().unwrap());
+    let t = s2.login("iqn.2026-11.org.rbdgw:host-a", Some(TARGET), "");
+    assert_eq!(t.get("TargetPortalGroupTag"), Some("2"));
+
+    // The same LU identity on both paths.
+    assert_eq!(vpd(&mut s1, 0x80), vpd(&mut s2, 0x80), "unit serial");
+    let (p1, p2) = (vpd(&mut s1, 0x83), vpd(&mut s2, 0x83));
+    assert_eq!(
+        naa(&p1),
+        naa(&p2),
+        "NAA designator (the WWID multipath keys on)"
+    );
+    assert_ne!(p1, p2, "per-port designators differ");
+
+    // Implicit ALUA: the configured owner gw1 is active/optimized, everywhere.
+    assert_eq!(rtpg(&mut s1), vec![(1, 0), (2, 1)]);
+    assert_eq!(rtpg(&mut s2), vec![(1, 0), (2, 1)]);
+
+    // Persistent reservations are one state: a reservation through gw1 binds gw2.
+    let mut b2 = Client::connect(a2.parse().unwrap());
+    b2.login("iqn.2026-11.org.rbdgw:host-b", Some(TARGET), "");
+    let (c, p) = prout(0, 0, 0, 0xa1);
+    assert_eq!(s1.scsi_ready(0, &c, &p, 0).status, 0);
+    let (c, p) = prout(1, 1, 0xa1, 0); // Write Exclusive
+    assert_eq!(s1.scsi_ready(0, &c, &p, 0).status, 0);
+    assert_eq!(
+        b2.scsi_ready(0, &write10(8), &[1u8; 512], 0).status,
+        0x18,
+        "RESERVATION CONFLICT through the other gateway"
+    );
+    assert_eq!(
+        b2.scsi_ready(0, &[0x28, 0, 0, 0, 0, 8, 0, 0, 1, 0], &[], 512)
+            .status,
+        0,
+        "reads are allowed under Write Exclusive"
+    );
+    let (c, p) = prout(2, 1, 0xa1, 0);
+    assert_eq!(s1.scsi_ready(0, &c, &p, 0).status, 0);
+    let (c, p) = prout(0, 0, 0xa1, 0);
+    assert_eq!(s1.scsi_ready(0, &c, &p, 0).status, 0);
+
+    // The initiator fails over: it writes through gw2 only. Once gw2 has kept the write lock
+    // for a while the ALUA ownership moves there; gw1's path learns it through ASYMMETRIC
+    // ACCESS STATE CHANGED.
+    let w = b2.scsi_ready(0, &write10(9), &[2u8; 512], 0);
+    assert_eq!(w.status, 0, "{w:?}");
+    wait_for("gw2 to become the ALUA owner", || {
+        rtpg(&mut s2) == vec![(1, 1), (2, 0)]
+    });
+    wait_for("gw1 to see gw2 as the owner", || {
+        let o = s1.scsi(0, &[0; 6], &[], 0);
+        o.sense == Some((0x06, 0x2a, 0x06)) || rtpg(&mut s1) == vec![(1, 1), (2, 0)]
+    });
+    assert_eq!(rtpg(&mut s1), vec![(1, 1), (2, 0)]);
+    // And the data written through gw2 reads back through gw1.
+    let r = s1.scsi_ready(0, &[0x28, 0, 0, 0, 0, 9, 0, 0, 1, 0], &[], 512);
+    assert_eq!(r.data, vec![2u8; 512]);
+    // Failing back: writes through gw1 take the lock and, in time, the ownership back.
+    assert_eq!(s1.scsi_ready(0, &write10(10), &[3u8; 512], 0).status, 0);
+    wait_for("gw1 to become the ALUA owner again", || {
+        rtpg(&mut s1) == vec![(1, 0), (2, 1)]
+    });
+    drop((s1, s2, b2));
+
+    // libiscsi across the gateways, then the SCSI family against each while the other runs.
+    let url = |a: &str| format!("iscsi://{a}/{TARGET}/0");
+    let run = |args: &[String]| {
+        let out = Command::new("iscsi-test-cu")
+            .args([
+                "-d",
+                "-i",
+                "iqn.2026-11.org.rbdgw:mp-init1",
+                "-I",
+                "iqn.2026-11.org.rbdgw:mp-init2",
+            ])
+            .args(args)
+            .output()
+            .expect("iscsi-test-cu");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let summary = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("tests"))
+            .unwrap_or("")
+            .to_string();
+        (text, summary)
+    };
+    let (text, summary) = run(&["-t".into(), "SCSI.MultipathIO".into(), url(&a1), url(&a2)]);
+    println!("MultipathIO across gw1 and gw2: {summary}");
+    let w: Vec<&str> = summary.split_whitespace().collect();
+    assert!(
+        w.len() >= 5 && w[1] == "4" && w[4] == "0" && !text.contains("Multipath unavailable"),
+        "MultipathIO:\n{text}"
+    );
+    for (name, a) in [("gw1", &a1), ("gw2", &a2)] {
+        let (text, summary) = run(&["-t".into(), "SCSI".into(), url(a)]);
+        println!("SCSI family on {name} with the other gateway running: {summary}");
+        let w: Vec<&str> = summary.split_whitespace().collect();
+        assert!(
+            w.len() >= 5 && w[4] == "0",
+            "SCSI family on {name}:\n{}",
+            &text[text.len().saturating_sub(3000)..]
+        );
+    }
+    for g in [&gw1, &gw2] {
+        assert!(!g.log_text().contains("panicked"));
+    }
+}
