@@ -272,6 +272,14 @@ fn run_lab(fault: Fault) {
         gw2.log_text().contains("this gateway holds the write lock"),
         "gw2 took the lock:\n{logs}"
     );
+    // The seed's step 8: discovery on either gateway lists both portals with their tags.
+    for portal in [
+        format!("192.168.0.27:3260,1 {TARGET}"),
+        format!("192.168.0.32:3260,2 {TARGET}"),
+    ] {
+        let n = seen.iter().filter(|l| l.contains(&portal)).count();
+        assert_eq!(n, 2, "{portal} in both discoveries");
+    }
     if fault == Fault::Cut {
         // The partitioned owner handed the lock over before gw2 wrote: no write of its can
         // land after the takeover (it would need the lock back, through a handover).
