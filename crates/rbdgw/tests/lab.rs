@@ -172,25 +172,7 @@ fn run_lab(fault: Fault) {
         Fault::Cut => "CUT",
     };
     let guest = include_str!("../../../tests/lab/guest-multipath.sh").replace("@ACTION@", action);
-    let script = dir.0.join("guest.sh");
-    std::fs::write(&script, guest).unwrap();
-    let out = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/vm/build-initrd.sh"))
-        .arg(&dir.0)
-        .arg(&script)
-        .output()
-        .expect("build initrd");
-    assert!(
-        out.status.success(),
-        "initrd: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kernel = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let (kernel, initrd) = common::vm::build_vm(&dir.0, &guest);
     let mut vm = Command::new("ip")
         .args([
             "netns",
@@ -206,9 +188,10 @@ fn run_lab(fault: Fault) {
             "-smp",
             "1",
         ])
-        .args(["-nographic", "-no-reboot", "-kernel", &kernel])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(&kernel)
         .arg("-initrd")
-        .arg(dir.0.join("initrd.gz"))
+        .arg(&initrd)
         .args(["-append", "console=ttyS0 quiet panic=-1"])
         .args([
             "-netdev",

@@ -4,70 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use common::vm::{boot, build_vm};
 use common::{free_port, require, Gateway, Scratch};
 
 const TARGET: &str = "iqn.2026-11.org.rbdgw:linux";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Builds the VM's initramfs around a guest script; returns (kernel, initrd).
-pub fn build_vm(dir: &Path, guest: &str) -> (PathBuf, PathBuf) {
-    let script = dir.join("guest.sh");
-    std::fs::write(&script, guest).expect("guest script");
-    let out = Command::new("bash")
-        .arg(repo_root().join("tests/vm/build-initrd.sh"))
-        .arg(dir)
-        .arg(&script)
-        .output()
-        .expect("run build-initrd.sh");
-    assert!(
-        out.status.success(),
-        "initramfs build failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kernel = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    (PathBuf::from(kernel), dir.join("initrd.gz"))
-}
-
-/// Boots the VM on qemu's user network and returns what its console printed.
-pub fn boot(kernel: &Path, initrd: &Path) -> String {
-    let out = Command::new("timeout")
-        .args([
-            "600",
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-m",
-            "1024",
-            "-smp",
-            "1",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args([
-            "-append",
-            "console=ttyS0 quiet panic=-1",
-            "-nic",
-            "user,model=virtio-net-pci",
-        ])
-        .output()
-        .expect("run qemu");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn linux_initiator_ext4_round_trip() {

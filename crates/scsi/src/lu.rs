@@ -321,8 +321,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
             0x00 => Ok(ScsiResponse::good()), // TEST UNIT READY
             0x03 => self.request_sense(cmd),
             0x08 | 0x28 | 0xa8 | 0x88 => self.read(cdb).await,
-            0x0a | 0x2a | 0xaa | 0x8a => self.write(cdb, &cmd.data_out).await,
-            0x2e | 0xae | 0x8e => self.write_and_verify(cdb, &cmd.data_out).await,
+            0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e => self.write(cdb, &cmd.data_out).await,
             0x2f | 0xaf | 0x8f => self.verify(cdb, &cmd.data_out).await,
             0x34 | 0x90 => self.pre_fetch(cdb),
             0x35 | 0x91 => self.synchronize_cache(cdb).await,

@@ -126,6 +126,23 @@ impl<B: BlockDevice> LogicalUnit<B> {
         Ok(data.slice(..len as usize))
     }
 
+    /// What every writing command checks first (range, protection, write protect) and the
+    /// data it carries; `None` for a transfer length of zero, which is a no-op.
+    fn write_prologue(
+        &self,
+        cdb: &[u8],
+        data: &Bytes,
+    ) -> Result<Option<(BlockRange, Bytes)>, SenseData> {
+        let r = BlockRange::parse(cdb);
+        self.check_rw(&r)?;
+        self.check_writable()?;
+        if r.blocks == 0 {
+            return Ok(None);
+        }
+        let payload = self.data_for(data, r.blocks * self.bs())?;
+        Ok(Some((r, payload)))
+    }
+
     pub(crate) async fn read(&self, cdb: &[u8]) -> CmdResult {
         let r = BlockRange::parse(cdb);
         self.check_rw(&r)?;
@@ -141,36 +158,16 @@ impl<B: BlockDevice> LogicalUnit<B> {
         Ok(ScsiResponse::data(data))
     }
 
+    /// WRITE (6/10/12/16), and WRITE AND VERIFY (SBC-3 §5.40), whose write is made durable
+    /// before GOOD, which is what verification of the medium amounts to here.
     pub(crate) async fn write(&self, cdb: &[u8], data: &Bytes) -> CmdResult {
-        let r = BlockRange::parse(cdb);
-        self.check_rw(&r)?;
-        self.check_writable()?;
-        if r.blocks == 0 {
+        let Some((r, payload)) = self.write_prologue(cdb, data)? else {
             return Ok(ScsiResponse::good());
-        }
-        let bs = self.bs();
-        let payload = self.data_for(data, r.blocks * bs)?;
-        let fua = r.fua() || !self.state().wce;
+        };
+        let and_verify = matches!(cdb[0], 0x2e | 0xae | 0x8e);
+        let fua = and_verify || r.fua() || !self.state().wce;
         self.dev
-            .write(r.lba * bs, payload, fua)
-            .await
-            .map_err(|e| self.io_error(e, true))?;
-        Ok(ScsiResponse::good())
-    }
-
-    /// WRITE AND VERIFY (SBC-3 §5.40): the write is made durable before GOOD, which is what
-    /// verification of the medium amounts to here.
-    pub(crate) async fn write_and_verify(&self, cdb: &[u8], data: &Bytes) -> CmdResult {
-        let r = BlockRange::parse(cdb);
-        self.check_rw(&r)?;
-        self.check_writable()?;
-        if r.blocks == 0 {
-            return Ok(ScsiResponse::good());
-        }
-        let bs = self.bs();
-        let payload = self.data_for(data, r.blocks * bs)?;
-        self.dev
-            .write(r.lba * bs, payload, true)
+            .write(r.lba * self.bs(), payload, fua)
             .await
             .map_err(|e| self.io_error(e, true))?;
         Ok(ScsiResponse::good())
@@ -405,15 +402,10 @@ impl<B: BlockDevice> LogicalUnit<B> {
     /// ORWRITE (16) (SBC-3 §5.7): the data is ORed into the blocks, atomically against other
     /// writes: read, OR, then compare-and-write the result, retrying if a write came between.
     pub(crate) async fn or_write(&self, cdb: &[u8], data: &Bytes) -> CmdResult {
-        let r = BlockRange::parse(cdb);
-        self.check_rw(&r)?;
-        self.check_writable()?;
-        if r.blocks == 0 {
+        let Some((r, mask)) = self.write_prologue(cdb, data)? else {
             return Ok(ScsiResponse::good());
-        }
-        let bs = self.bs();
-        let (off, len) = (r.lba * bs, (r.blocks * bs) as usize);
-        let mask = self.data_for(data, len as u64)?;
+        };
+        let (off, len) = (r.lba * self.bs(), mask.len());
         loop {
             let old = self
                 .dev

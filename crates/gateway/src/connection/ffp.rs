@@ -396,55 +396,38 @@ impl Conn {
         } else {
             None
         };
-        if write && edtl > 0 {
+        // Commands without data-out complete their (empty) transfer at once.
+        let transfer = if write && edtl > 0 {
             let keep = spdtl.min(edtl as u64).min(MAX_COMMAND_BUFFER) as u32;
-            let mut transfer = WriteTransfer::new(
-                edtl,
-                keep,
-                &pdu.data,
-                bhs.final_bit(),
-                &self.transfer_params(),
-            );
             let tp = self.transfer_params();
-            let mut tags = Vec::new();
+            let mut transfer = WriteTransfer::new(edtl, keep, &pdu.data, bhs.final_bit(), &tp);
+            let mut next = self.next_ttt;
             let r2ts = transfer.next_r2ts(&tp, &mut || {
-                let t = self.next_ttt.wrapping_add(1 + tags.len() as u32);
-                tags.push(t);
-                t
+                next = next.wrapping_add(1);
+                next
             });
-            self.next_ttt = self.next_ttt.wrapping_add(tags.len() as u32);
+            self.next_ttt = next;
             for r in &r2ts {
                 self.send_r2t(itt, lun_raw, r).await;
             }
-            let pw = PendingWrite {
-                lu,
-                lun_raw,
-                cdb,
-                edtl,
-                read,
-                residual,
-                transfer,
-            };
-            if pw.transfer.is_complete() {
-                self.dispatch(itt, pw);
-            } else {
-                self.pending.insert(itt, pw);
-            }
-            return Ok(true);
+            transfer
+        } else {
+            WriteTransfer::new(0, 0, &[], true, &self.transfer_params())
+        };
+        let pw = PendingWrite {
+            lu,
+            lun_raw,
+            cdb,
+            edtl,
+            read,
+            residual,
+            transfer,
+        };
+        if pw.transfer.is_complete() {
+            self.dispatch(itt, pw);
+        } else {
+            self.pending.insert(itt, pw);
         }
-        let transfer = WriteTransfer::new(0, 0, &[], true, &self.transfer_params());
-        self.dispatch(
-            itt,
-            PendingWrite {
-                lu,
-                lun_raw,
-                cdb,
-                edtl,
-                read,
-                residual,
-                transfer,
-            },
-        );
         Ok(true)
     }
 

@@ -123,3 +123,4 @@ pub fn lines(r: impl std::io::Read) -> Vec<String> {
 }
 
 pub mod client;
+pub mod vm;
