@@ -34,12 +34,12 @@ struct Lab {
 }
 
 impl Lab {
-    fn new() -> Lab {
+    fn new(tag: &str) -> Lab {
         let id = std::process::id();
         let lab = Lab {
-            br: format!("rbdgw-br-{id}"),
-            g1: format!("rbdgw-g1-{id}"),
-            g2: format!("rbdgw-g2-{id}"),
+            br: format!("rbdgw-br{tag}-{id}"),
+            g1: format!("rbdgw-g1{tag}-{id}"),
+            g2: format!("rbdgw-g2{tag}-{id}"),
         };
         for ns in [&lab.br, &lab.g1, &lab.g2] {
             ip(&["netns", "add", ns]);
@@ -151,11 +151,15 @@ enum Fault {
     Cut,
 }
 
+/// The labs run one at a time: two VMs under TCG on two cores would only slow each other.
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run_lab(fault: Fault) {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     require("qemu-system-x86_64", "qemu-system-x86");
     require("multipathd", "multipath-tools");
     let dir = Scratch::new(&format!("lab-{fault:?}").to_lowercase());
-    let lab = Lab::new();
+    let lab = Lab::new(if fault == Fault::Kill { "k" } else { "c" });
     // The seed's config, with the image on a file both gateways open.
     let seed = include_str!("../../../examples/seed-config.json");
     let mut doc: serde_json::Value = serde_json::from_str(seed).unwrap();
