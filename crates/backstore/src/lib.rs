@@ -16,6 +16,7 @@ use thiserror::Error;
 
 pub mod file;
 mod metadata;
+pub mod rbd;
 
 pub use file::FileDevice;
 

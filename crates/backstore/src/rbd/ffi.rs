@@ -1,0 +1,79 @@
+//! The part of librados' and librbd's C API that rbdgw uses, loaded at run time from
+//! `librados.so.2` and `librbd.so.1` (Debian: librados2, librbd1).
+
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::OnceLock;
+
+use libloading::Library;
+
+pub type RadosT = *mut c_void;
+pub type IoCtx = *mut c_void;
+pub type Image = *mut c_void;
+pub type Completion = *mut c_void;
+pub type Callback = extern "C" fn(Completion, *mut c_void);
+
+/// `RBD_LOCK_MODE_EXCLUSIVE` (librbd.h).
+pub const LOCK_MODE_EXCLUSIVE: c_int = 0;
+
+macro_rules! api {
+    ($($name:ident: fn($($arg:ty),*) -> $ret:ty;)*) => {
+        /// Function pointers resolved from the libraries, which stay loaded for the process.
+        pub struct Api {
+            $(pub $name: unsafe extern "C" fn($($arg),*) -> $ret,)*
+            _rados: Library,
+            _rbd: Library,
+        }
+
+        impl Api {
+            fn load() -> Result<Api, String> {
+                // SAFETY: loading the system's Ceph client libraries, whose initialisers are
+                // safe to run; symbols are looked up by their C names with the C signatures
+                // of librados.h and librbd.h.
+                unsafe {
+                    let rados = Library::new("librados.so.2").map_err(|e| format!("cannot load librados.so.2 (install librados2): {e}"))?;
+                    let rbd = Library::new("librbd.so.1").map_err(|e| format!("cannot load librbd.so.1 (install librbd1): {e}"))?;
+                    $(
+                        let $name = {
+                            let sym = concat!(stringify!($name), "\0");
+                            let lib = if sym.starts_with("rados") { &rados } else { &rbd };
+                            *lib.get::<unsafe extern "C" fn($($arg),*) -> $ret>(sym.as_bytes())
+                                .map_err(|e| format!("librbd/librados lacks {}: {e}", stringify!($name)))?
+                        };
+                    )*
+                    Ok(Api { $($name,)* _rados: rados, _rbd: rbd })
+                }
+            }
+        }
+    };
+}
+
+api! {
+    rados_create: fn(*mut RadosT, *const c_char) -> c_int;
+    rados_conf_read_file: fn(RadosT, *const c_char) -> c_int;
+    rados_connect: fn(RadosT) -> c_int;
+    rados_shutdown: fn(RadosT) -> ();
+    rados_ioctx_create: fn(RadosT, *const c_char, *mut IoCtx) -> c_int;
+    rados_ioctx_destroy: fn(IoCtx) -> ();
+    rados_ioctx_set_namespace: fn(IoCtx, *const c_char) -> ();
+    rbd_open: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
+    rbd_close: fn(Image) -> c_int;
+    rbd_get_size: fn(Image, *mut u64) -> c_int;
+    rbd_aio_create_completion: fn(*mut c_void, Callback, *mut Completion) -> c_int;
+    rbd_aio_get_return_value: fn(Completion) -> isize;
+    rbd_aio_release: fn(Completion) -> ();
+    rbd_aio_read: fn(Image, u64, usize, *mut c_char, Completion) -> c_int;
+    rbd_aio_write: fn(Image, u64, usize, *const c_char, Completion) -> c_int;
+    rbd_aio_flush: fn(Image, Completion) -> c_int;
+    rbd_aio_discard: fn(Image, u64, u64, Completion) -> c_int;
+    rbd_aio_write_zeroes: fn(Image, u64, usize, Completion, c_int, c_int) -> c_int;
+    rbd_aio_compare_and_write: fn(Image, u64, usize, *const c_char, *const c_char, Completion, *mut u64, c_int) -> isize;
+    rbd_lock_acquire: fn(Image, c_int) -> c_int;
+    rbd_lock_release: fn(Image) -> c_int;
+}
+
+static API: OnceLock<Result<Api, String>> = OnceLock::new();
+
+/// The loaded API, or why it could not be loaded.
+pub fn api() -> Result<&'static Api, String> {
+    API.get_or_init(Api::load).as_ref().map_err(Clone::clone)
+}

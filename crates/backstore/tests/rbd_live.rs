@@ -1,0 +1,167 @@
+//! The rbd engine against a real, throwaway Ceph cluster (one monitor, one memstore OSD on
+//! loopback), started and stopped by this test. Image features all on.
+
+use std::path::Path;
+use std::process::Command;
+
+use backstore::rbd::{RbdConfig, RbdDevice};
+use backstore::BlockDevice;
+use bytes::Bytes;
+
+struct Cluster {
+    dir: std::path::PathBuf,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        for (bin, pkg) in [
+            ("ceph-mon", "ceph-mon"),
+            ("ceph-osd", "ceph-osd"),
+            ("rbd", "ceph-common"),
+        ] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {bin}")])
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(found, "{bin} missing: apt-get install {pkg}");
+        }
+        let dir = std::env::temp_dir().join(format!("rbdgw-ceph-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ceph/start-cluster.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg(&dir)
+            .arg(port.to_string())
+            .output()
+            .expect("start cluster");
+        let c = Cluster { dir };
+        assert!(
+            out.status.success(),
+            "cluster start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c
+    }
+
+    fn conf(&self) -> String {
+        self.dir.join("ceph.conf").display().to_string()
+    }
+
+    fn rbd(&self, args: &[&str]) {
+        let out = Command::new("rbd")
+            .arg("-c")
+            .arg(self.conf())
+            .args(args)
+            .output()
+            .expect("rbd");
+        assert!(
+            out.status.success(),
+            "rbd {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Stop exactly the daemons this cluster started, by their PIDs.
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("run")) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "pid") {
+                    if let Ok(pid) = std::fs::read_to_string(e.path()) {
+                        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbd_engine_io_on_a_live_cluster() {
+    let cluster = Cluster::start();
+    cluster.rbd(&["create", "live", "--size", "64M"]);
+    let cfg = RbdConfig {
+        conf: cluster.conf(),
+        id: None,
+        pool: "rbd".into(),
+        namespace: None,
+        image: "live".into(),
+    };
+    let c2 = cfg.clone();
+    let dev = tokio::task::spawn_blocking(move || RbdDevice::open(&c2))
+        .await
+        .unwrap()
+        .expect("open the image");
+    assert_eq!(dev.size(), 64 << 20);
+    // Writes and reads, many at once (aio).
+    let mut tasks = Vec::new();
+    for i in 0..32u64 {
+        let d = dev.clone();
+        tasks.push(tokio::spawn(async move {
+            d.write(i * 65536, Bytes::from(vec![i as u8 + 1; 65536]), i % 8 == 0)
+                .await
+                .unwrap();
+            let back = d.read(i * 65536, 65536).await.unwrap();
+            assert!(back.iter().all(|b| *b == i as u8 + 1));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    dev.flush().await.unwrap();
+    // Compare and write: the offset of the first difference, then success.
+    let mut cmp = vec![1u8; 512];
+    cmp[77] = 9;
+    let r = dev
+        .compare_and_write(0, Bytes::from(cmp), Bytes::from(vec![5u8; 512]))
+        .await
+        .unwrap();
+    assert_eq!(r, Some(77));
+    let r = dev
+        .compare_and_write(0, Bytes::from(vec![1u8; 512]), Bytes::from(vec![5u8; 512]))
+        .await
+        .unwrap();
+    assert_eq!(r, None);
+    assert_eq!(&dev.read(0, 512).await.unwrap()[..], &[5u8; 512][..]);
+    // Discard and write zeroes read back as zeroes.
+    dev.discard(65536, 65536).await.unwrap();
+    assert!(dev
+        .read(65536, 65536)
+        .await
+        .unwrap()
+        .iter()
+        .all(|b| *b == 0));
+    dev.write_zeroes(131072, 4096).await.unwrap();
+    assert!(dev
+        .read(131072, 4096)
+        .await
+        .unwrap()
+        .iter()
+        .all(|b| *b == 0));
+    assert!(dev.read((64 << 20) - 1, 2).await.is_err(), "beyond the end");
+    // The exclusive lock: one holder at a time; released, the other gets it.
+    let other = tokio::task::spawn_blocking(move || RbdDevice::open(&cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(dev.try_acquire_ownership().await.unwrap());
+    assert!(
+        !other.try_acquire_ownership().await.unwrap(),
+        "the lock is held"
+    );
+    dev.release_ownership().await.unwrap();
+    assert!(other.try_acquire_ownership().await.unwrap());
+    drop(other);
+    drop(dev);
+    drop(cluster);
+}
