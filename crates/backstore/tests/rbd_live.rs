@@ -161,6 +161,41 @@ async fn rbd_engine_io_on_a_live_cluster() {
     );
     dev.release_ownership().await.unwrap();
     assert!(other.try_acquire_ownership().await.unwrap());
+    // Shared metadata: compare-and-set on the OSD, seen at once by the other opener.
+    assert_eq!(dev.metadata_get("pr_state").await.unwrap(), None);
+    let g = other.metadata_generation();
+    assert!(dev
+        .metadata_compare_and_set("pr_state", None, b"v1".to_vec())
+        .await
+        .unwrap());
+    assert!(
+        other.metadata_generation() > g,
+        "the notify reached the other gateway before the update returned"
+    );
+    assert_eq!(
+        other.metadata_get("pr_state").await.unwrap(),
+        Some(b"v1".to_vec())
+    );
+    assert!(
+        !other
+            .metadata_compare_and_set("pr_state", None, b"v2".to_vec())
+            .await
+            .unwrap(),
+        "stale expectation"
+    );
+    assert!(other
+        .metadata_compare_and_set("pr_state", Some(b"v1".to_vec()), b"v2".to_vec())
+        .await
+        .unwrap());
+    assert_eq!(
+        dev.metadata_get("pr_state").await.unwrap(),
+        Some(b"v2".to_vec())
+    );
+    dev.metadata_set("alua_owner", b"2".to_vec()).await.unwrap();
+    assert_eq!(
+        other.metadata_get("alua_owner").await.unwrap(),
+        Some(b"2".to_vec())
+    );
     drop(other);
     drop(dev);
     drop(cluster);

@@ -11,6 +11,12 @@ pub type IoCtx = *mut c_void;
 pub type Image = *mut c_void;
 pub type Completion = *mut c_void;
 pub type Callback = extern "C" fn(Completion, *mut c_void);
+pub type WriteOp = *mut c_void;
+pub type WatchCallback = extern "C" fn(*mut c_void, u64, u64, u64, *mut c_void, usize);
+pub type WatchErrorCallback = extern "C" fn(*mut c_void, u64, c_int);
+
+/// `LIBRADOS_CMPXATTR_OP_EQ` (librados.h).
+pub const CMPXATTR_OP_EQ: u8 = 1;
 
 /// `RBD_LOCK_MODE_EXCLUSIVE` (librbd.h).
 pub const LOCK_MODE_EXCLUSIVE: c_int = 0;
@@ -55,7 +61,20 @@ api! {
     rados_ioctx_create: fn(RadosT, *const c_char, *mut IoCtx) -> c_int;
     rados_ioctx_destroy: fn(IoCtx) -> ();
     rados_ioctx_set_namespace: fn(IoCtx, *const c_char) -> ();
+    rados_getxattr: fn(IoCtx, *const c_char, *const c_char, *mut c_char, usize) -> c_int;
+    rados_create_write_op: fn() -> WriteOp;
+    rados_release_write_op: fn(WriteOp) -> ();
+    rados_write_op_create: fn(WriteOp, c_int, *const c_char) -> ();
+    rados_write_op_cmpxattr: fn(WriteOp, *const c_char, u8, *const c_char, usize) -> ();
+    rados_write_op_setxattr: fn(WriteOp, *const c_char, *const c_char, usize) -> ();
+    rados_write_op_operate: fn(WriteOp, IoCtx, *const c_char, *mut i64, c_int) -> c_int;
+    rados_watch2: fn(IoCtx, *const c_char, *mut u64, WatchCallback, WatchErrorCallback, *mut c_void) -> c_int;
+    rados_unwatch2: fn(IoCtx, u64) -> c_int;
+    rados_notify_ack: fn(IoCtx, *const c_char, u64, u64, *const c_char, c_int) -> c_int;
+    rados_notify2: fn(IoCtx, *const c_char, *const c_char, c_int, u64, *mut *mut c_char, *mut usize) -> c_int;
+    rados_buffer_free: fn(*mut c_char) -> ();
     rbd_open: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
+    rbd_get_id: fn(Image, *mut c_char, usize) -> c_int;
     rbd_close: fn(Image) -> c_int;
     rbd_get_size: fn(Image, *mut u64) -> c_int;
     rbd_aio_create_completion: fn(*mut c_void, Callback, *mut Completion) -> c_int;

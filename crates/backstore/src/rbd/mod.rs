@@ -6,6 +6,7 @@
 //! aborted while librbd still fills its read buffer, the buffer lives until the callback.
 
 mod ffi;
+mod state;
 
 use std::ffi::{c_int, c_void, CString};
 use std::sync::Arc;
@@ -32,6 +33,8 @@ struct Handle {
     cluster: ffi::RadosT,
     ioctx: ffi::IoCtx,
     image: ffi::Image,
+    /// Dropped first (declared in Drop before the image closes).
+    state: Option<state::SharedState>,
 }
 
 // SAFETY: librados and librbd handles are thread-safe (the C API is used from many threads).
@@ -42,6 +45,8 @@ unsafe impl Sync for Handle {}
 impl Drop for Handle {
     fn drop(&mut self) {
         if let Ok(a) = api() {
+            // The watch goes before the ioctx it lives on.
+            self.state = None;
             // SAFETY: closing handles we opened, once, in reverse order.
             unsafe {
                 if !self.image.is_null() {
@@ -70,6 +75,21 @@ impl std::fmt::Debug for RbdDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "RbdDevice({}, {} bytes)", self.name, self.size)
     }
+}
+
+impl Handle {
+    fn state(&self) -> Result<&state::SharedState> {
+        self.state
+            .as_ref()
+            .ok_or_else(|| BackstoreError::Other("image state is not open".into()))
+    }
+}
+
+/// Runs a blocking librados call off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BackstoreError::Other(e.to_string()))?
 }
 
 fn cstr(s: &str) -> Result<CString> {
@@ -133,6 +153,7 @@ impl RbdDevice {
             cluster: std::ptr::null_mut(),
             ioctx: std::ptr::null_mut(),
             image: std::ptr::null_mut(),
+            state: None,
         };
         let id = cfg.id.as_deref().map(cstr).transpose()?;
         let conf = cstr(&cfg.conf)?;
@@ -168,6 +189,7 @@ impl RbdDevice {
             if rc < 0 {
                 return Err(ceph_err(&format!("opening image {name}"), rc as i64));
             }
+            h.state = Some(state::SharedState::open(h.ioctx, h.image)?);
             let mut size = 0u64;
             let rc = (a.rbd_get_size)(h.image, &mut size);
             if rc < 0 {
@@ -378,31 +400,41 @@ impl BlockDevice for RbdDevice {
         })
     }
 
-    async fn metadata_get(&self, _key: &str) -> Result<Option<Vec<u8>>> {
-        Err(BackstoreError::Other(
-            "rbd image metadata is not wired up yet".into(),
-        ))
+    async fn metadata_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let (h, key) = (self.h.clone(), key.to_string());
+        blocking(move || h.state()?.get(&key)).await
     }
 
-    async fn metadata_set(&self, _key: &str, _value: Vec<u8>) -> Result<()> {
-        Err(BackstoreError::Other(
-            "rbd image metadata is not wired up yet".into(),
-        ))
+    async fn metadata_set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        let (h, key) = (self.h.clone(), key.to_string());
+        blocking(move || {
+            h.state()?
+                .compare_and_set(&key, None, &value, false)
+                .map(|_| ())
+        })
+        .await
     }
 
     async fn metadata_compare_and_set(
         &self,
-        _key: &str,
-        _expected: Option<Vec<u8>>,
-        _value: Vec<u8>,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
     ) -> Result<bool> {
-        Err(BackstoreError::Other(
-            "rbd image metadata is not wired up yet".into(),
-        ))
+        let (h, key) = (self.h.clone(), key.to_string());
+        blocking(move || {
+            h.state()?
+                .compare_and_set(&key, expected.as_deref(), &value, true)
+        })
+        .await
     }
 
     fn metadata_generation(&self) -> u64 {
-        0
+        self.h.state.as_ref().map_or(0, |s| {
+            s.watch
+                .generation
+                .load(std::sync::atomic::Ordering::Acquire)
+        })
     }
 
     async fn try_acquire_ownership(&self) -> Result<bool> {

@@ -1,0 +1,226 @@
+//! Metadata shared by every gateway of an RBD image: xattrs of one RADOS object beside the
+//! image, `rbdgw.<image id>`, changed only by compare-and-set write operations (cmpxattr +
+//! setxattr, atomic on the OSD). Each gateway watches the object; a change is announced with
+//! a notify that returns once every watcher has seen it, so a reservation taken through one
+//! gateway binds the next command on any other. The watch bumps a generation counter that
+//! commands read with one atomic load.
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::ffi::{self, api};
+use super::{ceph_err, cstr};
+use crate::{BackstoreError, Result};
+
+/// Context of the watch callback; boxed, it outlives the watch (unwatched before drop).
+pub(super) struct WatchCtx {
+    pub generation: AtomicU64,
+    ioctx: ffi::IoCtx,
+    oid: CString,
+    cookie: AtomicU64,
+}
+
+// SAFETY: the ioctx is thread-safe; the rest is atomics and immutable data.
+unsafe impl Send for WatchCtx {}
+// SAFETY: as above.
+unsafe impl Sync for WatchCtx {}
+
+extern "C" fn on_notify(
+    arg: *mut c_void,
+    notify_id: u64,
+    cookie: u64,
+    _notifier: u64,
+    _data: *mut c_void,
+    _len: usize,
+) {
+    // SAFETY: `arg` is the WatchCtx registered with the watch, alive until unwatched.
+    let w = unsafe { &*(arg as *const WatchCtx) };
+    w.generation.fetch_add(1, Ordering::AcqRel);
+    if let Ok(a) = api() {
+        // SAFETY: acknowledging the notify on the watched object.
+        unsafe {
+            (a.rados_notify_ack)(
+                w.ioctx,
+                w.oid.as_ptr(),
+                notify_id,
+                cookie,
+                std::ptr::null(),
+                0,
+            )
+        };
+    }
+}
+
+extern "C" fn on_watch_error(arg: *mut c_void, _cookie: u64, err: c_int) {
+    // SAFETY: as in on_notify.
+    let w = unsafe { &*(arg as *const WatchCtx) };
+    // Whatever changed while the watch was broken: make every command reload.
+    w.generation.fetch_add(1, Ordering::AcqRel);
+    tracing::warn!(
+        "watch on {:?} failed ({err}); state is re-read on every change of generation",
+        w.oid
+    );
+}
+
+/// The state object of one image.
+pub(super) struct SharedState {
+    ioctx: ffi::IoCtx,
+    oid: CString,
+    pub watch: Box<WatchCtx>,
+}
+
+// SAFETY: see WatchCtx.
+unsafe impl Send for SharedState {}
+// SAFETY: see WatchCtx.
+unsafe impl Sync for SharedState {}
+
+impl SharedState {
+    /// Creates (if needed) and watches `rbdgw.<image id>`.
+    pub fn open(ioctx: ffi::IoCtx, image: ffi::Image) -> Result<SharedState> {
+        let a = api().map_err(BackstoreError::Other)?;
+        let mut id = [0u8; 64];
+        // SAFETY: the buffer is valid for its length; librbd NUL-terminates the id.
+        let rc = unsafe { (a.rbd_get_id)(image, id.as_mut_ptr() as *mut c_char, id.len()) };
+        if rc < 0 {
+            return Err(ceph_err("rbd_get_id", rc as i64));
+        }
+        let end = id.iter().position(|b| *b == 0).unwrap_or(id.len());
+        let oid = cstr(&format!("rbdgw.{}", String::from_utf8_lossy(&id[..end])))?;
+        let watch = Box::new(WatchCtx {
+            generation: AtomicU64::new(1),
+            ioctx,
+            oid: oid.clone(),
+            cookie: AtomicU64::new(0),
+        });
+        let s = SharedState { ioctx, oid, watch };
+        // SAFETY: write op built, run and released here; the watch context is boxed and
+        // unwatched in Drop before it is freed.
+        unsafe {
+            let op = (a.rados_create_write_op)();
+            (a.rados_write_op_create)(op, 0, std::ptr::null());
+            let rc = (a.rados_write_op_operate)(op, ioctx, s.oid.as_ptr(), std::ptr::null_mut(), 0);
+            (a.rados_release_write_op)(op);
+            if rc < 0 {
+                return Err(ceph_err("creating the rbdgw state object", rc as i64));
+            }
+            let mut cookie = 0u64;
+            let arg = &*s.watch as *const WatchCtx as *mut c_void;
+            let rc = (a.rados_watch2)(
+                ioctx,
+                s.oid.as_ptr(),
+                &mut cookie,
+                on_notify,
+                on_watch_error,
+                arg,
+            );
+            if rc < 0 {
+                return Err(ceph_err("watching the rbdgw state object", rc as i64));
+            }
+            s.watch.cookie.store(cookie, Ordering::Release);
+        }
+        Ok(s)
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let a = api().map_err(BackstoreError::Other)?;
+        let name = cstr(key)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        // SAFETY: the buffer is valid for its length.
+        let rc = unsafe {
+            (a.rados_getxattr)(
+                self.ioctx,
+                self.oid.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr() as *mut c_char,
+                buf.len(),
+            )
+        };
+        if rc == -libc::ENODATA || rc == -libc::ENOENT {
+            return Ok(None);
+        }
+        if rc < 0 {
+            return Err(ceph_err(&format!("reading {key}"), rc as i64));
+        }
+        buf.truncate(rc as usize);
+        // An empty value is an absent one (a compare-and-set from "absent" compares with "").
+        Ok((!buf.is_empty()).then_some(buf))
+    }
+
+    /// Writes `value` if the key holds `expected` (`None`: absent or empty); announces it.
+    pub fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        compare: bool,
+    ) -> Result<bool> {
+        let a = api().map_err(BackstoreError::Other)?;
+        let name = cstr(key)?;
+        let exp = expected.unwrap_or(b"");
+        // SAFETY: write op built, run and released here, buffers alive throughout.
+        let rc = unsafe {
+            let op = (a.rados_create_write_op)();
+            if compare {
+                (a.rados_write_op_cmpxattr)(
+                    op,
+                    name.as_ptr(),
+                    ffi::CMPXATTR_OP_EQ,
+                    exp.as_ptr() as *const c_char,
+                    exp.len(),
+                );
+            }
+            (a.rados_write_op_setxattr)(
+                op,
+                name.as_ptr(),
+                value.as_ptr() as *const c_char,
+                value.len(),
+            );
+            let rc = (a.rados_write_op_operate)(
+                op,
+                self.ioctx,
+                self.oid.as_ptr(),
+                std::ptr::null_mut(),
+                0,
+            );
+            (a.rados_release_write_op)(op);
+            rc
+        };
+        if rc == -libc::ECANCELED {
+            return Ok(false);
+        }
+        if rc < 0 {
+            return Err(ceph_err(&format!("updating {key}"), rc as i64));
+        }
+        self.watch.generation.fetch_add(1, Ordering::AcqRel);
+        let mut reply: *mut c_char = std::ptr::null_mut();
+        let mut reply_len = 0usize;
+        // SAFETY: notify with no payload; the reply buffer is freed as librados asks.
+        unsafe {
+            let rc = (a.rados_notify2)(
+                self.ioctx,
+                self.oid.as_ptr(),
+                std::ptr::null(),
+                0,
+                5000,
+                &mut reply,
+                &mut reply_len,
+            );
+            if !reply.is_null() {
+                (a.rados_buffer_free)(reply);
+            }
+            if rc < 0 {
+                tracing::warn!("notifying the other gateways of {key} failed: {rc}");
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for SharedState {
+    fn drop(&mut self) {
+        if let Ok(a) = api() {
+            // SAFETY: unwatching the watch registered in open, before the context is freed.
+            unsafe { (a.rados_unwatch2)(self.ioctx, self.watch.cookie.load(Ordering::Acquire)) };
+        }
+    }
+}
