@@ -128,12 +128,14 @@ pub fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
 /// The devices a gateway can serve, dispatched without boxing.
 pub enum Device {
     File(FileDevice),
+    Rbd(rbd::RbdDevice),
 }
 
 macro_rules! dispatch {
     ($self:ident, $d:ident => $e:expr) => {
         match $self {
             Device::File($d) => $e,
+            Device::Rbd($d) => $e,
         }
     };
 }

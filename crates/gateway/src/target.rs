@@ -116,7 +116,23 @@ fn limits_for(params: Option<&BTreeMap<String, String>>) -> TargetLimits {
     l
 }
 
-fn open_device(lun: &Lun) -> anyhow::Result<Device> {
+/// How to reach the Ceph cluster, like the `rbd` command line's `--conf` and `--id`.
+#[derive(Debug, Clone)]
+pub struct CephOptions {
+    pub conf: String,
+    pub id: Option<String>,
+}
+
+impl Default for CephOptions {
+    fn default() -> Self {
+        CephOptions {
+            conf: "/etc/ceph/ceph.conf".into(),
+            id: None,
+        }
+    }
+}
+
+async fn open_device(lun: &Lun, ceph: &CephOptions) -> anyhow::Result<Device> {
     match &lun.backstore {
         BackstoreSpec::File { path, size } => {
             let dev = FileDevice::open(Path::new(path), *size)
@@ -127,14 +143,25 @@ fn open_device(lun: &Lun) -> anyhow::Result<Device> {
             FileDevice::memory(*size).context("creating memory backstore")?,
         )),
         BackstoreSpec::Rbd { pool, image } => {
-            bail!("image {pool}/{image}: the rbd backstore is not in this build yet; use \"backstore\": \"file\" or \"memory\"")
+            let cfg = backstore::rbd::RbdConfig {
+                conf: ceph.conf.clone(),
+                id: ceph.id.clone(),
+                pool: pool.clone(),
+                namespace: None,
+                image: image.clone(),
+            };
+            let dev = tokio::task::spawn_blocking(move || backstore::rbd::RbdDevice::open(&cfg))
+                .await
+                .context("opening the rbd image")?
+                .with_context(|| format!("rbd image {pool}/{image} (ceph.conf {})", ceph.conf))?;
+            Ok(Device::Rbd(dev))
         }
     }
 }
 
 impl Gateway {
     /// Opens the backstores of every LUN that `host` serves.
-    pub async fn open(config: Config, host: &str) -> anyhow::Result<Gateway> {
+    pub async fn open(config: Config, host: &str, ceph: &CephOptions) -> anyhow::Result<Gateway> {
         let mut targets = Vec::new();
         for t in &config.targets {
             let Some(local) = t.tpgs_of(host).next() else {
@@ -151,8 +178,9 @@ impl Gateway {
             let mut luns = BTreeMap::new();
             let mut owners = BTreeMap::new();
             for l in &t.luns {
-                let dev =
-                    open_device(l).with_context(|| format!("target {} LUN {}", t.iqn, l.lun))?;
+                let dev = open_device(l, ceph)
+                    .await
+                    .with_context(|| format!("target {} LUN {}", t.iqn, l.lun))?;
                 let size = backstore::BlockDevice::size(&dev);
                 if size < l.attributes.block_size as u64 {
                     bail!(

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::config::{local_addresses, local_hostname, Config};
 use gateway::server::Server;
-use gateway::target::Gateway;
+use gateway::target::{CephOptions, Gateway};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +31,12 @@ enum Command {
         /// machine, else this machine's name).
         #[arg(long)]
         host: Option<String>,
+        /// Ceph configuration for rbd images (monitors, auth, keyring).
+        #[arg(long, default_value = "/etc/ceph/ceph.conf")]
+        ceph_conf: String,
+        /// Ceph client id (client.ID); default: admin.
+        #[arg(long)]
+        ceph_id: Option<String>,
     },
     /// Print what a host would serve: targets, TPGs, portals, LUNs, auth.
     Plan {
@@ -79,12 +85,12 @@ async fn termination() {
     }
 }
 
-async fn serve(config: &Path, host: Option<&str>) -> anyhow::Result<()> {
+async fn serve(config: &Path, host: Option<&str>, ceph: &CephOptions) -> anyhow::Result<()> {
     let (cfg, host) = load(config, host)?;
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    let gw = Gateway::open(cfg, &host).await?;
+    let gw = Gateway::open(cfg, &host, ceph).await?;
     let server = Server::bind(gw).await?;
     tracing::info!(host = %host, "serving");
     server.run(termination(), Duration::from_secs(5)).await;
@@ -113,7 +119,7 @@ async fn demo(dir: &Path, port: u16) -> anyhow::Result<()> {
     let cfg = Config::load(&path)?;
     let mut servers = Vec::new();
     for host in ["gw1", "gw2"] {
-        let gw = Gateway::open(cfg.clone(), host).await?;
+        let gw = Gateway::open(cfg.clone(), host, &CephOptions::default()).await?;
         servers.push(Server::bind(gw).await?);
     }
     println!(
@@ -162,7 +168,22 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Serve { config, host } => serve(&config, host.as_deref()).await,
+            Command::Serve {
+                config,
+                host,
+                ceph_conf,
+                ceph_id,
+            } => {
+                serve(
+                    &config,
+                    host.as_deref(),
+                    &CephOptions {
+                        conf: ceph_conf,
+                        id: ceph_id,
+                    },
+                )
+                .await
+            }
             Command::Plan { config, host } => {
                 let (cfg, host) = load(&config, host.as_deref())?;
                 print!("{}", gateway::plan::render(&cfg, &host));

@@ -400,26 +400,31 @@ impl<B: BlockDevice> LogicalUnit<B> {
     }
 
     /// ORWRITE (16) (SBC-3 §5.7): the data is ORed into the blocks, atomically against other
-    /// writes: read, OR, then compare-and-write the result, retrying if a write came between.
+    /// writes: read, OR, then compare-and-write the result, again if a write came between.
     pub(crate) async fn or_write(&self, cdb: &[u8], data: &Bytes) -> CmdResult {
         let Some((r, mask)) = self.write_prologue(cdb, data)? else {
             return Ok(ScsiResponse::good());
         };
-        let (off, len) = (r.lba * self.bs(), mask.len());
-        loop {
-            let old = self
-                .dev
-                .read(off, len)
-                .await
-                .map_err(|e| self.io_error(e, false))?;
-            let new: Vec<u8> = old.iter().zip(mask.iter()).map(|(a, b)| a | b).collect();
-            let res = self
-                .dev
-                .compare_and_write(off, old, Bytes::from(new))
-                .await
-                .map_err(|e| self.io_error(e, true))?;
-            if res.is_none() {
-                break;
+        // One block at a time: compare-and-write engines (librbd) take at most a block, and
+        // ORing is per byte, so per-block atomicity is all the command needs.
+        let bs = self.bs() as usize;
+        for (i, m) in mask.chunks(bs).enumerate() {
+            let off = r.lba * self.bs() + (i * bs) as u64;
+            loop {
+                let old = self
+                    .dev
+                    .read(off, bs)
+                    .await
+                    .map_err(|e| self.io_error(e, false))?;
+                let new: Vec<u8> = old.iter().zip(m.iter()).map(|(a, b)| a | b).collect();
+                let res = self
+                    .dev
+                    .compare_and_write(off, old, Bytes::from(new))
+                    .await
+                    .map_err(|e| self.io_error(e, true))?;
+                if res.is_none() {
+                    break;
+                }
             }
         }
         if r.fua() || !self.state().wce {

@@ -83,7 +83,6 @@ api! {
     rbd_aio_read: fn(Image, u64, usize, *mut c_char, Completion) -> c_int;
     rbd_aio_write: fn(Image, u64, usize, *const c_char, Completion) -> c_int;
     rbd_aio_flush: fn(Image, Completion) -> c_int;
-    rbd_aio_discard: fn(Image, u64, u64, Completion) -> c_int;
     rbd_aio_write_zeroes: fn(Image, u64, usize, Completion, c_int, c_int) -> c_int;
     rbd_aio_compare_and_write: fn(Image, u64, usize, *const c_char, *const c_char, Completion, *mut u64, c_int) -> isize;
     rbd_lock_acquire: fn(Image, c_int) -> c_int;
