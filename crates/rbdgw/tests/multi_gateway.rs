@@ -169,6 +169,11 @@ fn two_gateways_one_lun() {
     wait_for("gw1 to become the ALUA owner again", || {
         rtpg(&mut s1) == vec![(1, 0), (2, 1)]
     });
+    // Both gateways agree (and gw2 has raised its unit attention) before libiscsi's sessions,
+    // which do not expect one mid-test, log in.
+    wait_for("gw2 to see gw1 as the owner", || {
+        rtpg(&mut b2) == vec![(1, 0), (2, 1)]
+    });
     drop((s1, s2, b2));
 
     // libiscsi across the gateways, then the SCSI family against each while the other runs.
