@@ -119,9 +119,6 @@ pub struct LogicalUnit<B> {
     pub(crate) cfg: LuConfig,
     pub(crate) dev: B,
     state: Mutex<LuState>,
-    /// When the last command arrived, in milliseconds since `epoch`.
-    last_command_ms: std::sync::atomic::AtomicU64,
-    epoch: std::time::Instant,
 }
 
 /// Kinds of reset a task management function causes (SAM-5 §6.3).
@@ -142,8 +139,6 @@ impl<B: BlockDevice> LogicalUnit<B> {
             cfg,
             dev,
             state: Mutex::new(state),
-            last_command_ms: std::sync::atomic::AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
         }
     }
 
@@ -238,21 +233,8 @@ impl<B: BlockDevice> LogicalUnit<B> {
         self.reservation_conflict(cmd).is_some()
     }
 
-    /// How long no command arrived at this LU (on this gateway).
-    pub fn idle_for(&self) -> std::time::Duration {
-        let last = self
-            .last_command_ms
-            .load(std::sync::atomic::Ordering::Relaxed);
-        self.epoch
-            .elapsed()
-            .saturating_sub(std::time::Duration::from_millis(last))
-    }
-
     /// Runs one command.
     pub async fn execute(&self, cmd: &ScsiCommand<'_>) -> ScsiResponse {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.last_command_ms
-            .store(now, std::sync::atomic::Ordering::Relaxed);
         match self.execute_inner(cmd).await {
             Ok(r) => r,
             Err(sense) => ScsiResponse::check(sense),
