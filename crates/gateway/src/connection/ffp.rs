@@ -551,7 +551,10 @@ impl Conn {
                     transfer_length: edtl,
                 };
                 let guard = match &owner {
-                    Some(o) if !lu.conflicts(&cmd).await => o.write_guard().await.map(Some),
+                    // (Checked only off the owner: on it the guard costs two atomics.)
+                    Some(o) if o.is_owner() || !lu.conflicts(&cmd).await => {
+                        o.write_guard().await.map(Some)
+                    }
                     _ => Ok(None),
                 };
                 match guard {
