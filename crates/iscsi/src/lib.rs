@@ -8,7 +8,7 @@
 //! * [`params`]: operational parameter negotiation (RFC 7143 §13).
 //! * [`chap`]: CHAP authentication (RFC 7143 §12.1.3, RFC 1994).
 //! * [`login`]: the target side of the login phase (RFC 7143 §6).
-//! * [`seq`]: serial number arithmetic and the CmdSN window (RFC 7143 §4.2.2, RFC 1982).
+//! * [`seq`]: serial number arithmetic (RFC 7143 §4.2.2, RFC 1982).
 
 pub mod chap;
 pub mod dataout;
