@@ -178,25 +178,8 @@ fn run_lab(fault: Fault) {
     let guest = include_str!("../../../tests/lab/guest-multipath.sh").replace("@ACTION@", action);
     let (kernel, initrd) = common::vm::build_vm(&dir.0, &guest);
     let mut vm = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.br,
-            "timeout",
-            "900",
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-m",
-            "1024",
-            "-smp",
-            "1",
-        ])
-        .args(["-nographic", "-no-reboot", "-kernel"])
-        .arg(&kernel)
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .args(["netns", "exec", &lab.br, "timeout", "900"])
+        .args(common::vm::qemu_args(&kernel, &initrd))
         .args([
             "-netdev",
             "tap,id=n0,ifname=tap0,script=no,downscript=no",

@@ -31,31 +31,37 @@ pub fn build_vm(dir: &Path, guest: &str) -> (PathBuf, PathBuf) {
     (PathBuf::from(kernel), dir.join("initrd.gz"))
 }
 
+/// The VM's qemu command line (TCG, one CPU, serial console), without its network.
+pub fn qemu_args(kernel: &Path, initrd: &Path) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = [
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-m",
+        "1024",
+        "-smp",
+        "1",
+        "-nographic",
+        "-no-reboot",
+        "-kernel",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    v.push(kernel.into());
+    v.push("-initrd".into());
+    v.push(initrd.into());
+    v.push("-append".into());
+    v.push("console=ttyS0 quiet panic=-1".into());
+    v
+}
+
 /// Boots the VM on qemu's user network and returns what its console printed.
 pub fn boot(kernel: &Path, initrd: &Path) -> String {
     let out = Command::new("timeout")
-        .args([
-            "600",
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-m",
-            "1024",
-            "-smp",
-            "1",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args([
-            "-append",
-            "console=ttyS0 quiet panic=-1",
-            "-nic",
-            "user,model=virtio-net-pci",
-        ])
+        .arg("600")
+        .args(qemu_args(kernel, initrd))
+        .args(["-nic", "user,model=virtio-net-pci"])
         .output()
         .expect("run qemu");
     String::from_utf8_lossy(&out.stdout).into_owned()
