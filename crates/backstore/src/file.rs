@@ -27,6 +27,8 @@ struct Inner {
     /// Where metadata lives: a sidecar directory beside the file, or memory for a memfd.
     meta: Metadata,
     path: Option<PathBuf>,
+    /// This open file description holds the OFD lock.
+    lock_held: std::sync::atomic::AtomicBool,
 }
 
 /// A block device over a file descriptor.
@@ -104,6 +106,7 @@ impl FileDevice {
     fn from_file(file: File, size: u64, meta: Metadata, path: Option<PathBuf>) -> Self {
         FileDevice {
             inner: Arc::new(Inner {
+                lock_held: std::sync::atomic::AtomicBool::new(false),
                 file,
                 size,
                 write_order: RwLock::new(()),
@@ -338,16 +341,35 @@ impl BlockDevice for FileDevice {
     }
 
     async fn try_acquire_ownership(&self) -> Result<bool> {
-        self.blocking(|i| Ok(i.ofd_lock(libc::F_WRLCK as libc::c_short)?))
-            .await
+        self.blocking(|i| {
+            let taken = i.ofd_lock(libc::F_WRLCK as libc::c_short)?;
+            if taken {
+                i.lock_held
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            Ok(taken)
+        })
+        .await
     }
 
     async fn release_ownership(&self) -> Result<()> {
         self.blocking(|i| {
+            i.lock_held
+                .store(false, std::sync::atomic::Ordering::Release);
             i.ofd_lock(libc::F_UNLCK as libc::c_short)?;
             Ok(())
         })
         .await
+    }
+
+    fn holds_ownership(&self) -> bool {
+        self.inner
+            .lock_held
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    async fn break_ownership(&self) -> Result<bool> {
+        Ok(false)
     }
 }
 

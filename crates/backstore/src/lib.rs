@@ -30,8 +30,22 @@ pub enum BackstoreError {
     /// it must not write.
     #[error("this gateway does not hold the device's ownership lock")]
     NotOwner,
+    /// A system or Ceph call failed with `errno`.
+    #[error("{what}: {}", std::io::Error::from_raw_os_error(*errno))]
+    Os { what: String, errno: i32 },
     #[error("{0}")]
     Other(String),
+}
+
+impl BackstoreError {
+    /// The errno behind the error, when there is one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            BackstoreError::Io(e) => e.raw_os_error(),
+            BackstoreError::Os { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, BackstoreError>;
@@ -115,6 +129,20 @@ pub trait BlockDevice: Send + Sync + 'static {
 
     /// Gives the ownership lock up.
     fn release_ownership(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether this opener holds the ownership lock now (false once it was fenced).
+    fn holds_ownership(&self) -> bool;
+
+    /// False while the device cannot be reached at all (RBD: fenced by another gateway and
+    /// not reconnected yet); its LUs then answer as transitioning.
+    fn available(&self) -> bool {
+        true
+    }
+
+    /// Fences the current holder of the ownership lock, which stopped answering, and breaks
+    /// its lock; `Ok(false)` when there was no holder or this engine cannot fence (a local
+    /// file: the kernel frees the lock of a dead process, and nothing can fence a live one).
+    fn break_ownership(&self) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// Checks `offset + len <= size`.
@@ -195,5 +223,17 @@ impl BlockDevice for Device {
     }
     async fn release_ownership(&self) -> Result<()> {
         dispatch!(self, d => d.release_ownership().await)
+    }
+
+    fn holds_ownership(&self) -> bool {
+        dispatch!(self, d => d.holds_ownership())
+    }
+
+    fn available(&self) -> bool {
+        dispatch!(self, d => d.available())
+    }
+
+    async fn break_ownership(&self) -> Result<bool> {
+        dispatch!(self, d => d.break_ownership().await)
     }
 }

@@ -5,7 +5,7 @@
 mod ceph;
 
 use backstore::rbd::{RbdConfig, RbdDevice};
-use backstore::BlockDevice;
+use backstore::{BackstoreError, BlockDevice};
 use bytes::Bytes;
 use ceph::Cluster;
 
@@ -19,6 +19,7 @@ async fn rbd_engine_io_on_a_live_cluster() {
         pool: "rbd".into(),
         namespace: None,
         image: "live".into(),
+        create_size: None,
     };
     let c2 = cfg.clone();
     let dev = tokio::task::spawn_blocking(move || RbdDevice::open(&c2))
@@ -26,6 +27,13 @@ async fn rbd_engine_io_on_a_live_cluster() {
         .unwrap()
         .expect("open the image");
     assert_eq!(dev.size(), 64 << 20);
+    // No write without the exclusive lock.
+    assert!(matches!(
+        dev.write(0, Bytes::from(vec![1u8; 512]), false).await,
+        Err(BackstoreError::NotOwner)
+    ));
+    assert!(dev.try_acquire_ownership().await.unwrap());
+    assert!(dev.holds_ownership());
     // Writes and reads, many at once (aio).
     let mut tasks = Vec::new();
     for i in 0..32u64 {
@@ -73,17 +81,78 @@ async fn rbd_engine_io_on_a_live_cluster() {
         .all(|b| *b == 0));
     assert!(dev.read((64 << 20) - 1, 2).await.is_err(), "beyond the end");
     // The exclusive lock: one holder at a time; released, the other gets it.
-    let other = tokio::task::spawn_blocking(move || RbdDevice::open(&cfg))
+    let c3 = cfg.clone();
+    let other = tokio::task::spawn_blocking(move || RbdDevice::open(&c3))
         .await
         .unwrap()
         .unwrap();
-    assert!(dev.try_acquire_ownership().await.unwrap());
     assert!(
         !other.try_acquire_ownership().await.unwrap(),
         "the lock is held"
     );
     dev.release_ownership().await.unwrap();
+    assert!(!dev.holds_ownership());
     assert!(other.try_acquire_ownership().await.unwrap());
+
+    // Fencing: `dev` breaks the lock of `other` (as if it stopped answering); Ceph then
+    // refuses `other`'s writes, and `other` reconnects as a new client without the lock.
+    other
+        .write(4096, Bytes::from(vec![7u8; 4096]), false)
+        .await
+        .unwrap();
+    assert!(dev.break_ownership().await.unwrap(), "a holder to fence");
+    assert!(dev.try_acquire_ownership().await.unwrap());
+    let late = other
+        .write(4096, Bytes::from(vec![0xeeu8; 4096]), false)
+        .await;
+    assert!(
+        matches!(late, Err(BackstoreError::NotOwner)),
+        "the fenced client's late write is refused: {late:?}"
+    );
+    assert!(!other.holds_ownership());
+    assert!(
+        dev.read(4096, 4096).await.unwrap().iter().all(|b| *b == 7),
+        "the late write did not land"
+    );
+    let t0 = std::time::Instant::now();
+    while !other.available() {
+        assert!(t0.elapsed().as_secs() < 30, "the fenced client reconnects");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(other
+        .read(4096, 4096)
+        .await
+        .unwrap()
+        .iter()
+        .all(|b| *b == 7));
+    assert!(!other.try_acquire_ownership().await.unwrap());
+
+    // Online resize reaches both openers.
+    cluster.rbd(&["resize", "--size", "96M", "live"]);
+    let t0 = std::time::Instant::now();
+    while dev.size() != 96 << 20 || other.size() != 96 << 20 {
+        assert!(t0.elapsed().as_secs() < 20, "the new size is seen");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    dev.write((96 << 20) - 512, Bytes::from(vec![3u8; 512]), false)
+        .await
+        .unwrap();
+    dev.release_ownership().await.unwrap();
+    assert!(other.try_acquire_ownership().await.unwrap());
+
+    // Auto-create: a missing image with a size is created, with exclusive-lock on.
+    let created = RbdConfig {
+        image: "made".into(),
+        create_size: Some(8 << 20),
+        ..cfg.clone()
+    };
+    let made = tokio::task::spawn_blocking(move || RbdDevice::open(&created))
+        .await
+        .unwrap()
+        .expect("created");
+    assert_eq!(made.size(), 8 << 20);
+    assert!(made.try_acquire_ownership().await.unwrap());
+    drop(made);
     // Shared metadata: compare-and-set on the OSD, seen at once by the other opener.
     assert_eq!(dev.metadata_get("pr_state").await.unwrap(), None);
     let g = other.metadata_generation();

@@ -40,7 +40,7 @@ pub fn send_targets(
 ) -> TextPairs {
     let mut out = TextPairs::new();
     let visible = gw.discoverable(initiator);
-    for t in visible {
+    for t in &visible {
         let wanted = match (session_target, request) {
             (Some(own), _) => {
                 t.iqn.eq_ignore_ascii_case(own)

@@ -1,20 +1,25 @@
 //! Which gateway owns a LU: implicit ALUA (SPC-4 §5.16) tied to the backstore's ownership
 //! lock, so that only the owner writes.
 //!
-//! The owner holds the lock (for a file image an OFD lock, released by the kernel when the
-//! process dies) and its TPG tag is in the image's metadata (`alua_owner`), so every gateway
-//! answers REPORT TARGET PORT GROUPS alike. A write arriving at another gateway takes the lock
-//! if it is free (the owner died), or asks the owner to hand over (`alua_request`): the owner
-//! stops writing, waits for its writes in flight, flushes and releases. Until the new owner
-//! holds the lock the write is answered NOT READY, ASYMMETRIC ACCESS STATE TRANSITION and the
-//! initiator retries. A gateway that lost the lock never writes again without taking it back
-//! the same way.
+//! The owner holds the lock (for RBD the image's exclusive lock; for a file image an OFD lock,
+//! released by the kernel when the process dies) and its TPG tag is in the image's metadata
+//! (`alua_owner`), so every gateway answers REPORT TARGET PORT GROUPS alike. A write arriving
+//! at another gateway takes the lock if it is free and nobody else waits for it (the owner
+//! left), or asks the owner to hand over (`alua_request`): the owner stops writing, waits for
+//! its writes in flight, flushes and releases. Until the new owner holds the lock the write is
+//! answered NOT READY, ASYMMETRIC ACCESS STATE TRANSITION and the initiator retries.
+//!
+//! An owner that does not answer a request for [`FENCE_AFTER`] is taken for dead or cut off:
+//! the requester fences it (RBD: blocklists its client and breaks its lock, so the OSDs refuse
+//! its late writes) and takes over. The fenced gateway's commands fail until it reconnects as
+//! a new client; it then serves again as a non-owner. A gateway that lost the lock never
+//! writes again without taking it back the same way.
 //!
 //! The write lock may bounce between gateways when an initiator writes down several paths at
 //! once (round robin, or libiscsi's MultipathIO). The ALUA owner — what REPORT TARGET PORT
 //! GROUPS shows and ASYMMETRIC ACCESS STATE CHANGED announces — moves only on a failover: at
-//! once when the lock was free (the owner is gone), else once the new holder kept the lock
-//! for [`STABLE`] (the initiator stays on its paths: the old owner's are down).
+//! once when the lock was free (the owner is gone) or broken, else once the new holder kept
+//! the lock for [`STABLE`] (the initiator stays on its paths: the old owner's are down).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +40,9 @@ const POLL: Duration = Duration::from_millis(200);
 const STABLE: Duration = Duration::from_secs(5);
 /// How long a write waits for a handover before the initiator is told to retry.
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+/// How long a handover request may go unanswered before the owner is fenced. Longer than a
+/// live owner needs (one [`POLL`], its writes in flight and a flush).
+const FENCE_AFTER: Duration = Duration::from_secs(8);
 
 fn parse_tag(v: Option<Vec<u8>>) -> Option<u16> {
     v.and_then(|b| String::from_utf8(b).ok())
@@ -53,6 +61,8 @@ pub struct Ownership {
     acquiring: tokio::sync::Mutex<()>,
     /// When this gateway last took the lock.
     taken_at: std::sync::Mutex<Option<Instant>>,
+    /// Since when this gateway's handover request is unanswered.
+    requested_at: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Held by a write while it runs on the owner.
@@ -80,6 +90,7 @@ impl Ownership {
             seen_generation: AtomicU64::new(u64::MAX),
             acquiring: tokio::sync::Mutex::new(()),
             taken_at: std::sync::Mutex::new(None),
+            requested_at: std::sync::Mutex::new(None),
         });
         let recorded = parse_tag(o.lu.device().metadata_get(OWNER_KEY).await.ok().flatten());
         if configured_owner == Some(my_tag)
@@ -114,7 +125,13 @@ impl Ownership {
             Ok(true) => {
                 self.owned.store(true, Ordering::Release);
                 *self.taken_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-                let _ = dev.metadata_set(REQUEST_KEY, Vec::new()).await;
+                *self.requested_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                // Our request is answered; one another gateway posted since stays for us to
+                // answer.
+                let mine = self.my_tag.to_string().into_bytes();
+                let _ = dev
+                    .metadata_compare_and_set(REQUEST_KEY, Some(mine), Vec::new())
+                    .await;
                 info!(
                     lun = self.lu.config().lun,
                     tpg = self.my_tag,
@@ -163,6 +180,14 @@ impl Ownership {
             self.set_alua_owner(self.my_tag).await;
         }
         let dev = self.lu.device();
+        if self.is_owner() && !dev.holds_ownership() {
+            self.owned.store(false, Ordering::Release);
+            warn!(
+                lun = self.lu.config().lun,
+                tpg = self.my_tag,
+                "lost the write lock: another gateway fenced this one"
+            );
+        }
         let generation = dev.metadata_generation();
         if self.seen_generation.swap(generation, Ordering::AcqRel) == generation {
             return;
@@ -214,9 +239,19 @@ impl Ownership {
             if self.is_owner() {
                 continue;
             }
-            if !self.yielding.load(Ordering::Acquire) && self.try_take().await {
-                // The lock was free: the owner is gone (or there never was one). A failover.
-                if self.lu.owner_tpg() != Some(self.my_tag) {
+            let dev = self.lu.device();
+            // A free lock with another gateway's request pending is a handover on its way
+            // there, not an owner gone: taking it would steal it from the requester.
+            let pending = match dev.metadata_get(REQUEST_KEY).await {
+                Ok(v) => parse_tag(v),
+                Err(_) => return Err(transitioning()),
+            };
+            if !self.yielding.load(Ordering::Acquire)
+                && pending.is_none_or(|t| t == self.my_tag)
+                && self.try_take().await
+            {
+                if pending.is_none() && self.lu.owner_tpg() != Some(self.my_tag) {
+                    // The lock was free and nobody waited: the owner is gone. A failover.
                     self.set_alua_owner(self.my_tag).await;
                 }
                 continue;
@@ -226,15 +261,25 @@ impl Ownership {
                 tpg = self.my_tag,
                 "write on a non-owner path: asking the owner to hand over"
             );
-            let _ = self
-                .lu
-                .device()
+            if dev
                 .metadata_set(REQUEST_KEY, self.my_tag.to_string().into_bytes())
-                .await;
+                .await
+                .is_err()
+            {
+                return Err(transitioning());
+            }
+            let since = *self
+                .requested_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(Instant::now);
             let deadline = Instant::now() + HANDOVER_WAIT;
             loop {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 if !self.yielding.load(Ordering::Acquire) && self.try_take().await {
+                    break;
+                }
+                if since.elapsed() >= FENCE_AFTER && self.fence_owner().await {
                     break;
                 }
                 if Instant::now() >= deadline {
@@ -242,6 +287,29 @@ impl Ownership {
                 }
             }
         }
+    }
+
+    /// The owner left a request unanswered for [`FENCE_AFTER`]: fence it and take the lock.
+    async fn fence_owner(&self) -> bool {
+        let lun = self.lu.config().lun;
+        match self.lu.device().break_ownership().await {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                warn!(lun, "fencing the unresponsive owner failed: {e}");
+                return false;
+            }
+        }
+        if !self.try_take().await {
+            return false;
+        }
+        warn!(
+            lun,
+            tpg = self.my_tag,
+            "the owner did not hand over within {FENCE_AFTER:?}: fenced it and took over"
+        );
+        self.set_alua_owner(self.my_tag).await;
+        true
     }
 }
 

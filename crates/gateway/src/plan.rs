@@ -83,7 +83,20 @@ pub fn render(c: &Config, host: &str) -> String {
         }
         for l in &t.luns {
             let store = match &l.backstore {
-                BackstoreSpec::Rbd { pool, image } => format!("rbd {pool}/{image}"),
+                BackstoreSpec::Rbd {
+                    pool,
+                    namespace,
+                    image,
+                    size,
+                } => format!(
+                    "rbd {pool}/{}{image}{}",
+                    namespace
+                        .as_ref()
+                        .map_or(String::new(), |n| format!("{n}/")),
+                    size.map_or(String::new(), |s| format!(
+                        " (created with {s} bytes if missing)"
+                    ))
+                ),
                 BackstoreSpec::File { path, size } => format!(
                     "file {path}{}",
                     size.map_or(String::new(), |z| format!(

@@ -64,13 +64,34 @@ fn admits(cfg: &Target, initiator: &str) -> bool {
     }
 }
 
+/// What a gateway serves under one version of the config.
+pub struct Served {
+    pub config: Config,
+    pub targets: Vec<Arc<TargetRuntime>>,
+}
+
 /// Everything one gateway process serves.
 pub struct Gateway {
     pub host: String,
-    pub config: Config,
-    pub targets: Vec<Arc<TargetRuntime>>,
+    /// Replaced whole when the shared config changes ([`Gateway::apply`]).
+    served: std::sync::RwLock<Arc<Served>>,
+    /// Counts the config versions applied; sessions compare it to notice a change.
+    epoch: std::sync::atomic::AtomicU64,
+    ceph: CephOptions,
     pub sessions: SessionRegistry,
     next_tsih: AtomicU16,
+}
+
+/// What applying a new config changed here.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub targets_added: Vec<String>,
+    pub targets_removed: Vec<String>,
+    /// (target, LUN) pairs.
+    pub luns_added: Vec<(String, u64)>,
+    pub luns_removed: Vec<(String, u64)>,
+    /// Portal addresses the new config adds here: listening on them needs a restart.
+    pub new_portals: Vec<SocketAddr>,
 }
 
 fn secrets(c: &Chap) -> ChapSecrets {
@@ -142,13 +163,19 @@ async fn open_device(lun: &Lun, ceph: &CephOptions) -> anyhow::Result<Device> {
         BackstoreSpec::Memory { size } => Ok(Device::File(
             FileDevice::memory(*size).context("creating memory backstore")?,
         )),
-        BackstoreSpec::Rbd { pool, image } => {
+        BackstoreSpec::Rbd {
+            pool,
+            namespace,
+            image,
+            size,
+        } => {
             let cfg = backstore::rbd::RbdConfig {
                 conf: ceph.conf.clone(),
                 id: ceph.id.clone(),
                 pool: pool.clone(),
-                namespace: None,
+                namespace: namespace.clone(),
                 image: image.clone(),
+                create_size: *size,
             };
             let dev = tokio::task::spawn_blocking(move || backstore::rbd::RbdDevice::open(&cfg))
                 .await
@@ -159,6 +186,81 @@ async fn open_device(lun: &Lun, ceph: &CephOptions) -> anyhow::Result<Device> {
     }
 }
 
+/// Opens one target's LUNs as seen from `local`, reusing the LUs of `prev` whose
+/// definition did not change (their sessions, reservations and ownership carry on).
+async fn open_target(
+    t: &Target,
+    local: &crate::config::Tpg,
+    ceph: &CephOptions,
+    prev: Option<&TargetRuntime>,
+) -> anyhow::Result<TargetRuntime> {
+    let port_groups: Vec<TargetPortGroup> = t
+        .tpgs
+        .iter()
+        .map(|g| TargetPortGroup {
+            tag: g.tag,
+            relative_port: g.tag,
+        })
+        .collect();
+    let mut luns = BTreeMap::new();
+    let mut owners = BTreeMap::new();
+    for l in &t.luns {
+        if let Some(p) = prev.filter(|p| {
+            p.cfg.luns.iter().any(|old| old == l)
+                && p.cfg.tpgs == t.tpgs
+                && p.cfg.attributes == t.attributes
+        }) {
+            if let (Some(lu), Some(o)) = (p.luns.get(&l.lun), p.owners.get(&l.lun)) {
+                luns.insert(l.lun, lu.clone());
+                owners.insert(l.lun, o.clone());
+                continue;
+            }
+        }
+        let dev = open_device(l, ceph)
+            .await
+            .with_context(|| format!("target {} LUN {}", t.iqn, l.lun))?;
+        let size = backstore::BlockDevice::size(&dev);
+        if size < l.attributes.block_size as u64 {
+            bail!(
+                "target {} LUN {}: the image is smaller than one block ({size} bytes)",
+                t.iqn,
+                l.lun
+            );
+        }
+        let mut c = LuConfig::new(l.lun, l.serial.clone(), t.iqn.clone());
+        c.product = format!("{} {}", l.backstore.kind(), l.image)
+            .chars()
+            .take(16)
+            .collect();
+        c.block_size = l.attributes.block_size;
+        c.read_only = t.attributes.write_protect;
+        c.local_tpg = local.tag;
+        c.port_groups = port_groups.clone();
+        c.write_cache = l.attributes.write_cache;
+        let a = &l.attributes;
+        c.max_unmap_lba_count = a.max_unmap_lba_count.unwrap_or(c.max_unmap_lba_count);
+        c.max_unmap_descriptors = a
+            .max_unmap_block_desc_count
+            .unwrap_or(c.max_unmap_descriptors);
+        c.max_write_same_blocks = a.max_write_same_len.unwrap_or(c.max_write_same_blocks);
+        c.optimal_unmap_granularity = a.unmap_granularity.unwrap_or(c.optimal_unmap_granularity);
+        let lu = Arc::new(LogicalUnit::new(c, dev));
+        lu.load_persistent_state().await;
+        let owner_tag = t.tpgs.iter().find(|g| g.host == l.owner).map(|g| g.tag);
+        owners.insert(
+            l.lun,
+            crate::ownership::Ownership::start(lu.clone(), local.tag, owner_tag).await,
+        );
+        info!(target = %t.iqn, lun = l.lun, backstore = l.backstore.kind(), image = %l.image, serial = %l.serial, bytes = size, "LUN ready");
+        luns.insert(l.lun, lu);
+    }
+    Ok(TargetRuntime {
+        cfg: t.clone(),
+        luns,
+        owners,
+    })
+}
+
 impl Gateway {
     /// Opens the backstores of every LUN that `host` serves.
     pub async fn open(config: Config, host: &str, ceph: &CephOptions) -> anyhow::Result<Gateway> {
@@ -167,84 +269,124 @@ impl Gateway {
             let Some(local) = t.tpgs_of(host).next() else {
                 continue;
             };
-            let port_groups: Vec<TargetPortGroup> = t
-                .tpgs
-                .iter()
-                .map(|g| TargetPortGroup {
-                    tag: g.tag,
-                    relative_port: g.tag,
-                })
-                .collect();
-            let mut luns = BTreeMap::new();
-            let mut owners = BTreeMap::new();
-            for l in &t.luns {
-                let dev = open_device(l, ceph)
-                    .await
-                    .with_context(|| format!("target {} LUN {}", t.iqn, l.lun))?;
-                let size = backstore::BlockDevice::size(&dev);
-                if size < l.attributes.block_size as u64 {
-                    bail!(
-                        "target {} LUN {}: the image is smaller than one block ({size} bytes)",
-                        t.iqn,
-                        l.lun
-                    );
-                }
-                let mut c = LuConfig::new(l.lun, l.serial.clone(), t.iqn.clone());
-                c.product = format!("{} {}", l.backstore.kind(), l.image)
-                    .chars()
-                    .take(16)
-                    .collect();
-                c.block_size = l.attributes.block_size;
-                c.read_only = t.attributes.write_protect;
-                c.local_tpg = local.tag;
-                c.port_groups = port_groups.clone();
-                c.write_cache = l.attributes.write_cache;
-                let a = &l.attributes;
-                c.max_unmap_lba_count = a.max_unmap_lba_count.unwrap_or(c.max_unmap_lba_count);
-                c.max_unmap_descriptors = a
-                    .max_unmap_block_desc_count
-                    .unwrap_or(c.max_unmap_descriptors);
-                c.max_write_same_blocks = a.max_write_same_len.unwrap_or(c.max_write_same_blocks);
-                c.optimal_unmap_granularity =
-                    a.unmap_granularity.unwrap_or(c.optimal_unmap_granularity);
-                let lu = Arc::new(LogicalUnit::new(c, dev));
-                lu.load_persistent_state().await;
-                let owner_tag = t.tpgs.iter().find(|g| g.host == l.owner).map(|g| g.tag);
-                owners.insert(
-                    l.lun,
-                    crate::ownership::Ownership::start(lu.clone(), local.tag, owner_tag).await,
-                );
-                info!(target = %t.iqn, lun = l.lun, backstore = l.backstore.kind(), image = %l.image, serial = %l.serial, bytes = size, "LUN ready");
-                luns.insert(l.lun, lu);
-            }
-            targets.push(Arc::new(TargetRuntime {
-                cfg: t.clone(),
-                luns,
-                owners,
-            }));
+            targets.push(Arc::new(open_target(t, local, ceph, None).await?));
         }
         if targets.is_empty() {
             bail!("host {host} serves no target in {}", config.source_name);
         }
         Ok(Gateway {
             host: host.to_string(),
-            config,
-            targets,
+            served: std::sync::RwLock::new(Arc::new(Served { config, targets })),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            ceph: ceph.clone(),
             sessions: SessionRegistry::default(),
             next_tsih: AtomicU16::new(1),
         })
     }
 
-    pub fn target(&self, iqn: &str) -> Option<&Arc<TargetRuntime>> {
-        self.targets
+    /// Applies a new version of the shared config without disturbing what it does not
+    /// change: unchanged LUNs keep their sessions, reservations and ownership; a target whose
+    /// LUNs changed tells its sessions with REPORTED LUNS DATA HAS CHANGED (SPC-4 §6.33,
+    /// SAM-5 §5.14); sessions of a removed target end. On any error nothing changes.
+    pub async fn apply(&self, config: Config) -> anyhow::Result<ApplyReport> {
+        let old = self.served();
+        let mut report = ApplyReport::default();
+        let mut targets = Vec::new();
+        for t in &config.targets {
+            let Some(local) = t.tpgs_of(&self.host).next() else {
+                continue;
+            };
+            let prev = old
+                .targets
+                .iter()
+                .find(|p| p.cfg.iqn.eq_ignore_ascii_case(&t.iqn));
+            let rt = open_target(t, local, &self.ceph, prev.map(|p| &**p)).await?;
+            match prev {
+                None => report.targets_added.push(t.iqn.clone()),
+                Some(p) => {
+                    let added: Vec<u64> = rt
+                        .luns
+                        .keys()
+                        .filter(|n| !p.luns.contains_key(n))
+                        .copied()
+                        .collect();
+                    let removed: Vec<u64> = p
+                        .luns
+                        .keys()
+                        .filter(|n| !rt.luns.contains_key(n))
+                        .copied()
+                        .collect();
+                    let replaced = rt
+                        .luns
+                        .iter()
+                        .any(|(n, lu)| p.luns.get(n).is_some_and(|o| !Arc::ptr_eq(o, lu)));
+                    if !added.is_empty() || !removed.is_empty() || replaced {
+                        for lu in p.luns.values().chain(rt.luns.values()) {
+                            lu.unit_attention_all(scsi::Asc::REPORTED_LUNS_DATA_HAS_CHANGED);
+                        }
+                    }
+                    report
+                        .luns_added
+                        .extend(added.into_iter().map(|n| (t.iqn.clone(), n)));
+                    report
+                        .luns_removed
+                        .extend(removed.into_iter().map(|n| (t.iqn.clone(), n)));
+                }
+            }
+            targets.push(Arc::new(rt));
+        }
+        if targets.is_empty() {
+            bail!(
+                "host {} serves no target in the new config {}; keeping the running one",
+                self.host,
+                config.source_name
+            );
+        }
+        for p in &old.targets {
+            if !targets
+                .iter()
+                .any(|t| t.cfg.iqn.eq_ignore_ascii_case(&p.cfg.iqn))
+            {
+                report.targets_removed.push(p.cfg.iqn.clone());
+            }
+        }
+        let before = self.listen_addresses();
+        *self.served.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Served { config, targets });
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        report.new_portals = self
+            .listen_addresses()
+            .into_iter()
+            .filter(|a| !before.contains(a))
+            .collect();
+        Ok(report)
+    }
+
+    /// The config version being served.
+    pub fn served(&self) -> Arc<Served> {
+        self.served
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes whenever a new config is applied.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn target(&self, iqn: &str) -> Option<Arc<TargetRuntime>> {
+        self.served()
+            .targets
             .iter()
             .find(|t| t.cfg.iqn.eq_ignore_ascii_case(iqn))
+            .cloned()
     }
 
     /// Distinct addresses to listen on.
     pub fn listen_addresses(&self) -> Vec<SocketAddr> {
         let mut v: Vec<SocketAddr> = Vec::new();
-        for t in &self.targets {
+        for t in &self.served().targets {
             for g in t.cfg.tpgs_of(&self.host) {
                 for a in &g.addresses {
                     if !v.contains(a) {
@@ -276,19 +418,22 @@ impl Gateway {
     }
 
     /// Discovery CHAP, if any target asks for it (lrbd's `discovery` is global in LIO).
-    fn discovery_chap(&self) -> Option<&Chap> {
-        self.config
+    fn discovery_chap(&self) -> Option<Chap> {
+        self.served()
+            .config
             .targets
             .iter()
-            .find_map(|t| t.auth.discovery.as_ref())
+            .find_map(|t| t.auth.discovery.clone())
     }
 
     /// Targets an initiator may discover.
-    pub fn discoverable(&self, initiator: &str) -> Vec<&Target> {
-        self.config
+    pub fn discoverable(&self, initiator: &str) -> Vec<Target> {
+        self.served()
+            .config
             .targets
             .iter()
             .filter(|t| admits(t, initiator))
+            .cloned()
             .collect()
     }
 }
@@ -310,7 +455,7 @@ impl Directory for LoginDirectory<'_> {
         if st == SessionType::Discovery {
             let auth = gw
                 .discovery_chap()
-                .map_or(AuthPolicy::None, |c| AuthPolicy::Chap(secrets(c)));
+                .map_or(AuthPolicy::None, |c| AuthPolicy::Chap(secrets(&c)));
             return Ok(Grant {
                 auth,
                 limits: TargetLimits::default(),
@@ -319,7 +464,7 @@ impl Directory for LoginDirectory<'_> {
         }
         let name = target.ok_or(LoginStatus::MISSING_PARAMETER)?;
         let t = gw.target(name).ok_or(LoginStatus::NOT_FOUND)?;
-        if gw.tpg_for(t, self.listen).is_none() {
+        if gw.tpg_for(&t, self.listen).is_none() {
             // The target exists but not behind this portal.
             return Err(LoginStatus::NOT_FOUND);
         }

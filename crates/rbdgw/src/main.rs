@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use gateway::config::store::{self, ConfigSource};
 use gateway::config::{local_addresses, local_hostname, Config};
 use gateway::server::Server;
 use gateway::target::{CephOptions, Gateway};
@@ -20,30 +21,63 @@ struct Cli {
     command: Command,
 }
 
+/// How to reach the Ceph cluster, like the `rbd` command line.
+#[derive(clap::Args, Clone)]
+struct CephArgs {
+    /// Ceph configuration (monitors, auth, keyring).
+    #[arg(long, default_value = "/etc/ceph/ceph.conf", global = true)]
+    ceph_conf: String,
+    /// Ceph client id (client.ID); default: admin.
+    #[arg(long, global = true)]
+    ceph_id: Option<String>,
+}
+
+impl CephArgs {
+    fn options(&self) -> CephOptions {
+        CephOptions {
+            conf: self.ceph_conf.clone(),
+            id: self.ceph_id.clone(),
+        }
+    }
+}
+
+fn parse_source(s: &str) -> Result<ConfigSource, String> {
+    ConfigSource::parse(s)
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve this host's part of the config until SIGTERM or SIGINT.
     Serve {
-        /// The shared config (lrbd JSON format).
-        #[arg(long)]
-        config: PathBuf,
+        /// The shared config (lrbd JSON format): a file, or `rados://POOL/OBJECT` (default
+        /// `rados://rbd/rbdgw.config`), which is watched and applied live.
+        #[arg(long, value_parser = parse_source)]
+        config: ConfigSource,
         /// The gateway host to serve (default: the host whose portal addresses are on this
         /// machine, else this machine's name).
         #[arg(long)]
         host: Option<String>,
-        /// Ceph configuration for rbd images (monitors, auth, keyring).
-        #[arg(long, default_value = "/etc/ceph/ceph.conf")]
-        ceph_conf: String,
-        /// Ceph client id (client.ID); default: admin.
-        #[arg(long)]
-        ceph_id: Option<String>,
+        #[command(flatten)]
+        ceph: CephArgs,
     },
     /// Print what a host would serve: targets, TPGs, portals, LUNs, auth.
     Plan {
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, value_parser = parse_source)]
+        config: ConfigSource,
         #[arg(long)]
         host: Option<String>,
+        #[command(flatten)]
+        ceph: CephArgs,
+    },
+    /// The shared config kept in Ceph (what lrbd -f, -o and -W did).
+    Config {
+        /// Where it lives.
+        #[arg(long, default_value = "rados://rbd/rbdgw.config", value_parser = parse_source, global = true)]
+        at: ConfigSource,
+        #[command(flatten)]
+        ceph: CephArgs,
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// The embedded default: one 1 GiB file image served by two gateways on 127.0.0.1 and
     /// 127.0.0.2.
@@ -57,6 +91,98 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate a config file, then replace the stored config with it; running gateways
+    /// apply it.
+    Store {
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+    },
+    /// Print the stored config.
+    Show,
+    /// Remove the stored config.
+    Wipe,
+    /// Read the config an lrbd deployment stored (xattrs of `lrbd.conf` in each pool) and
+    /// print it as one document, or store it with --store.
+    ImportLrbd {
+        /// Pools to read (default: every pool).
+        #[arg(long)]
+        pool: Vec<String>,
+        /// Validate and store the result at `--at` instead of printing it.
+        #[arg(long)]
+        store: bool,
+    },
+}
+
+fn rados_location(at: &ConfigSource) -> anyhow::Result<(&str, &str)> {
+    match at {
+        ConfigSource::Rados { pool, object } => Ok((pool, object)),
+        ConfigSource::File(p) => anyhow::bail!(
+            "--at {}: the config commands work on a rados:// location",
+            p.display()
+        ),
+    }
+}
+
+/// Runs a blocking Ceph call off the runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+async fn config_command(
+    at: ConfigSource,
+    ceph: CephOptions,
+    action: ConfigAction,
+) -> anyhow::Result<()> {
+    let (pool, object) = {
+        let (p, o) = rados_location(&at)?;
+        (p.to_string(), o.to_string())
+    };
+    match action {
+        ConfigAction::Store { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let cfg = blocking(move || store::store(&ceph, &pool, &object, &text)).await?;
+            for w in &cfg.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "stored {} ({} targets, hosts: {})",
+                at.name(),
+                cfg.targets.len(),
+                cfg.hosts().join(", ")
+            );
+        }
+        ConfigAction::Show => {
+            let src = at.clone();
+            print!("{}", blocking(move || src.fetch(&ceph)).await?);
+        }
+        ConfigAction::Wipe => {
+            if blocking(move || store::wipe(&ceph, &pool, &object)).await? {
+                println!("removed {}", at.name());
+            } else {
+                println!("{} did not exist", at.name());
+            }
+        }
+        ConfigAction::ImportLrbd { pool: pools, store } => {
+            let c = ceph.clone();
+            let doc = blocking(move || store::import_lrbd(&c, &pools)).await?;
+            let text = serde_json::to_string_pretty(&doc)?;
+            if store {
+                let t = text.clone();
+                blocking(move || store::store(&ceph, &pool, &object, &t)).await?;
+                println!("imported lrbd's config into {}", at.name());
+            } else {
+                println!("{text}");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn init_logging() {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -66,10 +192,97 @@ fn init_logging() {
         .init();
 }
 
-fn load(config: &Path, host: Option<&str>) -> anyhow::Result<(Config, String)> {
-    let cfg = Config::load(config)?;
+async fn load(
+    config: &ConfigSource,
+    host: Option<&str>,
+    ceph: &CephOptions,
+) -> anyhow::Result<(Config, String)> {
+    let (src, c) = (config.clone(), ceph.clone());
+    let cfg = blocking(move || src.load(&c)).await?;
     let host = cfg.select_host(host, &local_addresses(), &local_hostname())?;
     Ok((cfg, host))
+}
+
+/// Follows a config kept in Ceph: every change the watch announces (and, in case a notify
+/// was missed, a re-read each minute) is validated and applied; a bad version is logged and
+/// the running one kept.
+async fn follow_config(gw: std::sync::Arc<Gateway>, src: ConfigSource, ceph: CephOptions) {
+    let ConfigSource::Rados { pool, object } = src.clone() else {
+        return;
+    };
+    let c = ceph.clone();
+    let watch = match blocking(move || {
+        let p = std::sync::Arc::new(store::connect(&c, &pool)?);
+        Ok(p.watch(&object)?)
+    })
+    .await
+    {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(
+                "cannot watch {}: {e:#}; config changes need a restart",
+                src.name()
+            );
+            return;
+        }
+    };
+    let mut last_text = None;
+    let mut seen = watch.generation();
+    let mut last_read = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let generation = watch.generation();
+        if generation == seen && last_read.elapsed() < Duration::from_secs(60) {
+            continue;
+        }
+        seen = generation;
+        last_read = tokio::time::Instant::now();
+        let (s, c) = (src.clone(), ceph.clone());
+        let text = match blocking(move || s.fetch(&c)).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("re-reading the config: {e:#}");
+                continue;
+            }
+        };
+        if last_text.as_ref() == Some(&text) {
+            continue;
+        }
+        let cfg = match Config::parse(&src.name(), &text) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("the new config is invalid, keeping the running one: {e}");
+                last_text = Some(text);
+                continue;
+            }
+        };
+        if last_text.is_none() && cfg.targets == gw.served().config.targets {
+            last_text = Some(text);
+            continue;
+        }
+        last_text = Some(text);
+        match gw.apply(cfg).await {
+            Ok(r) => {
+                tracing::info!(
+                    targets_added = ?r.targets_added,
+                    targets_removed = ?r.targets_removed,
+                    luns_added = ?r.luns_added,
+                    luns_removed = ?r.luns_removed,
+                    "applied the new config from {}",
+                    src.name()
+                );
+                if !r.new_portals.is_empty() {
+                    tracing::warn!(
+                        portals = ?r.new_portals,
+                        "the new config adds portal addresses here: restart to listen on them"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!("applying the new config failed, keeping the running one: {e:#}")
+            }
+        }
+    }
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
@@ -85,14 +298,23 @@ async fn termination() {
     }
 }
 
-async fn serve(config: &Path, host: Option<&str>, ceph: &CephOptions) -> anyhow::Result<()> {
-    let (cfg, host) = load(config, host)?;
+async fn serve(
+    config: &ConfigSource,
+    host: Option<&str>,
+    ceph: &CephOptions,
+) -> anyhow::Result<()> {
+    let (cfg, host) = load(config, host, ceph).await?;
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
     let gw = Gateway::open(cfg, &host, ceph).await?;
     let server = Server::bind(gw).await?;
-    tracing::info!(host = %host, "serving");
+    tracing::info!(host = %host, config = %config.name(), "serving");
+    tokio::spawn(follow_config(
+        server.gateway().clone(),
+        config.clone(),
+        ceph.clone(),
+    ));
     server.run(termination(), Duration::from_secs(5)).await;
     Ok(())
 }
@@ -168,26 +390,16 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Serve {
-                config,
-                host,
-                ceph_conf,
-                ceph_id,
-            } => {
-                serve(
-                    &config,
-                    host.as_deref(),
-                    &CephOptions {
-                        conf: ceph_conf,
-                        id: ceph_id,
-                    },
-                )
-                .await
+            Command::Serve { config, host, ceph } => {
+                serve(&config, host.as_deref(), &ceph.options()).await
             }
-            Command::Plan { config, host } => {
-                let (cfg, host) = load(&config, host.as_deref())?;
+            Command::Plan { config, host, ceph } => {
+                let (cfg, host) = load(&config, host.as_deref(), &ceph.options()).await?;
                 print!("{}", gateway::plan::render(&cfg, &host));
                 Ok(())
+            }
+            Command::Config { at, ceph, action } => {
+                config_command(at, ceph.options(), action).await
             }
             Command::Demo { dir, port } => demo(&dir, port).await,
         }

@@ -1,7 +1,10 @@
 //! The seed's scenario on real Ceph: two `rbdgw serve` processes export the seed's image
 //! `rbd/wuxingyi` (every RBD feature on, exclusive-lock included) from a throwaway cluster on
-//! loopback. libiscsi's SCSI family runs against one gateway while the other runs, and
-//! MultipathIO across both; a reservation taken through one gateway binds the other.
+//! loopback, both reading the shared config from RADOS (`rbdgw config store`). libiscsi's
+//! SCSI family runs against one gateway while the other runs, and MultipathIO across both; a
+//! reservation taken through one gateway binds the other. Then: an online resize reaches a
+//! live session, a config change adds a LUN (auto-created) without dropping it, and the owner
+//! is partitioned (SIGSTOP): the other gateway fences it, and its late write is refused.
 
 #[path = "../../../tests/support/ceph.rs"]
 mod ceph;
@@ -21,16 +24,11 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(
-        cfg: &std::path::Path,
-        host: &str,
-        ceph_conf: &str,
-        addr: &str,
-        log: std::path::PathBuf,
-    ) -> Serve {
+    fn start(cfg: &str, host: &str, ceph_conf: &str, addr: &str, log: std::path::PathBuf) -> Serve {
         let child = Command::new(env!("CARGO_BIN_EXE_rbdgw"))
             .args(["serve", "--config"])
             .arg(cfg)
+            .env("RUST_LOG", "info")
             .args(["--host", host, "--ceph-conf", ceph_conf])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -107,22 +105,58 @@ fn seed_scenario_on_ceph() {
         serde_json::from_str(include_str!("../../../examples/seed-config.json")).unwrap();
     doc["portals"][0]["addresses"] = serde_json::json!([a1]);
     doc["portals"][1]["addresses"] = serde_json::json!([a2]);
-    let cfg = dir.0.join("config.json");
-    std::fs::write(&cfg, doc.to_string()).unwrap();
-    let _g1 = Serve::start(
-        &cfg,
+    let file = dir.0.join("config.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    // The shared config goes to RADOS; both gateways read and watch it there.
+    let at = "rados://rbd/rbdgw.config";
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rbdgw"))
+            .args(args)
+            .args(["--at", at, "--ceph-conf", &cluster.conf()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rbdgw {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    cli(&["config", "store", "-f", file.to_str().unwrap()]);
+    assert_eq!(cli(&["config", "show"]), doc.to_string());
+
+    // Migration: the same config in lrbd's layout (xattrs of `lrbd.conf`) imports back.
+    let rados = |args: &[&str]| {
+        let out = Command::new("rados")
+            .args(["-c", &cluster.conf(), "-p", "rbd"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "rados {args:?}: {out:?}");
+    };
+    rados(&["create", "lrbd.conf"]);
+    let gw_entry = doc["pools"][0]["gateways"][0].clone();
+    for (key, value) in [
+        ("targets".to_string(), doc["targets"].to_string()),
+        ("portals".to_string(), doc["portals"].to_string()),
+        (format!("_{TARGET}"), doc["auth"][0].to_string()),
+        (TARGET.to_string(), gw_entry.to_string()),
+    ] {
+        rados(&["setxattr", "lrbd.conf", &key, &value]);
+    }
+    let imported: serde_json::Value =
+        serde_json::from_str(&cli(&["config", "import-lrbd", "--pool", "rbd"])).unwrap();
+    for key in ["auth", "targets", "portals", "pools"] {
+        assert_eq!(imported[key], doc[key], "imported {key}");
+    }
+    let g1 = Serve::start(
+        at,
         "testscsi.novalocal",
         &cluster.conf(),
         &a1,
         dir.0.join("gw1.log"),
     );
-    let _g2 = Serve::start(
-        &cfg,
-        "scsifirst",
-        &cluster.conf(),
-        &a2,
-        dir.0.join("gw2.log"),
-    );
+    let _g2 = Serve::start(at, "scsifirst", &cluster.conf(), &a2, dir.0.join("gw2.log"));
 
     // A reservation through gw1 binds gw2.
     let mut s1 = Client::connect(a1.parse().unwrap());
@@ -164,5 +198,163 @@ fn seed_scenario_on_ceph() {
         w.len() >= 5 && w[4] == "0",
         "SCSI family on Ceph:\n{}",
         &text[text.len().saturating_sub(4000)..]
+    );
+
+    // Online resize: a live session hears CAPACITY DATA HAS CHANGED, then the new size.
+    let mut s3 = Client::connect(a1.parse().unwrap());
+    s3.login("iqn.2026-11.org.rbdgw:ceph-c", Some(TARGET), "");
+    let tur = [0u8; 6];
+    assert_eq!(s3.scsi_ready(0, &tur, &[], 0).status, 0);
+    cluster.rbd(&["resize", "--size", "384M", "wuxingyi"]);
+    let rc16 = [0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = s3.scsi(0, &rc16, &[], 32);
+        if o.sense == Some((0x06, 0x2a, 0x09)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no CAPACITY DATA HAS CHANGED: {o:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = s3.scsi_ready(0, &rc16, &[], 32);
+    assert_eq!(
+        u64::from_be_bytes(o.data[..8].try_into().unwrap()),
+        (384 << 20) / 512 - 1,
+        "READ CAPACITY after the resize"
+    );
+    println!("online resize: CAPACITY DATA HAS CHANGED, then 384 MiB");
+
+    // A config change adds LUN 1 (created by the gateway: it has a size) while s3 stays.
+    doc["pools"][0]["gateways"][0]["tpg"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"image": "extra", "size": "32M"}));
+    std::fs::write(&file, doc.to_string()).unwrap();
+    cli(&["config", "store", "-f", file.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = s3.scsi(0, &tur, &[], 0);
+        if o.sense == Some((0x06, 0x3f, 0x0e)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no REPORTED LUNS DATA HAS CHANGED: {o:?}\n{}",
+            std::fs::read_to_string(&g1.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = s3.scsi_ready(0, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0], &[], 64);
+    assert_eq!(
+        &o.data[..4],
+        &[0, 0, 0, 16],
+        "two LUNs reported: {:?}",
+        o.data
+    );
+    let rc10 = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let o = s3.scsi_ready(1, &rc10, &[], 8);
+    assert_eq!(
+        u32::from_be_bytes(o.data[..4].try_into().unwrap()),
+        (32 << 20) / 512 - 1,
+        "the new LUN is the auto-created 32 MiB image"
+    );
+    println!("config change: LUN 1 added live, session kept");
+
+    // Fencing: gw1 owns the LU and is cut off (SIGSTOP) with a write queued on it; gw2
+    // fences it and takes over; gw1's late write is refused by Ceph; the data verifies.
+    let write10 = |lba: u32, blocks: u16| {
+        let l = lba.to_be_bytes();
+        let b = blocks.to_be_bytes();
+        [0x2a, 0, l[0], l[1], l[2], l[3], 0, b[0], b[1], 0]
+    };
+    let read10 = |lba: u32, blocks: u16| {
+        let mut c = write10(lba, blocks);
+        c[0] = 0x28;
+        c
+    };
+    let mut s1 = Client::connect(a1.parse().unwrap());
+    s1.login("iqn.2026-11.org.rbdgw:ceph-a", Some(TARGET), "");
+    let mut s2 = Client::connect(a2.parse().unwrap());
+    s2.login("iqn.2026-11.org.rbdgw:ceph-b", Some(TARGET), "");
+    let old = vec![0x11u8; 4096];
+    assert_eq!(s1.scsi_ready(0, &write10(100, 8), &old, 0).status, 0);
+    common::signal(&g1.child, 19); // SIGSTOP
+                                   // Only once every thread has stopped is gw1 cut off; then its write is queued.
+    let tasks = format!("/proc/{}/task", g1.child.id());
+    let stopped = || {
+        std::fs::read_dir(&tasks).unwrap().all(|t| {
+            let st = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+            st.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('T'))
+                == Some(true)
+        })
+    };
+    let t = Instant::now();
+    while !stopped() {
+        assert!(t.elapsed() < Duration::from_secs(5), "gw1 did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stale = s1.scsi_command(
+        0,
+        &write10(100, 8),
+        false,
+        true,
+        4096,
+        bytes::Bytes::from(vec![0xeeu8; 4096]),
+    );
+    let stale_itt = stale.bhs.itt();
+    s1.send(&stale);
+    let new = vec![0x22u8; 4096];
+    let t0 = Instant::now();
+    loop {
+        let o = s2.scsi(0, &write10(100, 8), &new, 0);
+        if o.status == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "gw2 never took over: {o:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let takeover = t0.elapsed();
+    common::signal(&g1.child, 18); // SIGCONT
+    let late = loop {
+        let p = s1
+            .recv_timeout(Duration::from_secs(30))
+            .expect("gw1 answers its queued write");
+        if p.bhs.itt() == stale_itt && p.bhs.opcode() == Some(iscsi::pdu::Opcode::ScsiResponse) {
+            break p;
+        }
+    };
+    assert_ne!(
+        late.bhs.0[3], 0,
+        "the fenced gateway's late write must not succeed"
+    );
+    let o = s2.scsi_ready(0, &read10(100, 8), &[], 4096);
+    assert!(o.data == new, "the image holds the new owner's data");
+    // gw1 reconnects as a new client and serves again (reads), now a non-owner.
+    let t1 = Instant::now();
+    let o = loop {
+        let o = s1.scsi(0, &read10(100, 8), &[], 4096);
+        if o.status == 0 {
+            break o;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(30), "gw1 rejoins: {o:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(o.data == new);
+    let log1 = std::fs::read_to_string(&g1.log).unwrap_or_default();
+    assert!(log1.contains("blocklisted"), "gw1 logs its fencing");
+    println!(
+        "fencing: gw2 took over {:.1} s after gw1 stopped; gw1's late write answered {:?}; \
+         gw1 rejoined {:.1} s after it resumed",
+        takeover.as_secs_f64(),
+        late.data.get(4).map(|k| k & 0x0f),
+        t1.elapsed().as_secs_f64()
     );
 }

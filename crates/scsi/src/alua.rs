@@ -30,6 +30,9 @@ pub enum AccessState {
 impl<B: BlockDevice> LogicalUnit<B> {
     /// The access state of a TPG for this LU.
     pub fn access_state(&self, tag: u16) -> AccessState {
+        if tag == self.cfg.local_tpg && !self.dev.available() {
+            return AccessState::Transitioning;
+        }
         match self.state().owner_tpg {
             None => AccessState::ActiveOptimized,
             Some(owner) if owner == tag => AccessState::ActiveOptimized,

@@ -119,6 +119,8 @@ pub struct LogicalUnit<B> {
     pub(crate) cfg: LuConfig,
     pub(crate) dev: B,
     state: Mutex<LuState>,
+    /// The device size (bytes) the initiators were last told of.
+    known_size: std::sync::atomic::AtomicU64,
 }
 
 /// Kinds of reset a task management function causes (SAM-5 §6.3).
@@ -136,6 +138,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
             ..Default::default()
         };
         LogicalUnit {
+            known_size: std::sync::atomic::AtomicU64::new(dev.size()),
             cfg,
             dev,
             state: Mutex::new(state),
@@ -252,15 +255,43 @@ impl<B: BlockDevice> LogicalUnit<B> {
         if cdb[need - 1] & 0x04 != 0 {
             return Err(SenseData::invalid_cdb(need as u16 - 1, Some(2)));
         }
-        // Shared state first: a reset or reservation change made through another gateway.
+        // Shared state first: a reset or reservation change made through another gateway,
+        // or the image resized.
         self.refresh_shared().await;
+        self.notice_resize();
         if let Some(resp) = self.unit_attention(cmd, op) {
             return Ok(resp);
+        }
+        // SPC-4 §5.16.2.5: while the device cannot be reached (fenced, reconnecting) this
+        // port is transitioning: commands other than those that describe the LU are
+        // answered NOT READY, and the initiator retries or moves to another path.
+        if !self.dev.available() && !matches!(op, 0x12 | 0xa0 | 0x03 | 0xa3) {
+            return Err(SenseData::new(
+                SenseKey::NotReady,
+                Asc::LU_NOT_ACCESSIBLE_TRANSITIONING,
+            ));
         }
         if let Some(resp) = self.reservation_conflict(cmd) {
             return Ok(resp);
         }
         self.dispatch(cmd).await
+    }
+
+    /// SBC-3 §4.6 / SPC-4 Annex: a changed capacity (an online resize) is announced to every
+    /// I_T nexus with CAPACITY DATA HAS CHANGED before it sees the new READ CAPACITY.
+    fn notice_resize(&self) {
+        use std::sync::atomic::Ordering;
+        let size = self.dev.size();
+        let old = self.known_size.swap(size, Ordering::AcqRel);
+        if old != size {
+            tracing::info!(
+                lun = self.cfg.lun,
+                old,
+                new = size,
+                "capacity changed: unit attention to every nexus"
+            );
+            self.state().ua_all(Asc::CAPACITY_DATA_HAS_CHANGED, None);
+        }
     }
 
     /// SAM-5 §5.14: a pending unit attention is reported (and cleared) by the next command

@@ -12,6 +12,7 @@ pub type Image = *mut c_void;
 pub type Completion = *mut c_void;
 pub type Callback = extern "C" fn(Completion, *mut c_void);
 pub type WriteOp = *mut c_void;
+pub type XattrsIter = *mut c_void;
 pub type WatchCallback = extern "C" fn(*mut c_void, u64, u64, u64, *mut c_void, usize);
 pub type WatchErrorCallback = extern "C" fn(*mut c_void, u64, c_int);
 
@@ -56,6 +57,7 @@ macro_rules! api {
 api! {
     rados_create: fn(*mut RadosT, *const c_char) -> c_int;
     rados_conf_read_file: fn(RadosT, *const c_char) -> c_int;
+    rados_conf_set: fn(RadosT, *const c_char, *const c_char) -> c_int;
     rados_connect: fn(RadosT) -> c_int;
     rados_shutdown: fn(RadosT) -> ();
     rados_ioctx_create: fn(RadosT, *const c_char, *mut IoCtx) -> c_int;
@@ -87,6 +89,20 @@ api! {
     rbd_aio_compare_and_write: fn(Image, u64, usize, *const c_char, *const c_char, Completion, *mut u64, c_int) -> isize;
     rbd_lock_acquire: fn(Image, c_int) -> c_int;
     rbd_lock_release: fn(Image) -> c_int;
+    rbd_lock_get_owners: fn(Image, *mut c_int, *mut *mut c_char, *mut usize) -> c_int;
+    rbd_lock_get_owners_cleanup: fn(*mut *mut c_char, usize) -> ();
+    rbd_lock_break: fn(Image, c_int, *const c_char) -> c_int;
+    rbd_create: fn(IoCtx, *const c_char, u64, *mut c_int) -> c_int;
+    rbd_get_features: fn(Image, *mut u64) -> c_int;
+    rbd_update_features: fn(Image, u64, u8) -> c_int;
+    rados_read: fn(IoCtx, *const c_char, *mut c_char, usize, u64) -> c_int;
+    rados_write_full: fn(IoCtx, *const c_char, *const c_char, usize) -> c_int;
+    rados_remove: fn(IoCtx, *const c_char) -> c_int;
+    rados_stat: fn(IoCtx, *const c_char, *mut u64, *mut i64) -> c_int;
+    rados_getxattrs: fn(IoCtx, *const c_char, *mut XattrsIter) -> c_int;
+    rados_getxattrs_next: fn(XattrsIter, *mut *const c_char, *mut *const c_char, *mut usize) -> c_int;
+    rados_getxattrs_end: fn(XattrsIter) -> ();
+    rados_pool_list: fn(RadosT, *mut c_char, usize) -> c_int;
 }
 
 static API: OnceLock<Result<Api, String>> = OnceLock::new();

@@ -6,10 +6,14 @@
 //! aborted while librbd still fills its read buffer, the buffer lives until the callback.
 
 mod ffi;
+mod objects;
 mod state;
 
-use std::ffi::{c_int, c_void, CString};
-use std::sync::Arc;
+pub use objects::{list_pools, ObjectWatch, RadosPool, Xattrs};
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
@@ -27,6 +31,8 @@ pub struct RbdConfig {
     pub pool: String,
     pub namespace: Option<String>,
     pub image: String,
+    /// Create the image with this many bytes when it does not exist.
+    pub create_size: Option<u64>,
 }
 
 struct Handle {
@@ -63,25 +69,270 @@ impl Drop for Handle {
     }
 }
 
-/// An open RBD image.
-#[derive(Clone)]
-pub struct RbdDevice {
-    h: Arc<Handle>,
-    size: u64,
-    name: String,
-}
-
-impl std::fmt::Debug for RbdDevice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RbdDevice({}, {} bytes)", self.name, self.size)
-    }
-}
+/// `RBD_FEATURE_EXCLUSIVE_LOCK` (librbd/features.h).
+const FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
+/// What an OSD answers a blocklisted client (`EBLOCKLISTED` is `ESHUTDOWN` on Linux).
+const EBLOCKLISTED: i64 = libc::ESHUTDOWN as i64;
+/// How often the monitor thread looks at the image's size and, when fenced, reconnects.
+const MONITOR_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a replaced connection stays open for the calls still running on it.
+const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Handle {
+    /// Connects to the cluster and opens the image, with a fresh client identity (a new
+    /// client is not affected by a blocklist entry of an earlier one).
+    fn open(cfg: &RbdConfig, name: &str) -> Result<Handle> {
+        let a = api().map_err(BackstoreError::Other)?;
+        let mut h = Handle {
+            cluster: std::ptr::null_mut(),
+            ioctx: std::ptr::null_mut(),
+            image: std::ptr::null_mut(),
+            state: None,
+        };
+        let image = cstr(&cfg.image)?;
+        // SAFETY: C calls with valid NUL-terminated strings and out-pointers; `h` closes
+        // whatever was opened if a later step fails.
+        unsafe {
+            let (cluster, ioctx) = connect(
+                &cfg.conf,
+                cfg.id.as_deref(),
+                &cfg.pool,
+                cfg.namespace.as_deref(),
+            )?;
+            h.cluster = cluster;
+            h.ioctx = ioctx;
+            let rc = (a.rbd_open)(h.ioctx, image.as_ptr(), &mut h.image, std::ptr::null());
+            if rc == -libc::ENOENT {
+                if let Some(size) = cfg.create_size {
+                    create_image(a, h.ioctx, &image, size, name)?;
+                    let rc = (a.rbd_open)(h.ioctx, image.as_ptr(), &mut h.image, std::ptr::null());
+                    if rc < 0 {
+                        return Err(ceph_err(&format!("opening image {name}"), rc as i64));
+                    }
+                } else {
+                    return Err(ceph_err(&format!("opening image {name}"), rc as i64));
+                }
+            } else if rc < 0 {
+                return Err(ceph_err(&format!("opening image {name}"), rc as i64));
+            }
+            ensure_exclusive_lock(a, h.image, name)?;
+            h.state = Some(state::SharedState::open(h.ioctx, h.image)?);
+        }
+        Ok(h)
+    }
+
     fn state(&self) -> Result<&state::SharedState> {
         self.state
             .as_ref()
             .ok_or_else(|| BackstoreError::Other("image state is not open".into()))
+    }
+
+    /// The image's size as librbd knows it now (librbd refreshes its header when another
+    /// client resized the image and told the watchers).
+    fn size(&self) -> std::result::Result<u64, i64> {
+        let a = api().map_err(|_| -(libc::ENOSYS as i64))?;
+        let mut size = 0u64;
+        // SAFETY: plain call on our image handle.
+        let rc = unsafe { (a.rbd_get_size)(self.image, &mut size) };
+        if rc < 0 {
+            return Err(rc as i64);
+        }
+        Ok(size)
+    }
+}
+
+/// Creates a cluster handle, connects and opens `pool` (and `namespace`), like the `rbd`
+/// command line: ceph.conf at `conf_path`, client `id` (default admin) with its keyring.
+///
+/// # Safety
+/// Plain librados calls; the caller owns (and must release) what is returned.
+unsafe fn connect(
+    conf_path: &str,
+    id: Option<&str>,
+    pool_name: &str,
+    namespace: Option<&str>,
+) -> Result<(ffi::RadosT, ffi::IoCtx)> {
+    let a = api().map_err(BackstoreError::Other)?;
+    let id = id.map(cstr).transpose()?;
+    let conf = cstr(conf_path)?;
+    let pool = cstr(pool_name)?;
+    let mut cluster: ffi::RadosT = std::ptr::null_mut();
+    let rc = (a.rados_create)(
+        &mut cluster,
+        id.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+    );
+    if rc < 0 {
+        return Err(ceph_err("rados_create", rc as i64));
+    }
+    let fail = |what: String, rc: c_int| {
+        (a.rados_shutdown)(cluster);
+        Err(ceph_err(&what, rc as i64))
+    };
+    let rc = (a.rados_conf_read_file)(cluster, conf.as_ptr());
+    if rc < 0 {
+        return fail(format!("reading {conf_path}"), rc);
+    }
+    // No client-side write-back cache: a write is acknowledged only once the OSDs hold it.
+    // With librbd's cache on, a write acknowledged from the cache of a gateway that is then
+    // fenced would be lost on failover — the initiator sees one device across paths and
+    // does not expect a path change to drop acknowledged writes.
+    let rc = (a.rados_conf_set)(cluster, c"rbd_cache".as_ptr(), c"false".as_ptr());
+    if rc < 0 {
+        return fail("setting rbd_cache=false".into(), rc);
+    }
+    let rc = (a.rados_connect)(cluster);
+    if rc < 0 {
+        return fail("connecting to the cluster".into(), rc);
+    }
+    let mut ioctx: ffi::IoCtx = std::ptr::null_mut();
+    let rc = (a.rados_ioctx_create)(cluster, pool.as_ptr(), &mut ioctx);
+    if rc < 0 {
+        return fail(format!("opening pool {pool_name}"), rc);
+    }
+    if let Some(ns) = namespace {
+        let ns = cstr(ns)?;
+        (a.rados_ioctx_set_namespace)(ioctx, ns.as_ptr());
+    }
+    Ok((cluster, ioctx))
+}
+
+/// Creates a missing image of `size` bytes with the cluster's default features (the
+/// config's optional auto-create).
+///
+/// # Safety
+/// `ioctx` is an open pool context.
+unsafe fn create_image(
+    a: &ffi::Api,
+    ioctx: ffi::IoCtx,
+    image: &CString,
+    size: u64,
+    name: &str,
+) -> Result<()> {
+    let mut order: c_int = 0;
+    let rc = (a.rbd_create)(ioctx, image.as_ptr(), size, &mut order);
+    // Another gateway may have created it at the same moment.
+    if rc < 0 && rc != -libc::EEXIST {
+        return Err(ceph_err(&format!("creating image {name}"), rc as i64));
+    }
+    if rc == 0 {
+        tracing::info!(image = name, size, "created the missing image");
+    }
+    Ok(())
+}
+
+/// Failover is safe only with the exclusive lock: an image created without it (as the seed
+/// had to) gets it turned on, which librbd allows on a live image.
+///
+/// # Safety
+/// `image` is an open image.
+unsafe fn ensure_exclusive_lock(a: &ffi::Api, image: ffi::Image, name: &str) -> Result<()> {
+    let mut features = 0u64;
+    let rc = (a.rbd_get_features)(image, &mut features);
+    if rc < 0 {
+        return Err(ceph_err("rbd_get_features", rc as i64));
+    }
+    if features & FEATURE_EXCLUSIVE_LOCK == 0 {
+        let rc = (a.rbd_update_features)(image, FEATURE_EXCLUSIVE_LOCK, 1);
+        if rc < 0 {
+            return Err(ceph_err(
+                &format!("image {name} lacks exclusive-lock, and enabling it failed"),
+                rc as i64,
+            ));
+        }
+        tracing::warn!(
+            image = name,
+            "enabled the exclusive-lock feature: failover needs it to fence the old owner"
+        );
+    }
+    Ok(())
+}
+
+/// The state shared by every clone of an [`RbdDevice`].
+struct Inner {
+    cfg: RbdConfig,
+    name: String,
+    /// The current connection; replaced after this client was blocklisted.
+    h: RwLock<Arc<Handle>>,
+    size: AtomicU64,
+    /// Ceph refused this client as blocklisted (another gateway broke our lock): nothing
+    /// goes to the image until the monitor thread has reconnected.
+    fenced: AtomicBool,
+    /// This connection holds the exclusive lock (taken with `rbd_lock_acquire`).
+    lock_held: AtomicBool,
+    /// Reconnections so far; part of the metadata generation, whose counter restarts with
+    /// each connection.
+    epoch: AtomicU64,
+}
+
+/// An open RBD image.
+#[derive(Clone)]
+pub struct RbdDevice {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RbdDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RbdDevice({}, {} bytes)", self.inner.name, self.size())
+    }
+}
+
+impl Inner {
+    fn handle(&self) -> Arc<Handle> {
+        self.h.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Called when Ceph answered EBLOCKLISTED: this client is fenced for good.
+    fn fenced_by_ceph(&self) {
+        self.lock_held.store(false, Ordering::Release);
+        if !self.fenced.swap(true, Ordering::AcqRel) {
+            tracing::error!(
+                image = self.name,
+                "Ceph refuses this gateway's client (blocklisted: another gateway broke its \
+                 lock after it did not answer); the LUN answers NOT READY until reconnected"
+            );
+        }
+    }
+
+    /// One look at the image: size changes, and reconnection when fenced.
+    fn monitor(&self) {
+        if self.fenced.load(Ordering::Acquire) {
+            match Handle::open(&self.cfg, &self.name) {
+                Ok(h) => {
+                    let old = std::mem::replace(
+                        &mut *self.h.write().unwrap_or_else(|e| e.into_inner()),
+                        Arc::new(h),
+                    );
+                    self.epoch.fetch_add(1, Ordering::AcqRel);
+                    self.fenced.store(false, Ordering::Release);
+                    tracing::info!(
+                        image = self.name,
+                        "reconnected to the cluster as a new client; the LUN serves again \
+                         (without the write lock until it takes it over)"
+                    );
+                    // Calls still running on the blocklisted connection fail on their own;
+                    // closing it from this thread could wait for them, so it closes later.
+                    let _ =
+                        std::thread::Builder::new()
+                            .name("rbd-retire".into())
+                            .spawn(move || {
+                                std::thread::sleep(RETIRE_AFTER);
+                                drop(old);
+                            });
+                }
+                Err(e) => tracing::warn!(image = self.name, "reconnecting failed: {e}"),
+            }
+            return;
+        }
+        match self.handle().size() {
+            Ok(size) => {
+                let old = self.size.swap(size, Ordering::AcqRel);
+                if old != size {
+                    tracing::info!(image = self.name, old, new = size, "the image was resized");
+                }
+            }
+            Err(rc) if rc == -EBLOCKLISTED => self.fenced_by_ceph(),
+            Err(_) => {}
+        }
     }
 }
 
@@ -97,13 +348,10 @@ fn cstr(s: &str) -> Result<CString> {
 }
 
 fn ceph_err(what: &str, rc: i64) -> BackstoreError {
-    BackstoreError::Io(std::io::Error::new(
-        std::io::Error::from_raw_os_error((-rc) as i32).kind(),
-        format!(
-            "{what}: {}",
-            std::io::Error::from_raw_os_error((-rc) as i32)
-        ),
-    ))
+    BackstoreError::Os {
+        what: what.to_string(),
+        errno: (-rc) as i32,
+    }
 }
 
 /// What a completion hands back.
@@ -138,9 +386,8 @@ extern "C" fn on_complete(c: Completion, arg: *mut c_void) {
 
 impl RbdDevice {
     /// Connects to the cluster and opens the image (blocking: call from a blocking context
-    /// or at start-up).
+    /// or at start-up). A thread watches the image's size and reconnects after a fence.
     pub fn open(cfg: &RbdConfig) -> Result<RbdDevice> {
-        let a = api().map_err(BackstoreError::Other)?;
         let name = format!(
             "{}/{}{}",
             cfg.pool,
@@ -149,58 +396,53 @@ impl RbdDevice {
                 .map_or(String::new(), |n| format!("{n}/")),
             cfg.image
         );
-        let mut h = Handle {
-            cluster: std::ptr::null_mut(),
-            ioctx: std::ptr::null_mut(),
-            image: std::ptr::null_mut(),
-            state: None,
-        };
-        let id = cfg.id.as_deref().map(cstr).transpose()?;
-        let conf = cstr(&cfg.conf)?;
-        let pool = cstr(&cfg.pool)?;
-        let image = cstr(&cfg.image)?;
-        // SAFETY: C calls with valid NUL-terminated strings and out-pointers; `h` closes
-        // whatever was opened if a later step fails.
-        unsafe {
-            let rc = (a.rados_create)(
-                &mut h.cluster,
-                id.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            );
-            if rc < 0 {
-                return Err(ceph_err("rados_create", rc as i64));
-            }
-            let rc = (a.rados_conf_read_file)(h.cluster, conf.as_ptr());
-            if rc < 0 {
-                return Err(ceph_err(&format!("reading {}", cfg.conf), rc as i64));
-            }
-            let rc = (a.rados_connect)(h.cluster);
-            if rc < 0 {
-                return Err(ceph_err("connecting to the cluster", rc as i64));
-            }
-            let rc = (a.rados_ioctx_create)(h.cluster, pool.as_ptr(), &mut h.ioctx);
-            if rc < 0 {
-                return Err(ceph_err(&format!("opening pool {}", cfg.pool), rc as i64));
-            }
-            if let Some(ns) = &cfg.namespace {
-                let ns = cstr(ns)?;
-                (a.rados_ioctx_set_namespace)(h.ioctx, ns.as_ptr());
-            }
-            let rc = (a.rbd_open)(h.ioctx, image.as_ptr(), &mut h.image, std::ptr::null());
-            if rc < 0 {
-                return Err(ceph_err(&format!("opening image {name}"), rc as i64));
-            }
-            h.state = Some(state::SharedState::open(h.ioctx, h.image)?);
-            let mut size = 0u64;
-            let rc = (a.rbd_get_size)(h.image, &mut size);
-            if rc < 0 {
-                return Err(ceph_err("rbd_get_size", rc as i64));
-            }
-            Ok(RbdDevice {
-                h: Arc::new(h),
-                size,
-                name,
+        let h = Handle::open(cfg, &name)?;
+        let size = h.size().map_err(|rc| ceph_err("rbd_get_size", rc))?;
+        let inner = Arc::new(Inner {
+            cfg: cfg.clone(),
+            name,
+            h: RwLock::new(Arc::new(h)),
+            size: AtomicU64::new(size),
+            fenced: AtomicBool::new(false),
+            lock_held: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("rbd-monitor".into())
+            .spawn(move || loop {
+                std::thread::sleep(MONITOR_EVERY);
+                match weak.upgrade() {
+                    Some(inner) => inner.monitor(),
+                    None => return,
+                }
             })
+            .map_err(BackstoreError::Io)?;
+        Ok(RbdDevice { inner })
+    }
+
+    /// Whether Ceph fenced this gateway's client and it has not reconnected yet.
+    pub fn is_fenced(&self) -> bool {
+        self.inner.fenced.load(Ordering::Acquire)
+    }
+
+    /// Refuses what would change the image unless this connection holds the exclusive lock:
+    /// a gateway never writes on a lock it lost (SBC-3 writes answer NOT READY instead and
+    /// the initiator retries on the owner's path).
+    fn check_writable(&self) -> Result<()> {
+        if self.inner.fenced.load(Ordering::Acquire)
+            || !self.inner.lock_held.load(Ordering::Acquire)
+        {
+            return Err(BackstoreError::NotOwner);
         }
+        Ok(())
+    }
+
+    fn check_readable(&self) -> Result<()> {
+        if self.inner.fenced.load(Ordering::Acquire) {
+            return Err(BackstoreError::NotOwner);
+        }
+        Ok(())
     }
 
     /// Submits one aio call built by `submit` (from the buffers in the context) and awaits
@@ -225,6 +467,7 @@ impl RbdDevice {
         submit: impl FnOnce(ffi::Image, Completion, &mut Ctx) -> isize,
     ) -> Result<oneshot::Receiver<Done>> {
         let a = api().map_err(BackstoreError::Other)?;
+        let h = self.inner.handle();
         let (tx, rx) = oneshot::channel();
         let ctx = Box::into_raw(Box::new(Ctx {
             tx,
@@ -242,27 +485,54 @@ impl RbdDevice {
                 drop(Box::from_raw(ctx));
                 return Err(ceph_err(what, rc as i64));
             }
-            let rc = submit(self.h.image, c, &mut *ctx);
+            let rc = submit(h.image, c, &mut *ctx);
             if rc < 0 {
                 (a.rbd_aio_release)(c);
                 drop(Box::from_raw(ctx));
-                return Err(ceph_err(what, rc as i64));
+                return Err(self.error(what, rc as i64));
             }
         }
         Ok(rx)
     }
 
-    fn check(what: &str, d: &Done) -> Result<()> {
+    /// Turns a librbd return code into an error; a blocklisted client is fenced.
+    fn error(&self, what: &str, rc: i64) -> BackstoreError {
+        if rc == -EBLOCKLISTED {
+            self.inner.fenced_by_ceph();
+            return BackstoreError::NotOwner;
+        }
+        ceph_err(what, rc)
+    }
+
+    fn check(&self, what: &str, d: &Done) -> Result<()> {
         if d.ret < 0 {
-            return Err(ceph_err(what, d.ret as i64));
+            return Err(self.error(what, d.ret as i64));
         }
         Ok(())
+    }
+
+    /// Runs a blocking call on the state object of the current connection.
+    async fn with_state<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&state::SharedState) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.check_readable()?;
+        let h = self.inner.handle();
+        let inner = self.inner.clone();
+        blocking(move || {
+            f(h.state()?).inspect_err(|e| {
+                if e.raw_os_error() == Some(EBLOCKLISTED as i32) {
+                    inner.fenced_by_ceph();
+                }
+            })
+        })
+        .await
     }
 }
 
 impl BlockDevice for RbdDevice {
     fn size(&self) -> u64 {
-        self.size
+        self.inner.size.load(Ordering::Acquire)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -274,7 +544,8 @@ impl BlockDevice for RbdDevice {
     }
 
     async fn read(&self, offset: u64, len: usize) -> Result<Bytes> {
-        check_range(offset, len as u64, self.size)?;
+        check_range(offset, len as u64, self.size())?;
+        self.check_readable()?;
         let a = api().map_err(BackstoreError::Other)?;
         let d = self
             .aio(
@@ -291,12 +562,13 @@ impl BlockDevice for RbdDevice {
                 },
             )
             .await?;
-        Self::check("read", &d)?;
+        self.check("read", &d)?;
         Ok(d.buf.unwrap_or_default().freeze())
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<()> {
-        check_range(offset, data.len() as u64, self.size)?;
+        check_range(offset, data.len() as u64, self.size())?;
+        self.check_writable()?;
         let a = api().map_err(BackstoreError::Other)?;
         let d = self
             .aio("write", None, vec![data], |img, c, ctx| {
@@ -305,7 +577,7 @@ impl BlockDevice for RbdDevice {
                 unsafe { (a.rbd_aio_write)(img, offset, len, ptr as *const _, c) as isize }
             })
             .await?;
-        Self::check("write", &d)?;
+        self.check("write", &d)?;
         if fua {
             self.flush().await?;
         }
@@ -313,6 +585,7 @@ impl BlockDevice for RbdDevice {
     }
 
     async fn flush(&self) -> Result<()> {
+        self.check_readable()?;
         let a = api().map_err(BackstoreError::Other)?;
         // SAFETY: plain submission on our image handle.
         let d = self
@@ -320,7 +593,7 @@ impl BlockDevice for RbdDevice {
                 (a.rbd_aio_flush)(img, c) as isize
             })
             .await?;
-        Self::check("flush", &d)
+        self.check("flush", &d)
     }
 
     async fn discard(&self, offset: u64, len: u64) -> Result<()> {
@@ -330,7 +603,8 @@ impl BlockDevice for RbdDevice {
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        check_range(offset, len, self.size)?;
+        check_range(offset, len, self.size())?;
+        self.check_writable()?;
         let a = api().map_err(BackstoreError::Other)?;
         // SAFETY: plain submission on our image handle.
         let d = self
@@ -338,7 +612,7 @@ impl BlockDevice for RbdDevice {
                 (a.rbd_aio_write_zeroes)(img, offset, len as usize, c, 0, 0) as isize
             })
             .await?;
-        Self::check("write_zeroes", &d)
+        self.check("write_zeroes", &d)
     }
 
     async fn compare_and_write(
@@ -347,7 +621,8 @@ impl BlockDevice for RbdDevice {
         compare: Bytes,
         data: Bytes,
     ) -> Result<Option<u64>> {
-        check_range(offset, data.len() as u64, self.size)?;
+        check_range(offset, data.len() as u64, self.size())?;
+        self.check_writable()?;
         let a = api().map_err(BackstoreError::Other)?;
         let d = self
             .aio(
@@ -381,12 +656,12 @@ impl BlockDevice for RbdDevice {
             // librbd reports the image offset of the first differing byte.
             return Ok(Some(d.mismatch.saturating_sub(offset)));
         }
-        Self::check("compare_and_write", &d)?;
+        self.check("compare_and_write", &d)?;
         Ok(None)
     }
 
     async fn allocation(&self, offset: u64, len: u64) -> Result<Extent> {
-        check_range(offset, len, self.size)?;
+        check_range(offset, len, self.size())?;
         Ok(Extent {
             offset,
             len,
@@ -395,18 +670,14 @@ impl BlockDevice for RbdDevice {
     }
 
     async fn metadata_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let (h, key) = (self.h.clone(), key.to_string());
-        blocking(move || h.state()?.get(&key)).await
+        let key = key.to_string();
+        self.with_state(move |s| s.get(&key)).await
     }
 
     async fn metadata_set(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        let (h, key) = (self.h.clone(), key.to_string());
-        blocking(move || {
-            h.state()?
-                .compare_and_set(&key, None, &value, false)
-                .map(|_| ())
-        })
-        .await
+        let key = key.to_string();
+        self.with_state(move |s| s.compare_and_set(&key, None, &value, false).map(|_| ()))
+            .await
     }
 
     async fn metadata_compare_and_set(
@@ -415,42 +686,59 @@ impl BlockDevice for RbdDevice {
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
     ) -> Result<bool> {
-        let (h, key) = (self.h.clone(), key.to_string());
-        blocking(move || {
-            h.state()?
-                .compare_and_set(&key, expected.as_deref(), &value, true)
-        })
-        .await
+        let key = key.to_string();
+        self.with_state(move |s| s.compare_and_set(&key, expected.as_deref(), &value, true))
+            .await
     }
 
     fn metadata_generation(&self) -> u64 {
-        self.h.state.as_ref().map_or(0, |s| {
-            s.watch
-                .generation
-                .load(std::sync::atomic::Ordering::Acquire)
-        })
+        let epoch = self.inner.epoch.load(Ordering::Acquire);
+        let h = self.inner.handle();
+        let generation = h
+            .state
+            .as_ref()
+            .map_or(0, |s| s.watch.generation.load(Ordering::Acquire));
+        (epoch << 40) + generation
     }
 
     async fn try_acquire_ownership(&self) -> Result<bool> {
+        if self.is_fenced() {
+            return Ok(false);
+        }
         let a = api().map_err(BackstoreError::Other)?;
-        let h = self.h.clone();
-        // rbd_lock_acquire blocks while librbd asks the current holder: off the runtime.
+        let h = self.inner.handle();
+        // rbd_lock_acquire asks a current holder to release, and waits for its answer — long,
+        // when the holder hangs. A held lock is seen cheaply in the header's lock list first.
         let rc = tokio::task::spawn_blocking(move || {
-            // SAFETY: plain call on our image handle.
-            unsafe { (a.rbd_lock_acquire)(h.image, ffi::LOCK_MODE_EXCLUSIVE as c_int) }
+            let mut list: [*mut c_char; 4] = [std::ptr::null_mut(); 4];
+            let mut count = list.len();
+            let mut mode: c_int = 0;
+            // SAFETY: the array is valid for `count` entries and handed back to librbd.
+            unsafe {
+                let rc = (a.rbd_lock_get_owners)(h.image, &mut mode, list.as_mut_ptr(), &mut count);
+                if rc == 0 && count > 0 {
+                    (a.rbd_lock_get_owners_cleanup)(list.as_mut_ptr(), count);
+                    return -libc::EBUSY;
+                }
+                (a.rbd_lock_acquire)(h.image, ffi::LOCK_MODE_EXCLUSIVE as c_int)
+            }
         })
         .await
         .map_err(|e| BackstoreError::Other(e.to_string()))?;
         match rc {
-            0 => Ok(true),
+            0 => {
+                self.inner.lock_held.store(true, Ordering::Release);
+                Ok(true)
+            }
             rc if rc == -libc::EROFS || rc == -libc::EBUSY || rc == -libc::EAGAIN => Ok(false),
-            rc => Err(ceph_err("rbd_lock_acquire", rc as i64)),
+            rc => Err(self.error("rbd_lock_acquire", rc as i64)),
         }
     }
 
     async fn release_ownership(&self) -> Result<()> {
+        self.inner.lock_held.store(false, Ordering::Release);
         let a = api().map_err(BackstoreError::Other)?;
-        let h = self.h.clone();
+        let h = self.inner.handle();
         let rc = tokio::task::spawn_blocking(move || {
             // SAFETY: plain call on our image handle.
             unsafe { (a.rbd_lock_release)(h.image) }
@@ -458,8 +746,63 @@ impl BlockDevice for RbdDevice {
         .await
         .map_err(|e| BackstoreError::Other(e.to_string()))?;
         if rc < 0 && rc != -libc::EINVAL {
-            return Err(ceph_err("rbd_lock_release", rc as i64));
+            return Err(self.error("rbd_lock_release", rc as i64));
         }
         Ok(())
+    }
+
+    fn holds_ownership(&self) -> bool {
+        !self.is_fenced() && self.inner.lock_held.load(Ordering::Acquire)
+    }
+
+    fn available(&self) -> bool {
+        !self.is_fenced()
+    }
+
+    async fn break_ownership(&self) -> Result<bool> {
+        self.check_readable()?;
+        let a = api().map_err(BackstoreError::Other)?;
+        let h = self.inner.handle();
+        let name = self.inner.name.clone();
+        blocking(move || {
+            let mut list: [*mut c_char; 8] = [std::ptr::null_mut(); 8];
+            let mut count = list.len();
+            let mut mode: c_int = 0;
+            // SAFETY: the array is valid for `count` entries; librbd fills it and we hand it
+            // back to librbd's cleanup.
+            let owners: Vec<CString> = unsafe {
+                let rc = (a.rbd_lock_get_owners)(h.image, &mut mode, list.as_mut_ptr(), &mut count);
+                if rc == -libc::ENOENT {
+                    return Ok(false);
+                }
+                if rc < 0 {
+                    return Err(ceph_err("rbd_lock_get_owners", rc as i64));
+                }
+                let owners = list[..count]
+                    .iter()
+                    .map(|p| std::ffi::CStr::from_ptr(*p).to_owned())
+                    .collect();
+                (a.rbd_lock_get_owners_cleanup)(list.as_mut_ptr(), count);
+                owners
+            };
+            let mut broke = false;
+            for owner in owners {
+                // librbd blocklists the owner's client first (rbd_blocklist_on_break_lock,
+                // on by default), so its writes still in flight are refused by the OSDs.
+                // SAFETY: plain call with a NUL-terminated owner from librbd.
+                let rc = unsafe { (a.rbd_lock_break)(h.image, mode, owner.as_ptr()) };
+                if rc < 0 && rc != -libc::ENOENT {
+                    return Err(ceph_err("rbd_lock_break", rc as i64));
+                }
+                tracing::warn!(
+                    image = name,
+                    owner = ?owner,
+                    "fenced the unresponsive lock owner: blocklisted its client, broke its lock"
+                );
+                broke = true;
+            }
+            Ok(broke)
+        })
+        .await
     }
 }

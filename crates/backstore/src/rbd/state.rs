@@ -86,6 +86,12 @@ impl SharedState {
         }
         let end = id.iter().position(|b| *b == 0).unwrap_or(id.len());
         let oid = cstr(&format!("rbdgw.{}", String::from_utf8_lossy(&id[..end])))?;
+        Self::open_object(ioctx, oid, true)
+    }
+
+    /// Watches the object `oid` (creating it first when `create`).
+    pub fn open_object(ioctx: ffi::IoCtx, oid: CString, create: bool) -> Result<SharedState> {
+        let a = api().map_err(BackstoreError::Other)?;
         let watch = Box::new(WatchCtx {
             generation: AtomicU64::new(1),
             ioctx,
@@ -96,12 +102,15 @@ impl SharedState {
         // SAFETY: write op built, run and released here; the watch context is boxed and
         // unwatched in Drop before it is freed.
         unsafe {
-            let op = (a.rados_create_write_op)();
-            (a.rados_write_op_create)(op, 0, std::ptr::null());
-            let rc = (a.rados_write_op_operate)(op, ioctx, s.oid.as_ptr(), std::ptr::null_mut(), 0);
-            (a.rados_release_write_op)(op);
-            if rc < 0 {
-                return Err(ceph_err("creating the rbdgw state object", rc as i64));
+            if create {
+                let op = (a.rados_create_write_op)();
+                (a.rados_write_op_create)(op, 0, std::ptr::null());
+                let rc =
+                    (a.rados_write_op_operate)(op, ioctx, s.oid.as_ptr(), std::ptr::null_mut(), 0);
+                (a.rados_release_write_op)(op);
+                if rc < 0 {
+                    return Err(ceph_err("creating the rbdgw state object", rc as i64));
+                }
             }
             let mut cookie = 0u64;
             let arg = &*s.watch as *const WatchCtx as *mut c_void;
@@ -114,7 +123,7 @@ impl SharedState {
                 arg,
             );
             if rc < 0 {
-                return Err(ceph_err("watching the rbdgw state object", rc as i64));
+                return Err(ceph_err(&format!("watching {:?}", s.oid), rc as i64));
             }
             s.watch.cookie.store(cookie, Ordering::Release);
         }
@@ -192,26 +201,7 @@ impl SharedState {
             return Err(ceph_err(&format!("updating {key}"), rc as i64));
         }
         self.watch.generation.fetch_add(1, Ordering::AcqRel);
-        let mut reply: *mut c_char = std::ptr::null_mut();
-        let mut reply_len = 0usize;
-        // SAFETY: notify with no payload; the reply buffer is freed as librados asks.
-        unsafe {
-            let rc = (a.rados_notify2)(
-                self.ioctx,
-                self.oid.as_ptr(),
-                std::ptr::null(),
-                0,
-                5000,
-                &mut reply,
-                &mut reply_len,
-            );
-            if !reply.is_null() {
-                (a.rados_buffer_free)(reply);
-            }
-            if rc < 0 {
-                tracing::warn!("notifying the other gateways of {key} failed: {rc}");
-            }
-        }
+        notify(self.ioctx, &self.oid, key);
         Ok(true)
     }
 }
@@ -221,6 +211,31 @@ impl Drop for SharedState {
         if let Ok(a) = api() {
             // SAFETY: unwatching the watch registered in open, before the context is freed.
             unsafe { (a.rados_unwatch2)(self.ioctx, self.watch.cookie.load(Ordering::Acquire)) };
+        }
+    }
+}
+
+/// Tells every watcher of `oid` that it changed; returns once they have seen it (or after 5 s).
+pub(super) fn notify(ioctx: ffi::IoCtx, oid: &CString, what: &str) {
+    let Ok(a) = api() else { return };
+    let mut reply: *mut c_char = std::ptr::null_mut();
+    let mut reply_len = 0usize;
+    // SAFETY: notify with no payload; the reply buffer is freed as librados asks.
+    unsafe {
+        let rc = (a.rados_notify2)(
+            ioctx,
+            oid.as_ptr(),
+            std::ptr::null(),
+            0,
+            5000,
+            &mut reply,
+            &mut reply_len,
+        );
+        if !reply.is_null() {
+            (a.rados_buffer_free)(reply);
+        }
+        if rc < 0 {
+            tracing::warn!("notifying the watchers of {what} failed: {rc}");
         }
     }
 }

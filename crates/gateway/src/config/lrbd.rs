@@ -131,6 +131,7 @@ pub struct ImageEntry {
     pub backstore: Option<String>,
     pub path: Option<String>,
     pub size: Option<Value>,
+    pub namespace: Option<String>,
     pub owner: Option<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,

@@ -3,6 +3,7 @@
 
 pub mod lrbd;
 pub mod resolve;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -100,9 +101,20 @@ pub struct Tpg {
 /// Where a LUN's data lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackstoreSpec {
-    Rbd { pool: String, image: String },
-    File { path: String, size: Option<u64> },
-    Memory { size: u64 },
+    /// An RBD image; `size` creates it when missing.
+    Rbd {
+        pool: String,
+        namespace: Option<String>,
+        image: String,
+        size: Option<u64>,
+    },
+    File {
+        path: String,
+        size: Option<u64>,
+    },
+    Memory {
+        size: u64,
+    },
 }
 
 impl BackstoreSpec {

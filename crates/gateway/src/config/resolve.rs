@@ -563,7 +563,9 @@ fn image_lun(
     let backstore = match img.backstore.as_deref().unwrap_or("rbd") {
         "rbd" => BackstoreSpec::Rbd {
             pool: pool.into(),
+            namespace: img.namespace.clone().filter(|n| !n.is_empty()),
             image: img.rbd_name.clone().unwrap_or_else(|| img.image.clone()),
+            size,
         },
         "file" => {
             let p = img

@@ -27,7 +27,9 @@ fn seed_config_loads_unchanged() {
         l.backstore,
         BackstoreSpec::Rbd {
             pool: "rbd".into(),
-            image: "wuxingyi".into()
+            namespace: None,
+            image: "wuxingyi".into(),
+            size: None,
         }
     );
     // lrbd's rule: uuid3(NAMESPACE_DNS, pool + target + image).

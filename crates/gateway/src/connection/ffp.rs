@@ -40,6 +40,8 @@ struct ScsiSession {
     target: Arc<TargetRuntime>,
     nexus: ItNexus,
     luns: Vec<u64>,
+    /// The gateway's config epoch `target` and `luns` come from.
+    epoch: u64,
 }
 
 /// A write-direction command waiting for its data-out.
@@ -127,7 +129,7 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
     let mut handle = None;
     let scsi = if login.session_type == SessionType::Normal {
         let name = login.target_name.clone().unwrap_or_default();
-        let Some(target) = gw.target(&name).cloned() else {
+        let Some(target) = gw.target(&name) else {
             anyhow::bail!("target {name} vanished")
         };
         let key = SessionKey::new(&login.initiator_name, login.isid, &target.cfg.iqn);
@@ -149,6 +151,7 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
         }
         let luns = target.visible_luns(&login.initiator_name);
         Some(ScsiSession {
+            epoch: gw.epoch(),
             target,
             nexus,
             luns,
@@ -328,6 +331,27 @@ impl Conn {
         }
     }
 
+    /// After a config change, takes the session's target and LUN map from the new version;
+    /// false when the target is no longer served here (the connection then ends).
+    fn follow_config(&mut self) -> bool {
+        let epoch = self.gw.epoch();
+        let Some(s) = self.scsi.as_mut().filter(|s| s.epoch != epoch) else {
+            return true;
+        };
+        let Some(target) = self.gw.target(&s.target.cfg.iqn) else {
+            info!(
+                target = %s.target.cfg.iqn,
+                initiator = %self.initiator,
+                "the target was removed from the config: ending its session"
+            );
+            return false;
+        };
+        s.luns = target.visible_luns(&self.initiator);
+        s.target = target;
+        s.epoch = epoch;
+        true
+    }
+
     /// CmdSN check for a non-immediate request; false when it must be ignored.
     fn accept_cmd_sn(&self, bhs: &Bhs, counts: bool) -> bool {
         if bhs.immediate() {
@@ -362,6 +386,9 @@ impl Conn {
         let edtl = bhs.expected_data_transfer_length();
         let mut cdb = [0u8; 16];
         cdb.copy_from_slice(bhs.cdb());
+        if !self.follow_config() {
+            return Ok(false);
+        }
         let Some(s) = &self.scsi else { return Ok(true) };
         if !pdu.ahs.is_empty() || (read && write) {
             // Extended CDBs and bidirectional commands: none of our commands use them.

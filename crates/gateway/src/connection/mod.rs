@@ -71,7 +71,8 @@ pub async fn serve(
         buf: BytesMut::with_capacity(64 * 1024),
         decoder: PduDecoder::default(),
     };
-    let login_timeout = gw
+    let served = gw.served();
+    let login_timeout = served
         .targets
         .iter()
         .map(|t| t.cfg.attributes.login_timeout)
@@ -83,7 +84,7 @@ pub async fn serve(
             .try_into()
             .unwrap_or([0, 0, 0, 1]),
     );
-    let cmd_window = gw
+    let cmd_window = served
         .targets
         .iter()
         .map(|t| t.cfg.attributes.cmdsn_depth)
@@ -116,7 +117,7 @@ pub async fn serve(
                 .and_then(|t| t.get("TargetName").map(str::to_string))
             {
                 if let Some(t) = gw.target(&name) {
-                    login.set_tpg_tag(gw.tpg_for(t, listen).unwrap_or(0));
+                    login.set_tpg_tag(gw.tpg_for(&t, listen).unwrap_or(0));
                 }
             }
             let step = login.on_pdu(&pdu, &dir);

@@ -95,6 +95,12 @@ extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
+/// Sends `sig` to a child process of this test (by its PID).
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
+    unsafe { libc_kill(child.id() as i32, sig) };
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
