@@ -58,7 +58,7 @@ impl ConfigSource {
     pub fn fetch(&self, ceph: &CephOptions) -> anyhow::Result<String> {
         match self {
             ConfigSource::File(p) => {
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+                std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))
             }
             ConfigSource::Rados { pool, object } => {
                 let text = connect(ceph, pool)?
