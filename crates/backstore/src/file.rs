@@ -29,6 +29,9 @@ struct Inner {
     path: Option<PathBuf>,
     /// This open file description holds the OFD lock.
     lock_held: std::sync::atomic::AtomicBool,
+    /// The file lives in memory (tmpfs, a memfd): its I/O never waits for a device, so it
+    /// runs on the calling thread instead of paying a hand-off to the blocking pool.
+    in_memory: bool,
 }
 
 /// A block device over a file descriptor.
@@ -107,6 +110,7 @@ impl FileDevice {
         FileDevice {
             inner: Arc::new(Inner {
                 lock_held: std::sync::atomic::AtomicBool::new(false),
+                in_memory: on_tmpfs(&file),
                 file,
                 size,
                 write_order: RwLock::new(()),
@@ -128,10 +132,113 @@ impl FileDevice {
     }
 }
 
+/// Whether `file` is on tmpfs (which memfds are too).
+fn on_tmpfs(file: &File) -> bool {
+    const TMPFS_MAGIC: libc::c_long = 0x0102_1994;
+    // SAFETY: statfs is plain data, filled by the kernel for an fd we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    r == 0 && st.f_type as libc::c_long == TMPFS_MAGIC
+}
+
+/// One `preadv2`/`pwritev2` with `RWF_NOWAIT`: done only if the page cache can serve it at
+/// once. `None` when the kernel would block (or cannot say), and the caller goes to the
+/// blocking pool.
+fn nowait_io(
+    fd: i32,
+    buf: *mut u8,
+    len: usize,
+    offset: u64,
+    write: bool,
+) -> Option<std::io::Result<()>> {
+    let iov = libc::iovec {
+        iov_base: buf as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: one iovec over a buffer valid for `len` bytes (read into, or written from).
+    let n = unsafe {
+        if write {
+            libc::pwritev2(fd, &iov, 1, offset as i64, libc::RWF_NOWAIT)
+        } else {
+            libc::preadv2(fd, &iov, 1, offset as i64, libc::RWF_NOWAIT)
+        }
+    };
+    if n == len as isize {
+        return Some(Ok(()));
+    }
+    if n >= 0 {
+        // Partly cached (or short): the blocking path redoes the whole range.
+        return None;
+    }
+    let e = errno();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            None
+        }
+        _ => Some(Err(e)),
+    }
+}
+
 impl Inner {
-    fn read_range(&self, offset: u64, len: usize) -> Result<Bytes> {
+    /// Reads from memory or the page cache without leaving the calling thread, if it can.
+    fn read_nowait(&self, offset: u64, len: usize) -> Option<Result<Bytes>> {
+        if self.in_memory {
+            return Some(self.read_range(offset, len));
+        }
         let mut buf = BytesMut::zeroed(len);
-        self.file.read_exact_at(&mut buf, offset)?;
+        match nowait_io(self.file.as_raw_fd(), buf.as_mut_ptr(), len, offset, false)? {
+            Ok(()) => Some(Ok(buf.freeze())),
+            Err(e) => Some(Err(e.into())),
+        }
+    }
+
+    /// Writes into memory or the page cache without leaving the calling thread, if it can.
+    fn write_nowait(&self, offset: u64, data: &Bytes) -> Option<Result<()>> {
+        let _g = self.shared();
+        if self.in_memory {
+            return Some(self.file.write_all_at(data, offset).map_err(Into::into));
+        }
+        let r = nowait_io(
+            self.file.as_raw_fd(),
+            data.as_ptr() as *mut u8,
+            data.len(),
+            offset,
+            true,
+        )?;
+        Some(r.map_err(Into::into))
+    }
+
+    fn read_range(&self, offset: u64, len: usize) -> Result<Bytes> {
+        // Into uninitialised memory: zeroing a buffer the read overwrites anyway showed in
+        // the profile of 1 MiB reads.
+        let mut buf = BytesMut::with_capacity(len);
+        let mut got = 0usize;
+        while got < len {
+            // SAFETY: the spare capacity is valid for `len - got` bytes from `got`; pread
+            // writes at most that, and only the bytes it reports are exposed by set_len.
+            let n = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    buf.as_mut_ptr().add(got) as *mut libc::c_void,
+                    len - got,
+                    (offset + got as u64) as i64,
+                )
+            };
+            if n < 0 {
+                let e = errno();
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            if n == 0 {
+                return Err(std::io::Error::from(ErrorKind::UnexpectedEof).into());
+            }
+            got += n as usize;
+            // SAFETY: `got` bytes are initialised by pread.
+            unsafe { buf.set_len(got) };
+        }
         Ok(buf.freeze())
     }
 
@@ -209,11 +316,21 @@ impl BlockDevice for FileDevice {
 
     async fn read(&self, offset: u64, len: usize) -> Result<Bytes> {
         check_range(offset, len as u64, self.inner.size)?;
+        // Cached data is copied here; a thread hand-off to the blocking pool costs more than
+        // the copy (most of the CPU per I/O in a profile of 4 KiB reads).
+        if let Some(r) = self.inner.read_nowait(offset, len) {
+            return r;
+        }
         self.blocking(move |i| i.read_range(offset, len)).await
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<()> {
         check_range(offset, data.len() as u64, self.inner.size)?;
+        if !fua {
+            if let Some(r) = self.inner.write_nowait(offset, &data) {
+                return r;
+            }
+        }
         self.blocking(move |i| {
             let _g = i.shared();
             i.file.write_all_at(&data, offset)?;

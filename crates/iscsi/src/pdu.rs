@@ -329,17 +329,30 @@ impl Pdu {
     /// Appends the wire form of this PDU to `out`. DataSegmentLength and TotalAHSLength are
     /// taken from the segments themselves.
     pub fn encode(&self, out: &mut BytesMut, header_digest: bool, data_digest: bool) {
+        out.reserve(self.bhs.wire_len(header_digest, data_digest) + self.data.len());
+        self.encode_head(out, header_digest);
+        out.put_slice(&self.data);
+        self.encode_tail(out, data_digest);
+    }
+
+    /// The wire form up to the data segment: BHS, AHS, header digest. With
+    /// [`Pdu::encode_tail`] after the data, a large data segment can be sent from its own buffer
+    /// (vectored I/O) instead of being copied.
+    pub fn encode_head(&self, out: &mut BytesMut, header_digest: bool) {
         let mut bhs = self.bhs;
         bhs.0[4] = (self.ahs.len() / 4) as u8;
         bhs.set_data_segment_len(self.data.len());
-        out.reserve(bhs.wire_len(header_digest, data_digest));
+        out.reserve(48 + self.ahs.len() + 4);
         out.put_slice(&bhs.0);
         out.put_slice(&self.ahs);
         if header_digest {
             out.put_u32_le(crc32c(&[&bhs.0, &self.ahs]));
         }
+    }
+
+    /// What follows the data segment: padding to 4 bytes and the data digest.
+    pub fn encode_tail(&self, out: &mut BytesMut, data_digest: bool) {
         if !self.data.is_empty() {
-            out.put_slice(&self.data);
             let pad = pad4(self.data.len()) - self.data.len();
             out.put_bytes(0, pad);
             if data_digest {
