@@ -60,8 +60,11 @@ struct Burst {
 /// The data-out side of one write-direction SCSI command.
 #[derive(Debug)]
 pub struct WriteTransfer {
-    /// Bytes kept for the command (the rest, beyond what the command needs, is discarded).
+    /// Bytes kept for the command (the rest, beyond what the command needs, is discarded),
+    /// filled from offset 0 up; a gap left by out-of-order data is zeroes until its data comes.
     buf: BytesMut,
+    /// How many bytes the command needs.
+    keep: usize,
     /// We solicit data up to this offset.
     solicit_end: u32,
     unsolicited: Option<Burst>,
@@ -84,7 +87,10 @@ impl WriteTransfer {
     ) -> Self {
         let keep = keep.min(edtl);
         let mut t = WriteTransfer {
-            buf: BytesMut::zeroed(keep as usize),
+            // Not zeroed: data arrives in order (DataPDUInOrder, DataSequenceInOrder) and only
+            // a gap or a short transfer is filled with zeroes.
+            buf: BytesMut::with_capacity(keep as usize),
+            keep: keep as usize,
             solicit_end: keep,
             unsolicited: None,
             next_offset: 0,
@@ -113,10 +119,16 @@ impl WriteTransfer {
     fn store(&mut self, offset: u32, data: &[u8]) {
         self.received += data.len() as u64;
         let start = offset as usize;
-        if start < self.buf.len() {
-            let n = data.len().min(self.buf.len() - start);
-            self.buf[start..start + n].copy_from_slice(&data[..n]);
+        if start >= self.keep {
+            return;
         }
+        let data = &data[..data.len().min(self.keep - start)];
+        if start > self.buf.len() {
+            self.buf.resize(start, 0);
+        }
+        let overlap = (self.buf.len() - start).min(data.len());
+        self.buf[start..start + overlap].copy_from_slice(&data[..overlap]);
+        self.buf.extend_from_slice(&data[overlap..]);
     }
 
     /// The R2Ts to send now; `next_ttt` hands out target transfer tags.
@@ -217,7 +229,8 @@ impl WriteTransfer {
     }
 
     /// The data-out buffer.
-    pub fn into_data(self) -> Bytes {
+    pub fn into_data(mut self) -> Bytes {
+        self.buf.resize(self.keep, 0);
         self.buf.freeze()
     }
 }
@@ -233,6 +246,21 @@ mod tests {
             max_burst_length: 2048,
             max_outstanding_r2t: 2,
         }
+    }
+
+    /// Data out of order lands where its offset says; what never came reads as zeroes (never
+    /// as whatever the buffer's memory held before).
+    #[test]
+    fn out_of_order_and_missing_data() {
+        let p = params(false);
+        let mut t = WriteTransfer::new(12, 12, &[], false, &p);
+        t.on_data_out(RESERVED_TAG, 0, 8, &[3; 4], false).unwrap();
+        t.on_data_out(RESERVED_TAG, 1, 0, &[1; 4], false).unwrap();
+        t.on_data_out(RESERVED_TAG, 2, 4, &[2; 4], true).unwrap();
+        assert_eq!(&t.into_data()[..], &[1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
+        let mut t = WriteTransfer::new(12, 12, &[], false, &p);
+        t.on_data_out(RESERVED_TAG, 0, 4, &[5; 4], true).unwrap();
+        assert_eq!(&t.into_data()[..], &[0, 0, 0, 0, 5, 5, 5, 5, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -375,7 +375,19 @@ async fn demo(dir: &Path, port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Large I/O buffers (up to MaxBurstLength, 1 MiB and more) come from the heap and are reused:
+/// by default glibc maps each one freshly and unmaps it on free, and the page faults, page
+/// clearing and mmap-lock contention were a fifth of the CPU of 1 MiB writes in a profile.
+fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread()
