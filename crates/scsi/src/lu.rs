@@ -298,7 +298,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
     /// other than INQUIRY, REPORT LUNS and REQUEST SENSE.
     fn unit_attention(&self, cmd: &ScsiCommand<'_>, op: u8) -> Option<ScsiResponse> {
         let mut st = self.state();
-        if st.seen.insert(cmd.nexus.clone()) {
+        // (Looked up first: the nexus is cloned only the first time it is seen.)
+        if !st.seen.contains(cmd.nexus) {
+            st.seen.insert(cmd.nexus.clone());
             st.ua_one(cmd.nexus, Asc::POWER_ON_RESET);
         }
         if matches!(op, 0x12 | 0xa0 | 0x03) {

@@ -55,7 +55,8 @@ struct PendingWrite {
     transfer: WriteTransfer,
 }
 
-type Tasks = Arc<Mutex<HashMap<u32, (u64, AbortHandle)>>>;
+/// Running commands by ITT: their LUN and, once spawned, the handle that aborts them.
+type Tasks = Arc<Mutex<HashMap<u32, (u64, Option<AbortHandle>)>>>;
 
 /// How long an idle connection waits before pinging (LIO's nopin_timeout default) and how
 /// long the ping may go unanswered (nopin_response_timeout).
@@ -601,8 +602,12 @@ impl Conn {
             };
             (resp, read, edtl, residual, r2ts)
         };
-        // Register before spawning so that an abort can always find the task.
-        let mut guard = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        // Registered before it is spawned, so an abort always finds it; the lock is not held
+        // across the spawn, where a task that finishes at once would wait for it.
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(itt, (lun, None));
         let task = tokio::spawn(async move {
             let (resp, read, edtl, residual, r2ts) = fut.await;
             let owned = tasks
@@ -622,7 +627,16 @@ impl Conn {
                 let _ = tx.send(Out::Scsi(Box::new(done))).await;
             }
         });
-        guard.insert(itt, (lun, task.abort_handle()));
+        // Gone already: it finished (and answered), or an abort took it before it was
+        // spawned (it then runs on but never answers).
+        if let Some(entry) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&itt)
+        {
+            entry.1 = Some(task.abort_handle());
+        }
     }
 
     /// Aborts matching tasks (pending data-out or running); returns how many.
@@ -643,7 +657,9 @@ impl Conn {
             .collect();
         for itt in victims {
             if let Some((_, h)) = tasks.remove(&itt) {
-                h.abort();
+                if let Some(h) = h {
+                    h.abort();
+                }
                 self.window.complete();
                 n += 1;
             }
