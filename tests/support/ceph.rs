@@ -8,10 +8,30 @@ use std::process::Command;
 
 pub struct Cluster {
     dir: std::path::PathBuf,
+    /// The network namespace the daemons (and our `rbd` calls) run in, if not the host's.
+    netns: Option<String>,
 }
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Self::start_in(None, "127.0.0.1")
+    }
+
+    /// A command run in the cluster's network namespace.
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+        }
+    }
+
+    /// Starts the cluster on `addr` inside the network namespace `netns` (created by the
+    /// calling test), or on the host's loopback.
+    pub fn start_in(netns: Option<&str>, addr: &str) -> Cluster {
         for (bin, pkg) in [
             ("ceph-mon", "ceph-mon"),
             ("ceph-osd", "ceph-osd"),
@@ -25,22 +45,35 @@ impl Cluster {
                 .success();
             assert!(found, "{bin} missing: apt-get install {pkg}");
         }
-        let dir = std::env::temp_dir().join(format!("rbdgw-ceph-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "rbdgw-ceph-{}{}",
+            std::process::id(),
+            netns.map_or(String::new(), |n| format!("-{n}"))
+        ));
         let _ = std::fs::remove_dir_all(&dir);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // In a namespace of its own the monitor's default port is free.
+        let port = match netns {
+            Some(_) => 3300,
+            None => std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port(),
+        };
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ceph/start-cluster.sh");
-        let out = Command::new("bash")
+        let c = Cluster {
+            dir,
+            netns: netns.map(str::to_string),
+        };
+        let out = c
+            .command("bash")
             .arg(script)
-            .arg(&dir)
+            .arg(&c.dir)
             .arg(port.to_string())
+            .arg(addr)
             .output()
             .expect("start cluster");
-        let c = Cluster { dir };
         assert!(
             out.status.success(),
             "cluster start failed: {}",
@@ -54,7 +87,8 @@ impl Cluster {
     }
 
     pub fn rbd(&self, args: &[&str]) {
-        let out = Command::new("rbd")
+        let out = self
+            .command("rbd")
             .arg("-c")
             .arg(self.conf())
             .args(args)

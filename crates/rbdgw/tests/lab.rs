@@ -5,7 +5,13 @@
 //! pattern through the multipath device while the owner gateway is killed (or its link cut);
 //! the writes complete through the other path, the data verifies, and the path comes back
 //! when the gateway does. All addresses live inside namespaces this test creates.
+//!
+//! On RBD the image is the seed's own `rbd/wuxingyi` (the config unchanged), on a throwaway
+//! Ceph cluster in the bridge's namespace (192.168.0.10): cutting gateway 1's link cuts it off
+//! from Ceph too, so gateway 2 must fence it (blocklist, lock break) to take over.
 
+#[path = "../../../tests/support/ceph.rs"]
+mod ceph;
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -92,7 +98,13 @@ struct NsGateway {
 }
 
 impl NsGateway {
-    fn start(ns: &str, config: &Path, host: &str, log: std::path::PathBuf) -> NsGateway {
+    fn start(
+        ns: &str,
+        config: &Path,
+        host: &str,
+        ceph_conf: Option<&str>,
+        log: std::path::PathBuf,
+    ) -> NsGateway {
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -104,6 +116,7 @@ impl NsGateway {
             ])
             .arg(config)
             .args(["--host", host])
+            .args(ceph_conf.map(|c| ["--ceph-conf", c]).into_iter().flatten())
             .stdout(Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()
@@ -151,25 +164,52 @@ enum Fault {
     Cut,
 }
 
+/// Where the image lives.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Backing {
+    File,
+    Rbd,
+}
+
 /// The labs run one at a time: two VMs under TCG on two cores would only slow each other.
 static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn run_lab(fault: Fault) {
+fn run_lab(fault: Fault, backing: Backing) {
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     require("qemu-system-x86_64", "qemu-system-x86");
     require("multipathd", "multipath-tools");
-    let dir = Scratch::new(&format!("lab-{fault:?}").to_lowercase());
-    let lab = Lab::new(if fault == Fault::Kill { "k" } else { "c" });
-    // The seed's config, with the image on a file both gateways open.
+    let dir = Scratch::new(&format!("lab-{fault:?}-{backing:?}").to_lowercase());
+    let lab = Lab::new(&format!(
+        "{}{}",
+        if fault == Fault::Kill { "k" } else { "c" },
+        if backing == Backing::Rbd { "r" } else { "" }
+    ));
     let seed = include_str!("../../../examples/seed-config.json");
     let mut doc: serde_json::Value = serde_json::from_str(seed).unwrap();
-    let image = dir.0.join("wuxingyi.img");
-    doc["pools"][0]["gateways"][0]["tpg"][0] = serde_json::json!({
-        "image": "wuxingyi", "backstore": "file", "path": image.display().to_string(), "size": "256M"});
+    let cluster = (backing == Backing::Rbd).then(|| {
+        ip(&["-n", &lab.br, "addr", "add", "192.168.0.10/24", "dev", "br0"]);
+        let c = ceph::Cluster::start_in(Some(&lab.br), "192.168.0.10");
+        c.rbd(&["create", "wuxingyi", "--size", "256M"]);
+        c
+    });
+    let ceph_conf = cluster.as_ref().map(|c| c.conf());
+    if backing == Backing::File {
+        // The seed's config, with the image on a file both gateways open.
+        let image = dir.0.join("wuxingyi.img");
+        doc["pools"][0]["gateways"][0]["tpg"][0] = serde_json::json!({
+            "image": "wuxingyi", "backstore": "file", "path": image.display().to_string(), "size": "256M"});
+    }
     let cfg = dir.0.join("config.json");
     std::fs::write(&cfg, doc.to_string()).unwrap();
-    let mut gw1 = NsGateway::start(&lab.g1, &cfg, "testscsi.novalocal", dir.0.join("gw1.log"));
-    let gw2 = NsGateway::start(&lab.g2, &cfg, "scsifirst", dir.0.join("gw2.log"));
+    let conf = ceph_conf.as_deref();
+    let mut gw1 = NsGateway::start(
+        &lab.g1,
+        &cfg,
+        "testscsi.novalocal",
+        conf,
+        dir.0.join("gw1.log"),
+    );
+    let gw2 = NsGateway::start(&lab.g2, &cfg, "scsifirst", conf, dir.0.join("gw2.log"));
 
     let action = match fault {
         Fault::Kill => "KILL",
@@ -206,8 +246,13 @@ fn run_lab(fault: Fault) {
         } else if line.contains("RBDGW-LAB: RESTORE-NOW") {
             match fault {
                 Fault::Kill => {
-                    gw1 =
-                        NsGateway::start(&lab.g1, &cfg, "testscsi.novalocal", dir.0.join("gw1.log"))
+                    gw1 = NsGateway::start(
+                        &lab.g1,
+                        &cfg,
+                        "testscsi.novalocal",
+                        conf,
+                        dir.0.join("gw1.log"),
+                    )
                 }
                 Fault::Cut => lab.link_gw1(true),
             }
@@ -250,23 +295,41 @@ fn run_lab(fault: Fault) {
         let n = seen.iter().filter(|l| l.contains(&portal)).count();
         assert_eq!(n, 2, "{portal} in both discoveries");
     }
-    if fault == Fault::Cut {
-        // The partitioned owner handed the lock over before gw2 wrote: no write of its can
-        // land after the takeover (it would need the lock back, through a handover).
-        assert!(
-            gw1.log_text().contains("handed the write lock over"),
-            "{logs}"
-        );
+    match (fault, backing) {
+        (Fault::Cut, Backing::File) => {
+            // The partitioned owner still reaches the shared file: it handed the lock over
+            // before gw2 wrote, so no write of its can land after the takeover.
+            assert!(
+                gw1.log_text().contains("handed the write lock over"),
+                "{logs}"
+            );
+        }
+        (_, Backing::Rbd) => {
+            // Cut off from Ceph (or dead), the owner cannot answer: gw2 fenced it.
+            assert!(
+                gw2.log_text().contains("fenced the unresponsive lock owner"),
+                "{logs}"
+            );
+        }
+        _ => {}
     }
     assert!(!logs.contains("panicked"), "{logs}");
+    drop(cluster);
 }
 
 #[test]
 fn seed_lab_owner_killed_under_io() {
-    run_lab(Fault::Kill);
+    run_lab(Fault::Kill, Backing::File);
 }
 
 #[test]
 fn seed_lab_owner_partitioned_under_io() {
-    run_lab(Fault::Cut);
+    run_lab(Fault::Cut, Backing::File);
+}
+
+/// The seed's scenario on its own RBD image: the owner's link is cut under I/O, which cuts it
+/// off from Ceph as well; the other gateway fences it and the VM's writes complete.
+#[test]
+fn seed_lab_on_rbd_owner_partitioned_under_io() {
+    run_lab(Fault::Cut, Backing::Rbd);
 }

@@ -215,7 +215,13 @@ impl Drop for SharedState {
     }
 }
 
-/// Tells every watcher of `oid` that it changed; returns once they have seen it (or after 5 s).
+/// How long a change waits for every watcher to acknowledge it. A live gateway answers in
+/// milliseconds; a hung or cut-off one is what failover is about, and every shared-state update
+/// made during a takeover waits this long for it (the change still reaches a late watcher).
+const NOTIFY_TIMEOUT_MS: u64 = 2000;
+
+/// Tells every watcher of `oid` that it changed; returns once they have seen it (or after
+/// [`NOTIFY_TIMEOUT_MS`]).
 pub(super) fn notify(ioctx: ffi::IoCtx, oid: &CString, what: &str) {
     let Ok(a) = api() else { return };
     let mut reply: *mut c_char = std::ptr::null_mut();
@@ -227,7 +233,7 @@ pub(super) fn notify(ioctx: ffi::IoCtx, oid: &CString, what: &str) {
             oid.as_ptr(),
             std::ptr::null(),
             0,
-            5000,
+            NOTIFY_TIMEOUT_MS,
             &mut reply,
             &mut reply_len,
         );
