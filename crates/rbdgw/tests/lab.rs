@@ -187,7 +187,15 @@ fn run_lab(fault: Fault, backing: Backing) {
     let seed = include_str!("../../../examples/seed-config.json");
     let mut doc: serde_json::Value = serde_json::from_str(seed).unwrap();
     let cluster = (backing == Backing::Rbd).then(|| {
-        ip(&["-n", &lab.br, "addr", "add", "192.168.0.10/24", "dev", "br0"]);
+        ip(&[
+            "-n",
+            &lab.br,
+            "addr",
+            "add",
+            "192.168.0.10/24",
+            "dev",
+            "br0",
+        ]);
         let c = ceph::Cluster::start_in(Some(&lab.br), "192.168.0.10");
         c.rbd(&["create", "wuxingyi", "--size", "256M"]);
         c
@@ -307,7 +315,8 @@ fn run_lab(fault: Fault, backing: Backing) {
         (_, Backing::Rbd) => {
             // Cut off from Ceph (or dead), the owner cannot answer: gw2 fenced it.
             assert!(
-                gw2.log_text().contains("fenced the unresponsive lock owner"),
+                gw2.log_text()
+                    .contains("fenced the unresponsive lock owner"),
                 "{logs}"
             );
         }
