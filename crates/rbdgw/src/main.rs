@@ -211,26 +211,32 @@ async fn follow_config(gw: std::sync::Arc<Gateway>, src: ConfigSource, ceph: Cep
         return;
     };
     let c = ceph.clone();
-    let watch = match blocking(move || {
-        let p = std::sync::Arc::new(store::connect(&c, &pool)?);
-        Ok(p.watch(&object)?)
-    })
-    .await
-    {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(
-                "cannot watch {}: {e:#}; config changes need a restart",
-                src.name()
-            );
-            return;
-        }
-    };
+    let watch = std::sync::Arc::new(
+        match blocking(move || {
+            let p = std::sync::Arc::new(store::connect(&c, &pool)?);
+            Ok(p.watch(&object)?)
+        })
+        .await
+        {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(
+                    "cannot watch {}: {e:#}; config changes need a restart",
+                    src.name()
+                );
+                return;
+            }
+        },
+    );
     let mut last_text = None;
     let mut seen = watch.generation();
     let mut last_read = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let w = watch.clone();
+        if let Err(e) = blocking(move || Ok(w.renew_if_broken()?)).await {
+            tracing::warn!("renewing the config watch: {e:#}");
+        }
         let generation = watch.generation();
         if generation == seen && last_read.elapsed() < Duration::from_secs(60) {
             continue;

@@ -323,6 +323,11 @@ impl Inner {
             }
             return;
         }
+        if let Some(st) = self.handle().state.as_ref().filter(|st| st.watch_broken()) {
+            if let Err(e) = st.renew_watch() {
+                tracing::warn!(image = self.name, "renewing the state watch failed: {e}");
+            }
+        }
         match self.handle().size() {
             Ok(size) => {
                 let old = self.size.swap(size, Ordering::AcqRel);

@@ -46,6 +46,14 @@ impl ObjectWatch {
     pub fn generation(&self) -> u64 {
         self.state.watch.generation.load(Ordering::Acquire)
     }
+
+    /// Renews the watch if it broke (blocking; cheap when it did not).
+    pub fn renew_if_broken(&self) -> Result<()> {
+        if self.state.watch_broken() {
+            self.state.renew_watch()?;
+        }
+        Ok(())
+    }
 }
 
 impl RadosPool {

@@ -6,7 +6,7 @@
 //! commands read with one atomic load.
 
 use std::ffi::{c_char, c_int, c_void, CString};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::ffi::{self, api};
 use super::{ceph_err, cstr};
@@ -18,6 +18,8 @@ pub(super) struct WatchCtx {
     ioctx: ffi::IoCtx,
     oid: CString,
     cookie: AtomicU64,
+    /// The watch broke (a network blip longer than the watch timeout): it must be renewed.
+    broken: AtomicBool,
 }
 
 // SAFETY: the ioctx is thread-safe; the rest is atomics and immutable data.
@@ -56,10 +58,8 @@ extern "C" fn on_watch_error(arg: *mut c_void, _cookie: u64, err: c_int) {
     let w = unsafe { &*(arg as *const WatchCtx) };
     // Whatever changed while the watch was broken: make every command reload.
     w.generation.fetch_add(1, Ordering::AcqRel);
-    tracing::warn!(
-        "watch on {:?} failed ({err}); state is re-read on every change of generation",
-        w.oid
-    );
+    w.broken.store(true, Ordering::Release);
+    tracing::warn!("watch on {:?} failed ({err}); renewing it", w.oid);
 }
 
 /// The state object of one image.
@@ -97,6 +97,7 @@ impl SharedState {
             ioctx,
             oid: oid.clone(),
             cookie: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
         });
         let s = SharedState { ioctx, oid, watch };
         // SAFETY: write op built, run and released here; the watch context is boxed and
@@ -112,22 +113,57 @@ impl SharedState {
                     return Err(ceph_err("creating the rbdgw state object", rc as i64));
                 }
             }
-            let mut cookie = 0u64;
-            let arg = &*s.watch as *const WatchCtx as *mut c_void;
-            let rc = (a.rados_watch2)(
-                ioctx,
-                s.oid.as_ptr(),
+        }
+        s.watch_now()?;
+        Ok(s)
+    }
+
+    /// Registers the watch (again).
+    fn watch_now(&self) -> Result<()> {
+        let a = api().map_err(BackstoreError::Other)?;
+        let mut cookie = 0u64;
+        let arg = &*self.watch as *const WatchCtx as *mut c_void;
+        // SAFETY: the watch context is boxed and outlives the watch (unwatched in Drop).
+        let rc = unsafe {
+            (a.rados_watch2)(
+                self.ioctx,
+                self.oid.as_ptr(),
                 &mut cookie,
                 on_notify,
                 on_watch_error,
                 arg,
-            );
-            if rc < 0 {
-                return Err(ceph_err(&format!("watching {:?}", s.oid), rc as i64));
-            }
-            s.watch.cookie.store(cookie, Ordering::Release);
+            )
+        };
+        if rc < 0 {
+            return Err(ceph_err(&format!("watching {:?}", self.oid), rc as i64));
         }
-        Ok(s)
+        self.watch.cookie.store(cookie, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the watch broke and waits for [`SharedState::renew_watch`].
+    pub fn watch_broken(&self) -> bool {
+        self.watch.broken.load(Ordering::Acquire)
+    }
+
+    /// Replaces a broken watch (blocking); changes made meanwhile are picked up through the
+    /// generation bump the break caused.
+    pub fn renew_watch(&self) -> Result<()> {
+        if !self.watch.broken.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Ok(a) = api() {
+            // SAFETY: unwatching the broken registration (its error is expected).
+            unsafe { (a.rados_unwatch2)(self.ioctx, self.watch.cookie.load(Ordering::Acquire)) };
+        }
+        let r = self.watch_now();
+        if r.is_err() {
+            self.watch.broken.store(true, Ordering::Release);
+        } else {
+            self.watch.generation.fetch_add(1, Ordering::AcqRel);
+            tracing::info!("renewed the watch on {:?}", self.oid);
+        }
+        r
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
