@@ -61,8 +61,9 @@ pub struct Ownership {
     acquiring: tokio::sync::Mutex<()>,
     /// When this gateway last took the lock.
     taken_at: std::sync::Mutex<Option<Instant>>,
-    /// Since when this gateway's handover request is unanswered.
-    requested_at: std::sync::Mutex<Option<Instant>>,
+    /// Since when this gateway's handover request is unanswered, and when a write last
+    /// waited for it (a request nobody waited for lately is stale: it starts afresh).
+    requested_at: std::sync::Mutex<Option<(Instant, Instant)>>,
 }
 
 /// Held by a write while it runs on the owner.
@@ -268,11 +269,18 @@ impl Ownership {
             {
                 return Err(transitioning());
             }
-            let since = *self
-                .requested_at
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert_with(Instant::now);
+            let since = {
+                let mut r = self.requested_at.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                // The initiator retries a NOT READY within seconds; an older request was
+                // given up, and must not count toward fencing the owner now.
+                let since = match *r {
+                    Some((since, last)) if now.duration_since(last) < 2 * HANDOVER_WAIT => since,
+                    _ => now,
+                };
+                *r = Some((since, now + HANDOVER_WAIT));
+                since
+            };
             let deadline = Instant::now() + HANDOVER_WAIT;
             loop {
                 tokio::time::sleep(Duration::from_millis(20)).await;
