@@ -202,14 +202,13 @@ async fn open_target(
             relative_port: g.tag,
         })
         .collect();
+    // LUs are kept only where nothing they were built from changed: the target's TPGs and
+    // attributes, and the LUN's own entry.
+    let reusable = prev.filter(|p| p.cfg.tpgs == t.tpgs && p.cfg.attributes == t.attributes);
     let mut luns = BTreeMap::new();
     let mut owners = BTreeMap::new();
     for l in &t.luns {
-        if let Some(p) = prev.filter(|p| {
-            p.cfg.luns.iter().any(|old| old == l)
-                && p.cfg.tpgs == t.tpgs
-                && p.cfg.attributes == t.attributes
-        }) {
+        if let Some(p) = reusable.filter(|p| p.cfg.luns.contains(l)) {
             if let (Some(lu), Some(o)) = (p.luns.get(&l.lun), p.owners.get(&l.lun)) {
                 luns.insert(l.lun, lu.clone());
                 owners.insert(l.lun, o.clone());
@@ -321,7 +320,8 @@ impl Gateway {
                         .iter()
                         .any(|(n, lu)| p.luns.get(n).is_some_and(|o| !Arc::ptr_eq(o, lu)));
                     if !added.is_empty() || !removed.is_empty() || replaced {
-                        for lu in p.luns.values().chain(rt.luns.values()) {
+                        // The LUs that stay or arrive; removed ones are no longer reachable.
+                        for lu in rt.luns.values() {
                             lu.unit_attention_all(scsi::Asc::REPORTED_LUNS_DATA_HAS_CHANGED);
                         }
                     }

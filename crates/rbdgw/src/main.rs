@@ -192,21 +192,27 @@ fn init_logging() {
         .init();
 }
 
+/// The config, the host to serve, and the text the config was read from.
 async fn load(
     config: &ConfigSource,
     host: Option<&str>,
     ceph: &CephOptions,
-) -> anyhow::Result<(Config, String)> {
+) -> anyhow::Result<(Config, String, String)> {
     let (src, c) = (config.clone(), ceph.clone());
-    let cfg = blocking(move || src.load(&c)).await?;
+    let (cfg, text) = blocking(move || src.load(&c)).await?;
     let host = cfg.select_host(host, &local_addresses(), &local_hostname())?;
-    Ok((cfg, host))
+    Ok((cfg, host, text))
 }
 
 /// Follows a config kept in Ceph: every change the watch announces (and, in case a notify
 /// was missed, a re-read each minute) is validated and applied; a bad version is logged and
 /// the running one kept.
-async fn follow_config(gw: std::sync::Arc<Gateway>, src: ConfigSource, ceph: CephOptions) {
+async fn follow_config(
+    gw: std::sync::Arc<Gateway>,
+    src: ConfigSource,
+    ceph: CephOptions,
+    served_text: String,
+) {
     let ConfigSource::Rados { pool, object } = src.clone() else {
         return;
     };
@@ -228,14 +234,16 @@ async fn follow_config(gw: std::sync::Arc<Gateway>, src: ConfigSource, ceph: Cep
             }
         },
     );
-    let mut last_text = None;
+    let mut last_text = served_text;
     let mut seen = watch.generation();
     let mut last_read = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let w = watch.clone();
-        if let Err(e) = blocking(move || Ok(w.renew_if_broken()?)).await {
-            tracing::warn!("renewing the config watch: {e:#}");
+        if watch.is_broken() {
+            let w = watch.clone();
+            if let Err(e) = blocking(move || Ok(w.renew()?)).await {
+                tracing::warn!("renewing the config watch: {e:#}");
+            }
         }
         let generation = watch.generation();
         if generation == seen && last_read.elapsed() < Duration::from_secs(60) {
@@ -251,22 +259,18 @@ async fn follow_config(gw: std::sync::Arc<Gateway>, src: ConfigSource, ceph: Cep
                 continue;
             }
         };
-        if last_text.as_ref() == Some(&text) {
+        if last_text == text {
             continue;
         }
-        let cfg = match Config::parse(&src.name(), &text) {
+        let parsed = Config::parse(&src.name(), &text);
+        last_text = text;
+        let cfg = match parsed {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("the new config is invalid, keeping the running one: {e}");
-                last_text = Some(text);
                 continue;
             }
         };
-        if last_text.is_none() && cfg.targets == gw.served().config.targets {
-            last_text = Some(text);
-            continue;
-        }
-        last_text = Some(text);
         match gw.apply(cfg).await {
             Ok(r) => {
                 tracing::info!(
@@ -309,7 +313,7 @@ async fn serve(
     host: Option<&str>,
     ceph: &CephOptions,
 ) -> anyhow::Result<()> {
-    let (cfg, host) = load(config, host, ceph).await?;
+    let (cfg, host, text) = load(config, host, ceph).await?;
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
@@ -320,6 +324,7 @@ async fn serve(
         server.gateway().clone(),
         config.clone(),
         ceph.clone(),
+        text,
     ));
     server.run(termination(), Duration::from_secs(5)).await;
     Ok(())
@@ -412,7 +417,7 @@ fn main() -> std::process::ExitCode {
                 serve(&config, host.as_deref(), &ceph.options()).await
             }
             Command::Plan { config, host, ceph } => {
-                let (cfg, host) = load(&config, host.as_deref(), &ceph.options()).await?;
+                let (cfg, host, _) = load(&config, host.as_deref(), &ceph.options()).await?;
                 print!("{}", gateway::plan::render(&cfg, &host));
                 Ok(())
             }

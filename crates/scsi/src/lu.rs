@@ -282,6 +282,10 @@ impl<B: BlockDevice> LogicalUnit<B> {
     fn notice_resize(&self) {
         use std::sync::atomic::Ordering;
         let size = self.dev.size();
+        // A plain load on every command; the swap only when the size moved.
+        if self.known_size.load(Ordering::Acquire) == size {
+            return;
+        }
         let old = self.known_size.swap(size, Ordering::AcqRel);
         if old != size {
             tracing::info!(

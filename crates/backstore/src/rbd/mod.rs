@@ -101,18 +101,12 @@ impl Handle {
             )?;
             h.cluster = cluster;
             h.ioctx = ioctx;
-            let rc = (a.rbd_open)(h.ioctx, image.as_ptr(), &mut h.image, std::ptr::null());
-            if rc == -libc::ENOENT {
-                if let Some(size) = cfg.create_size {
-                    create_image(a, h.ioctx, &image, size, name)?;
-                    let rc = (a.rbd_open)(h.ioctx, image.as_ptr(), &mut h.image, std::ptr::null());
-                    if rc < 0 {
-                        return Err(ceph_err(&format!("opening image {name}"), rc as i64));
-                    }
-                } else {
-                    return Err(ceph_err(&format!("opening image {name}"), rc as i64));
-                }
-            } else if rc < 0 {
+            let mut rc = (a.rbd_open)(h.ioctx, image.as_ptr(), &mut h.image, std::ptr::null());
+            if let (true, Some(size)) = (rc == -libc::ENOENT, cfg.create_size) {
+                create_image(a, h.ioctx, &image, size, name)?;
+                rc = (a.rbd_open)(h.ioctx, image.as_ptr(), &mut h.image, std::ptr::null());
+            }
+            if rc < 0 {
                 return Err(ceph_err(&format!("opening image {name}"), rc as i64));
             }
             ensure_exclusive_lock(a, h.image, name)?;
@@ -141,21 +135,15 @@ impl Handle {
     }
 }
 
-/// Creates a cluster handle, connects and opens `pool` (and `namespace`), like the `rbd`
-/// command line: ceph.conf at `conf_path`, client `id` (default admin) with its keyring.
+/// Creates a cluster handle and connects, like the `rbd` command line: ceph.conf at
+/// `conf_path`, client `id` (default admin) with its keyring.
 ///
 /// # Safety
-/// Plain librados calls; the caller owns (and must release) what is returned.
-unsafe fn connect(
-    conf_path: &str,
-    id: Option<&str>,
-    pool_name: &str,
-    namespace: Option<&str>,
-) -> Result<(ffi::RadosT, ffi::IoCtx)> {
+/// Plain librados calls; the caller owns (and must shut down) what is returned.
+unsafe fn connect_cluster(conf_path: &str, id: Option<&str>) -> Result<ffi::RadosT> {
     let a = api().map_err(BackstoreError::Other)?;
     let id = id.map(cstr).transpose()?;
     let conf = cstr(conf_path)?;
-    let pool = cstr(pool_name)?;
     let mut cluster: ffi::RadosT = std::ptr::null_mut();
     let rc = (a.rados_create)(
         &mut cluster,
@@ -184,16 +172,57 @@ unsafe fn connect(
     if rc < 0 {
         return fail("connecting to the cluster".into(), rc);
     }
+    Ok(cluster)
+}
+
+/// [`connect_cluster`], then opens `pool_name` (and `namespace`).
+///
+/// # Safety
+/// As for [`connect_cluster`]; the caller owns (and must release) both handles.
+unsafe fn connect(
+    conf_path: &str,
+    id: Option<&str>,
+    pool_name: &str,
+    namespace: Option<&str>,
+) -> Result<(ffi::RadosT, ffi::IoCtx)> {
+    let a = api().map_err(BackstoreError::Other)?;
+    // Every name is checked before anything is opened, so nothing leaks on a bad one.
+    let pool = cstr(pool_name)?;
+    let ns = namespace.map(cstr).transpose()?;
+    let cluster = connect_cluster(conf_path, id)?;
     let mut ioctx: ffi::IoCtx = std::ptr::null_mut();
     let rc = (a.rados_ioctx_create)(cluster, pool.as_ptr(), &mut ioctx);
     if rc < 0 {
-        return fail(format!("opening pool {pool_name}"), rc);
+        (a.rados_shutdown)(cluster);
+        return Err(ceph_err(&format!("opening pool {pool_name}"), rc as i64));
     }
-    if let Some(ns) = namespace {
-        let ns = cstr(ns)?;
+    if let Some(ns) = ns {
         (a.rados_ioctx_set_namespace)(ioctx, ns.as_ptr());
     }
     Ok((cluster, ioctx))
+}
+
+/// The owners of the image's exclusive lock and the lock's mode (none: not locked).
+///
+/// # Safety
+/// `image` is an open image.
+unsafe fn lock_owners(a: &ffi::Api, image: ffi::Image) -> Result<(c_int, Vec<CString>)> {
+    let mut list: [*mut c_char; 8] = [std::ptr::null_mut(); 8];
+    let mut count = list.len();
+    let mut mode: c_int = 0;
+    let rc = (a.rbd_lock_get_owners)(image, &mut mode, list.as_mut_ptr(), &mut count);
+    if rc == -libc::ENOENT {
+        return Ok((mode, Vec::new()));
+    }
+    if rc < 0 {
+        return Err(ceph_err("rbd_lock_get_owners", rc as i64));
+    }
+    let owners = list[..count]
+        .iter()
+        .map(|p| std::ffi::CStr::from_ptr(*p).to_owned())
+        .collect();
+    (a.rbd_lock_get_owners_cleanup)(list.as_mut_ptr(), count);
+    Ok((mode, owners))
 }
 
 /// Creates a missing image of `size` bytes with the cluster's default features (the
@@ -323,12 +352,11 @@ impl Inner {
             }
             return;
         }
-        if let Some(st) = self.handle().state.as_ref().filter(|st| st.watch_broken()) {
-            if let Err(e) = st.renew_watch() {
-                tracing::warn!(image = self.name, "renewing the state watch failed: {e}");
-            }
+        let h = self.handle();
+        if let Some(Err(e)) = h.state.as_ref().map(state::SharedState::renew_watch) {
+            tracing::warn!(image = self.name, "renewing the state watch failed: {e}");
         }
-        match self.handle().size() {
+        match h.size() {
             Ok(size) => {
                 let old = self.size.swap(size, Ordering::AcqRel);
                 if old != size {
@@ -715,14 +743,9 @@ impl BlockDevice for RbdDevice {
         // rbd_lock_acquire asks a current holder to release, and waits for its answer — long,
         // when the holder hangs. A held lock is seen cheaply in the header's lock list first.
         let rc = tokio::task::spawn_blocking(move || {
-            let mut list: [*mut c_char; 4] = [std::ptr::null_mut(); 4];
-            let mut count = list.len();
-            let mut mode: c_int = 0;
-            // SAFETY: the array is valid for `count` entries and handed back to librbd.
+            // SAFETY: plain calls on our image handle.
             unsafe {
-                let rc = (a.rbd_lock_get_owners)(h.image, &mut mode, list.as_mut_ptr(), &mut count);
-                if rc == 0 && count > 0 {
-                    (a.rbd_lock_get_owners_cleanup)(list.as_mut_ptr(), count);
+                if matches!(lock_owners(a, h.image), Ok((_, owners)) if !owners.is_empty()) {
                     return -libc::EBUSY;
                 }
                 (a.rbd_lock_acquire)(h.image, ffi::LOCK_MODE_EXCLUSIVE as c_int)
@@ -770,26 +793,8 @@ impl BlockDevice for RbdDevice {
         let h = self.inner.handle();
         let name = self.inner.name.clone();
         blocking(move || {
-            let mut list: [*mut c_char; 8] = [std::ptr::null_mut(); 8];
-            let mut count = list.len();
-            let mut mode: c_int = 0;
-            // SAFETY: the array is valid for `count` entries; librbd fills it and we hand it
-            // back to librbd's cleanup.
-            let owners: Vec<CString> = unsafe {
-                let rc = (a.rbd_lock_get_owners)(h.image, &mut mode, list.as_mut_ptr(), &mut count);
-                if rc == -libc::ENOENT {
-                    return Ok(false);
-                }
-                if rc < 0 {
-                    return Err(ceph_err("rbd_lock_get_owners", rc as i64));
-                }
-                let owners = list[..count]
-                    .iter()
-                    .map(|p| std::ffi::CStr::from_ptr(*p).to_owned())
-                    .collect();
-                (a.rbd_lock_get_owners_cleanup)(list.as_mut_ptr(), count);
-                owners
-            };
+            // SAFETY: plain call on our image handle.
+            let (mode, owners) = unsafe { lock_owners(a, h.image)? };
             let mut broke = false;
             for owner in owners {
                 // librbd blocklists the owner's client first (rbd_blocklist_on_break_lock,

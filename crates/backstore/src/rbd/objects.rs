@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::ffi::{self, api};
 use super::state::{notify, SharedState};
-use super::{ceph_err, connect, cstr};
+use super::{ceph_err, connect, connect_cluster, cstr};
 use crate::{BackstoreError, Result};
 
 /// An object's extended attributes, name and value.
@@ -47,12 +47,14 @@ impl ObjectWatch {
         self.state.watch.generation.load(Ordering::Acquire)
     }
 
-    /// Renews the watch if it broke (blocking; cheap when it did not).
-    pub fn renew_if_broken(&self) -> Result<()> {
-        if self.state.watch_broken() {
-            self.state.renew_watch()?;
-        }
-        Ok(())
+    /// Whether the watch broke and needs [`ObjectWatch::renew`] (one atomic load).
+    pub fn is_broken(&self) -> bool {
+        self.state.watch_broken()
+    }
+
+    /// Renews a broken watch (blocking).
+    pub fn renew(&self) -> Result<()> {
+        self.state.renew_watch()
     }
 }
 
@@ -206,26 +208,24 @@ impl RadosPool {
 /// The names of every pool of the cluster (blocking).
 pub fn list_pools(conf: &str, id: Option<&str>) -> Result<Vec<String>> {
     let a = api().map_err(BackstoreError::Other)?;
-    // Any pool opens the connection; the listing is the cluster's. `rbd` exists wherever
-    // RBD is used, else the first listing error says what is wrong.
-    let pool = RadosPool::connect(conf, id, "rbd", None);
-    let cluster = match &pool {
-        Ok(p) => p.cluster,
-        Err(e) => return Err(BackstoreError::Other(format!("listing pools: {e}"))),
-    };
+    // SAFETY: a cluster handle of our own, shut down below.
+    let cluster = unsafe { connect_cluster(conf, id)? };
     let mut buf = vec![0u8; 4096];
-    loop {
+    let listed = loop {
         // SAFETY: the buffer is valid for its length; librados returns the length it needs.
         let rc =
             unsafe { (a.rados_pool_list)(cluster, buf.as_mut_ptr() as *mut c_char, buf.len()) };
         if rc < 0 {
-            return Err(ceph_err("rados_pool_list", rc as i64));
+            break Err(ceph_err("rados_pool_list", rc as i64));
         }
         if rc as usize <= buf.len() {
-            break;
+            break Ok(());
         }
         buf.resize(rc as usize, 0);
-    }
+    };
+    // SAFETY: the handle from connect_cluster, shut down once.
+    unsafe { (a.rados_shutdown)(cluster) };
+    listed?;
     Ok(buf
         .split(|b| *b == 0)
         .take_while(|n| !n.is_empty())

@@ -76,10 +76,10 @@ impl ConfigSource {
         }
     }
 
-    /// Reads and validates the config (blocking).
-    pub fn load(&self, ceph: &CephOptions) -> anyhow::Result<Config> {
+    /// Reads and validates the config (blocking); also the text it came from.
+    pub fn load(&self, ceph: &CephOptions) -> anyhow::Result<(Config, String)> {
         let text = self.fetch(ceph)?;
-        Ok(Config::parse(&self.name(), &text)?)
+        Ok((Config::parse(&self.name(), &text)?, text))
     }
 }
 
