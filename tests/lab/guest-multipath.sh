@@ -47,9 +47,19 @@ i=0; while [ ! -b /dev/mapper/mpatha ]; do i=$((i+1)); [ $i -gt 50 ] && fail "no
 multipath -ll | tee /tmp/mp
 echo "RBDGW-LAB: groups=$(grep -c 'policy=' /tmp/mp) paths=$(grep -c 'active ready' /tmp/mp)"
 [ "$(grep -c 'policy=' /tmp/mp)" = 2 ] || fail "expected 2 priority groups"
-# Groups are listed best first: the owner's (active/optimized) path must have the higher prio.
-prios=$(grep -o 'prio=[0-9]*' /tmp/mp | cut -d= -f2 | tr '\n' ' '); set -- $prios
-[ "$#" = 2 ] && [ "$1" -gt "$2" ] || fail "priority groups are not ordered by ALUA state: $prios"
+# The owner's path (gateway 1, TPG 1) must be active/optimized (alua prio 50) and the other
+# active/non-optimized (prio 10). The order of the groups in the table is not checked: multipathd
+# may build the map while a new path is still being checked and then switch to the best group
+# without reordering the table.
+owner=$(iscsiadm -m session -P3 | awk '/Current Portal: 192.168.0.27:/ {p=1} /Current Portal: 192.168.0.32:/ {p=0} p && /Attached scsi disk/ {print $4}')
+path_prios() { multipath -ll | awk '/prio=/ {for (i=1;i<=NF;i++) if ($i ~ /^prio=/) {split($i,a,"="); p=a[2]}} / sd[a-z]+ / {for (i=1;i<=NF;i++) if ($i ~ /^sd[a-z]+$/) print $i, p}'; }
+i=0; while :; do
+  path_prios > /tmp/prios
+  grep -q "^$owner 50$" /tmp/prios && [ "$(grep -c ' 10$' /tmp/prios)" = 1 ] && break
+  i=$((i+1)); [ $i -gt 20 ] && fail "owner path $owner is not the only active/optimized one: $(tr '\n' ' ' < /tmp/prios)"
+  sleep 0.5
+done
+echo "RBDGW-LAB: owner path $owner prios $(tr '\n' ' ' < /tmp/prios)"
 dev=/dev/mapper/mpatha
 dd if=/dev/urandom of=/tmp/pattern bs=1M count=40 2>/dev/null
 md5sum /tmp/pattern > /tmp/want

@@ -19,7 +19,8 @@ for b in iscsid iscsiadm multipath multipathd sg_inq sg_vpd sg_rtpg dmsetup kmod
 done
 ln -sf kmod "$R/sbin/modprobe"
 # multipathd cancels threads: glibc loads libgcc_s for that at run time (ldd does not show it).
-g=$(ldconfig -p | awk '/libgcc_s.so.1 / {print $NF; exit}'); mkdir -p "$R$(dirname "$g")"; cp -L "$g" "$R$g"
+# (awk reads to the end: an early exit would kill ldconfig with SIGPIPE, which pipefail reports.)
+g=$(ldconfig -p | awk '/libgcc_s.so.1 / && !g {g=$NF} END {print g}'); mkdir -p "$R$(dirname "$g")"; cp -L "$g" "$R$g"
 cp /etc/mke2fs.conf "$R/etc/" 2>/dev/null || true
 # multipath reads a path's WWID from the udev database: the guest runs systemd-udevd.
 mkdir -p "$R/lib/systemd" "$R/lib/udev" "$R/etc/udev"

@@ -19,7 +19,9 @@ pub fn build_vm(dir: &Path, guest: &str) -> (PathBuf, PathBuf) {
         .expect("run build-initrd.sh");
     assert!(
         out.status.success(),
-        "initramfs build failed:\n{}",
+        "initramfs build failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     let kernel = String::from_utf8_lossy(&out.stdout)
