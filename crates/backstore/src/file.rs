@@ -17,7 +17,9 @@ use std::sync::{Arc, RwLock};
 use bytes::{Bytes, BytesMut};
 
 use crate::metadata::Metadata;
-use crate::{check_range, BackstoreError, BlockDevice, Capabilities, Extent, Result};
+use crate::{
+    check_range, BackstoreError, BlockDevice, Capabilities, DataOutBuffer, Extent, Result,
+};
 
 struct Inner {
     file: File,
@@ -142,28 +144,15 @@ fn on_tmpfs(file: &File) -> bool {
     r == 0 && st.f_type as libc::c_long == TMPFS_MAGIC
 }
 
-/// One `preadv2`/`pwritev2` with `RWF_NOWAIT`: done only if the page cache can serve it at
-/// once. `None` when the kernel would block (or cannot say), and the caller goes to the
-/// blocking pool.
-fn nowait_io(
-    fd: i32,
-    buf: *mut u8,
-    len: usize,
-    offset: u64,
-    write: bool,
-) -> Option<std::io::Result<()>> {
+/// One `preadv2` with `RWF_NOWAIT`: done only if the page cache can serve it at once. `None`
+/// when the kernel would block (or cannot say), and the caller goes to the blocking pool.
+fn read_nowait_into(fd: i32, buf: *mut u8, len: usize, offset: u64) -> Option<std::io::Result<()>> {
     let iov = libc::iovec {
         iov_base: buf as *mut libc::c_void,
         iov_len: len,
     };
-    // SAFETY: one iovec over a buffer valid for `len` bytes (read into, or written from).
-    let n = unsafe {
-        if write {
-            libc::pwritev2(fd, &iov, 1, offset as i64, libc::RWF_NOWAIT)
-        } else {
-            libc::preadv2(fd, &iov, 1, offset as i64, libc::RWF_NOWAIT)
-        }
-    };
+    // SAFETY: one iovec over a buffer valid for `len` bytes.
+    let n = unsafe { libc::preadv2(fd, &iov, 1, offset as i64, libc::RWF_NOWAIT) };
     if n == len as isize {
         return Some(Ok(()));
     }
@@ -172,12 +161,80 @@ fn nowait_io(
         return None;
     }
     let e = errno();
-    match e.raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => {
-            None
-        }
-        _ => Some(Err(e)),
+    if would_block(&e) {
+        return None;
     }
+    Some(Err(e))
+}
+
+/// Errors of an `RWF_NOWAIT` call that mean "do it the blocking way".
+fn would_block(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS)
+    )
+}
+
+/// Writes every part of `data` at `offset` with `pwritev2(flags)`, as few calls as the
+/// iovec batch allows. With `RWF_NOWAIT` it returns `Ok(false)` as soon as the kernel would
+/// block; the caller then writes the whole range again the blocking way (the same bytes,
+/// so what was already written does not matter).
+fn pwritev_all(
+    fd: i32,
+    data: &DataOutBuffer,
+    offset: u64,
+    flags: libc::c_int,
+) -> std::io::Result<bool> {
+    const BATCH: usize = 64;
+    let parts = data.parts();
+    // Position: part index and the offset inside it.
+    let (mut part, mut skip) = (0usize, 0usize);
+    let mut at = offset;
+    while part < parts.len() {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; BATCH];
+        let mut n_iov = 0;
+        for (k, p) in parts[part..].iter().take(BATCH).enumerate() {
+            let from = if k == 0 { skip } else { 0 };
+            iov[k] = libc::iovec {
+                iov_base: p[from..].as_ptr() as *mut libc::c_void,
+                iov_len: p.len() - from,
+            };
+            n_iov = k + 1;
+        }
+        // SAFETY: the iovecs point into `data`'s parts, alive and unchanged during the call,
+        // which only reads them.
+        let n = unsafe { libc::pwritev2(fd, iov.as_ptr(), n_iov as i32, at as i64, flags) };
+        if n < 0 {
+            let e = errno();
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            if flags & libc::RWF_NOWAIT != 0 && would_block(&e) {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(ErrorKind::WriteZero.into());
+        }
+        at += n as u64;
+        let mut n = n as usize;
+        while n > 0 {
+            let left = parts[part].len() - skip;
+            if n >= left {
+                n -= left;
+                part += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(true)
 }
 
 impl Inner {
@@ -187,26 +244,21 @@ impl Inner {
             return Some(self.read_range(offset, len));
         }
         let mut buf = BytesMut::zeroed(len);
-        match nowait_io(self.file.as_raw_fd(), buf.as_mut_ptr(), len, offset, false)? {
+        match read_nowait_into(self.file.as_raw_fd(), buf.as_mut_ptr(), len, offset)? {
             Ok(()) => Some(Ok(buf.freeze())),
             Err(e) => Some(Err(e.into())),
         }
     }
 
     /// Writes into memory or the page cache without leaving the calling thread, if it can.
-    fn write_nowait(&self, offset: u64, data: &Bytes) -> Option<Result<()>> {
+    fn write_nowait(&self, offset: u64, data: &DataOutBuffer) -> Option<Result<()>> {
         let _g = self.shared();
-        if self.in_memory {
-            return Some(self.file.write_all_at(data, offset).map_err(Into::into));
+        let flags = if self.in_memory { 0 } else { libc::RWF_NOWAIT };
+        match pwritev_all(self.file.as_raw_fd(), data, offset, flags) {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => None,
+            Err(e) => Some(Err(e.into())),
         }
-        let r = nowait_io(
-            self.file.as_raw_fd(),
-            data.as_ptr() as *mut u8,
-            data.len(),
-            offset,
-            true,
-        )?;
-        Some(r.map_err(Into::into))
     }
 
     fn read_range(&self, offset: u64, len: usize) -> Result<Bytes> {
@@ -324,7 +376,7 @@ impl BlockDevice for FileDevice {
         self.blocking(move |i| i.read_range(offset, len)).await
     }
 
-    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<()> {
+    async fn write(&self, offset: u64, data: DataOutBuffer, fua: bool) -> Result<()> {
         check_range(offset, data.len() as u64, self.inner.size)?;
         if !fua {
             if let Some(r) = self.inner.write_nowait(offset, &data) {
@@ -333,7 +385,7 @@ impl BlockDevice for FileDevice {
         }
         self.blocking(move |i| {
             let _g = i.shared();
-            i.file.write_all_at(&data, offset)?;
+            pwritev_all(i.file.as_raw_fd(), &data, offset, 0)?;
             if fua {
                 i.file.sync_data()?;
             }
@@ -507,10 +559,25 @@ mod tests {
 
     async fn exercise(dev: FileDevice) {
         assert_eq!(dev.size(), 1 << 20);
-        dev.write(4096, Bytes::from(vec![7u8; 8192]), false)
+        dev.write(4096, Bytes::from(vec![7u8; 8192]).into(), false)
             .await
             .unwrap();
         assert_eq!(&dev.read(4096, 8192).await.unwrap()[..], &[7u8; 8192][..]);
+        // A write in many parts (more than one pwritev batch), inline and durable.
+        for fua in [false, true] {
+            let parts: Vec<Bytes> = (0..150u32)
+                .map(|i| {
+                    Bytes::from(vec![
+                        (i as u8).wrapping_add(fua as u8);
+                        1 + (i as usize * 7) % 97
+                    ])
+                })
+                .collect();
+            let whole = parts.concat();
+            let data = DataOutBuffer::from_parts(parts);
+            dev.write(200_000, data, fua).await.unwrap();
+            assert_eq!(dev.read(200_000, whole.len()).await.unwrap(), whole);
+        }
         assert!(matches!(
             dev.read((1 << 20) - 1, 2).await,
             Err(BackstoreError::OutOfRange { .. })
@@ -538,7 +605,7 @@ mod tests {
         assert_eq!(&dev.read(4096, 512).await.unwrap()[..], &[0u8; 512][..]);
         let e = dev.allocation(0, 1 << 20).await.unwrap();
         assert!(!e.mapped);
-        dev.write(131072, Bytes::from(vec![1u8; 4096]), true)
+        dev.write(131072, Bytes::from(vec![1u8; 4096]).into(), true)
             .await
             .unwrap();
         let e = dev.allocation(131072, 4096).await.unwrap();

@@ -14,10 +14,12 @@ use std::future::Future;
 use bytes::Bytes;
 use thiserror::Error;
 
+mod data_out;
 pub mod file;
 mod metadata;
 pub mod rbd;
 
+pub use data_out::DataOutBuffer;
 pub use file::FileDevice;
 
 #[derive(Debug, Error)]
@@ -77,8 +79,12 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn read(&self, offset: u64, len: usize) -> impl Future<Output = Result<Bytes>> + Send;
 
     /// Writes `data` at `offset`; with `fua` the data is durable when this returns.
-    fn write(&self, offset: u64, data: Bytes, fua: bool)
-        -> impl Future<Output = Result<()>> + Send;
+    fn write(
+        &self,
+        offset: u64,
+        data: DataOutBuffer,
+        fua: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Makes every completed write durable.
     fn flush(&self) -> impl Future<Output = Result<()>> + Send;
@@ -178,7 +184,7 @@ impl BlockDevice for Device {
     async fn read(&self, offset: u64, len: usize) -> Result<Bytes> {
         dispatch!(self, d => d.read(offset, len).await)
     }
-    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<()> {
+    async fn write(&self, offset: u64, data: DataOutBuffer, fua: bool) -> Result<()> {
         dispatch!(self, d => d.write(offset, data, fua).await)
     }
     async fn flush(&self) -> Result<()> {

@@ -29,7 +29,8 @@ async fn rbd_engine_io_on_a_live_cluster() {
     assert_eq!(dev.size(), 64 << 20);
     // No write without the exclusive lock.
     assert!(matches!(
-        dev.write(0, Bytes::from(vec![1u8; 512]), false).await,
+        dev.write(0, Bytes::from(vec![1u8; 512]).into(), false)
+            .await,
         Err(BackstoreError::NotOwner)
     ));
     assert!(dev.try_acquire_ownership().await.unwrap());
@@ -39,9 +40,13 @@ async fn rbd_engine_io_on_a_live_cluster() {
     for i in 0..32u64 {
         let d = dev.clone();
         tasks.push(tokio::spawn(async move {
-            d.write(i * 65536, Bytes::from(vec![i as u8 + 1; 65536]), i % 8 == 0)
-                .await
-                .unwrap();
+            d.write(
+                i * 65536,
+                Bytes::from(vec![i as u8 + 1; 65536]).into(),
+                i % 8 == 0,
+            )
+            .await
+            .unwrap();
             let back = d.read(i * 65536, 65536).await.unwrap();
             assert!(back.iter().all(|b| *b == i as u8 + 1));
         }));
@@ -50,6 +55,15 @@ async fn rbd_engine_io_on_a_live_cluster() {
         t.await.unwrap();
     }
     dev.flush().await.unwrap();
+    // A write in several parts (rbd_aio_writev), as Data-Out PDUs deliver it.
+    let parts: Vec<Bytes> = (0..5u8)
+        .map(|i| Bytes::from(vec![0x40 + i; 8192 + 512 * i as usize]))
+        .collect();
+    let whole = parts.concat();
+    dev.write(3 << 20, backstore::DataOutBuffer::from_parts(parts), false)
+        .await
+        .unwrap();
+    assert_eq!(dev.read(3 << 20, whole.len()).await.unwrap(), whole);
     // Compare and write: the offset of the first difference, then success.
     let mut cmp = vec![1u8; 512];
     cmp[77] = 9;
@@ -97,13 +111,13 @@ async fn rbd_engine_io_on_a_live_cluster() {
     // Fencing: `dev` breaks the lock of `other` (as if it stopped answering); Ceph then
     // refuses `other`'s writes, and `other` reconnects as a new client without the lock.
     other
-        .write(4096, Bytes::from(vec![7u8; 4096]), false)
+        .write(4096, Bytes::from(vec![7u8; 4096]).into(), false)
         .await
         .unwrap();
     assert!(dev.break_ownership().await.unwrap(), "a holder to fence");
     assert!(dev.try_acquire_ownership().await.unwrap());
     let late = other
-        .write(4096, Bytes::from(vec![0xeeu8; 4096]), false)
+        .write(4096, Bytes::from(vec![0xeeu8; 4096]).into(), false)
         .await;
     assert!(
         matches!(late, Err(BackstoreError::NotOwner)),
@@ -134,7 +148,7 @@ async fn rbd_engine_io_on_a_live_cluster() {
         assert!(t0.elapsed().as_secs() < 20, "the new size is seen");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    dev.write((96 << 20) - 512, Bytes::from(vec![3u8; 512]), false)
+    dev.write((96 << 20) - 512, Bytes::from(vec![3u8; 512]).into(), false)
         .await
         .unwrap();
     dev.release_ownership().await.unwrap();

@@ -60,9 +60,15 @@ struct Burst {
 /// The data-out side of one write-direction SCSI command.
 #[derive(Debug)]
 pub struct WriteTransfer {
-    /// Bytes kept for the command (the rest, beyond what the command needs, is discarded),
-    /// filled from offset 0 up; a gap left by out-of-order data is zeroes until its data comes.
-    buf: BytesMut,
+    /// The data kept for the command (the rest, beyond what the command needs, is discarded)
+    /// while it arrives in order from offset 0 (DataPDUInOrder, DataSequenceInOrder): the
+    /// PDUs' data segments themselves, not copied.
+    parts: Vec<Bytes>,
+    /// Bytes in `parts`.
+    filled: usize,
+    /// Once data arrives out of order or overlaps: one buffer instead, where a gap is zeroes
+    /// until its data comes.
+    flat: Option<BytesMut>,
     /// How many bytes the command needs.
     keep: usize,
     /// We solicit data up to this offset.
@@ -81,15 +87,15 @@ impl WriteTransfer {
     pub fn new(
         edtl: u32,
         keep: u32,
-        immediate: &[u8],
+        immediate: Bytes,
         final_bit: bool,
         p: &TransferParams,
     ) -> Self {
         let keep = keep.min(edtl);
         let mut t = WriteTransfer {
-            // Not zeroed: data arrives in order (DataPDUInOrder, DataSequenceInOrder) and only
-            // a gap or a short transfer is filled with zeroes.
-            buf: BytesMut::with_capacity(keep as usize),
+            parts: Vec::new(),
+            filled: 0,
+            flat: None,
             keep: keep as usize,
             solicit_end: keep,
             unsolicited: None,
@@ -98,8 +104,8 @@ impl WriteTransfer {
             bursts: Vec::new(),
             received: 0,
         };
-        t.store(0, immediate);
         let imm = (immediate.len() as u32).min(edtl);
+        t.store(0, immediate);
         t.next_offset = imm;
         if !p.initial_r2t && !final_bit {
             let limit = p.first_burst_length.min(edtl);
@@ -116,19 +122,34 @@ impl WriteTransfer {
         t
     }
 
-    fn store(&mut self, offset: u32, data: &[u8]) {
+    fn store(&mut self, offset: u32, data: Bytes) {
         self.received += data.len() as u64;
         let start = offset as usize;
         if start >= self.keep {
             return;
         }
-        let data = &data[..data.len().min(self.keep - start)];
-        if start > self.buf.len() {
-            self.buf.resize(start, 0);
+        let data = data.slice(..data.len().min(self.keep - start));
+        if self.flat.is_none() && start == self.filled {
+            self.filled += data.len();
+            if !data.is_empty() {
+                self.parts.push(data);
+            }
+            return;
         }
-        let overlap = (self.buf.len() - start).min(data.len());
-        self.buf[start..start + overlap].copy_from_slice(&data[..overlap]);
-        self.buf.extend_from_slice(&data[overlap..]);
+        let (parts, keep) = (&mut self.parts, self.keep);
+        let buf = self.flat.get_or_insert_with(|| {
+            let mut b = BytesMut::with_capacity(keep);
+            for p in parts.drain(..) {
+                b.extend_from_slice(&p);
+            }
+            b
+        });
+        if start > buf.len() {
+            buf.resize(start, 0);
+        }
+        let overlap = (buf.len() - start).min(data.len());
+        buf[start..start + overlap].copy_from_slice(&data[..overlap]);
+        buf.extend_from_slice(&data[overlap..]);
     }
 
     /// The R2Ts to send now; `next_ttt` hands out target transfer tags.
@@ -168,7 +189,7 @@ impl WriteTransfer {
         ttt: u32,
         data_sn: u32,
         offset: u32,
-        data: &[u8],
+        data: Bytes,
         final_bit: bool,
     ) -> Result<(), DataOutError> {
         let (burst, unsolicited) = if ttt == RESERVED_TAG {
@@ -228,16 +249,33 @@ impl WriteTransfer {
         self.r2t_sn
     }
 
-    /// The data-out buffer.
-    pub fn into_data(mut self) -> Bytes {
-        self.buf.resize(self.keep, 0);
-        self.buf.freeze()
+    /// The data-out buffer, in order: the data segments as they came, or one buffer if they
+    /// came out of order. What never came (a short transfer) reads as zeroes, never as
+    /// whatever memory held before.
+    pub fn into_data(mut self) -> Vec<Bytes> {
+        if let Some(mut buf) = self.flat.take() {
+            buf.resize(self.keep, 0);
+            return vec![buf.freeze()];
+        }
+        if self.filled < self.keep {
+            self.parts
+                .push(Bytes::from(vec![0; self.keep - self.filled]));
+        }
+        self.parts
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn b(v: u8, n: usize) -> Bytes {
+        Bytes::from(vec![v; n])
+    }
+
+    fn flat(parts: Vec<Bytes>) -> Vec<u8> {
+        parts.concat()
+    }
 
     fn params(initial_r2t: bool) -> TransferParams {
         TransferParams {
@@ -253,20 +291,50 @@ mod tests {
     #[test]
     fn out_of_order_and_missing_data() {
         let p = params(false);
-        let mut t = WriteTransfer::new(12, 12, &[], false, &p);
-        t.on_data_out(RESERVED_TAG, 0, 8, &[3; 4], false).unwrap();
-        t.on_data_out(RESERVED_TAG, 1, 0, &[1; 4], false).unwrap();
-        t.on_data_out(RESERVED_TAG, 2, 4, &[2; 4], true).unwrap();
-        assert_eq!(&t.into_data()[..], &[1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
-        let mut t = WriteTransfer::new(12, 12, &[], false, &p);
-        t.on_data_out(RESERVED_TAG, 0, 4, &[5; 4], true).unwrap();
-        assert_eq!(&t.into_data()[..], &[0, 0, 0, 0, 5, 5, 5, 5, 0, 0, 0, 0]);
+        let mut t = WriteTransfer::new(12, 12, Bytes::new(), false, &p);
+        t.on_data_out(RESERVED_TAG, 0, 8, b(3, 4), false).unwrap();
+        t.on_data_out(RESERVED_TAG, 1, 0, b(1, 4), false).unwrap();
+        t.on_data_out(RESERVED_TAG, 2, 4, b(2, 4), true).unwrap();
+        assert_eq!(
+            &flat(t.into_data())[..],
+            &[1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+        );
+        let mut t = WriteTransfer::new(12, 12, Bytes::new(), false, &p);
+        t.on_data_out(RESERVED_TAG, 0, 4, b(5, 4), true).unwrap();
+        assert_eq!(
+            &flat(t.into_data())[..],
+            &[0, 0, 0, 0, 5, 5, 5, 5, 0, 0, 0, 0]
+        );
+        // In order first, then out of order: what came in order is kept.
+        let mut t = WriteTransfer::new(12, 12, b(7, 4), false, &p);
+        t.on_data_out(RESERVED_TAG, 0, 8, b(9, 4), false).unwrap();
+        t.on_data_out(RESERVED_TAG, 1, 4, b(8, 4), true).unwrap();
+        assert_eq!(
+            &flat(t.into_data())[..],
+            &[7, 7, 7, 7, 8, 8, 8, 8, 9, 9, 9, 9]
+        );
+    }
+
+    /// Data in order is handed on as the PDUs' own segments: no copy.
+    #[test]
+    fn in_order_data_is_not_copied() {
+        let p = params(true);
+        let (imm, later) = (b(1, 512), b(2, 512));
+        let mut t = WriteTransfer::new(1024, 1024, imm.clone(), false, &p);
+        let r = t.next_r2ts(&p, &mut || 5);
+        assert_eq!((r[0].offset, r[0].len), (512, 512));
+        t.on_data_out(5, 0, 512, later.clone(), true).unwrap();
+        assert!(t.is_complete());
+        let parts = t.into_data();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].as_ptr(), imm.as_ptr());
+        assert_eq!(parts[1].as_ptr(), later.as_ptr());
     }
 
     #[test]
     fn immediate_unsolicited_and_solicited() {
         let p = params(false);
-        let mut t = WriteTransfer::new(8192, 8192, &[1u8; 512], false, &p);
+        let mut t = WriteTransfer::new(8192, 8192, b(1u8, 512), false, &p);
         let mut tag = 10;
         let mut next = || {
             tag += 1;
@@ -276,29 +344,29 @@ mod tests {
             t.next_r2ts(&p, &mut next).is_empty(),
             "unsolicited data first"
         );
-        t.on_data_out(RESERVED_TAG, 0, 512, &[2u8; 512], true)
+        t.on_data_out(RESERVED_TAG, 0, 512, b(2u8, 512), true)
             .unwrap();
         let r = t.next_r2ts(&p, &mut next);
         assert_eq!(r.len(), 2);
         assert_eq!((r[0].offset, r[0].len, r[0].r2t_sn), (1024, 2048, 0));
         assert_eq!((r[1].offset, r[1].len, r[1].r2t_sn), (3072, 2048, 1));
-        t.on_data_out(r[0].ttt, 0, 1024, &[3u8; 1024], false)
+        t.on_data_out(r[0].ttt, 0, 1024, b(3u8, 1024), false)
             .unwrap();
-        t.on_data_out(r[0].ttt, 1, 2048, &[3u8; 1024], true)
+        t.on_data_out(r[0].ttt, 1, 2048, b(3u8, 1024), true)
             .unwrap();
         let r2 = t.next_r2ts(&p, &mut next);
         assert_eq!((r2[0].offset, r2[0].len), (5120, 2048));
-        t.on_data_out(r[1].ttt, 0, 3072, &[4u8; 2048], true)
+        t.on_data_out(r[1].ttt, 0, 3072, b(4u8, 2048), true)
             .unwrap();
         let r3 = t.next_r2ts(&p, &mut next);
         assert_eq!((r3[0].offset, r3[0].len), (7168, 1024));
-        t.on_data_out(r2[0].ttt, 0, 5120, &[5u8; 2048], true)
+        t.on_data_out(r2[0].ttt, 0, 5120, b(5u8, 2048), true)
             .unwrap();
         assert!(!t.is_complete());
-        t.on_data_out(r3[0].ttt, 0, 7168, &[6u8; 1024], true)
+        t.on_data_out(r3[0].ttt, 0, 7168, b(6u8, 1024), true)
             .unwrap();
         assert!(t.is_complete());
-        let d = t.into_data();
+        let d = flat(t.into_data());
         assert_eq!(d[0], 1);
         assert_eq!(d[600], 2);
         assert_eq!(d[8191], 6);
@@ -307,22 +375,22 @@ mod tests {
     #[test]
     fn sequence_errors() {
         let p = params(true);
-        let mut t = WriteTransfer::new(1024, 1024, &[], true, &p);
+        let mut t = WriteTransfer::new(1024, 1024, Bytes::new(), true, &p);
         assert_eq!(
-            t.on_data_out(RESERVED_TAG, 0, 0, &[0; 512], true),
+            t.on_data_out(RESERVED_TAG, 0, 0, b(0, 512), true),
             Err(DataOutError::Unsolicited)
         );
         let r = t.next_r2ts(&p, &mut || 7);
         assert_eq!(
-            t.on_data_out(9, 0, 0, &[0; 512], false),
+            t.on_data_out(9, 0, 0, b(0, 512), false),
             Err(DataOutError::UnknownTtt(9))
         );
         assert!(matches!(
-            t.on_data_out(r[0].ttt, 1, 0, &[0; 512], false),
+            t.on_data_out(r[0].ttt, 1, 0, b(0, 512), false),
             Err(DataOutError::DataSn { .. })
         ));
         assert!(matches!(
-            t.on_data_out(r[0].ttt, 0, 900, &[0; 512], false),
+            t.on_data_out(r[0].ttt, 0, 900, b(0, 512), false),
             Err(DataOutError::Offset { .. })
         ));
     }
@@ -331,7 +399,7 @@ mod tests {
     fn keeps_only_what_the_command_needs() {
         let p = params(true);
         // EDTL 10000 for a one-block write: solicit 512 only.
-        let mut t = WriteTransfer::new(10000, 512, &[], true, &p);
+        let mut t = WriteTransfer::new(10000, 512, Bytes::new(), true, &p);
         let r = t.next_r2ts(&p, &mut || 1);
         assert_eq!(
             r,
@@ -342,10 +410,10 @@ mod tests {
                 len: 512
             }]
         );
-        t.on_data_out(1, 0, 0, &[9; 512], true).unwrap();
+        t.on_data_out(1, 0, 0, b(9, 512), true).unwrap();
         assert!(t.is_complete());
-        assert_eq!(t.into_data().len(), 512);
+        assert_eq!(flat(t.into_data()).len(), 512);
         // Nothing to collect at all.
-        assert!(WriteTransfer::new(0, 0, &[], true, &p).is_complete());
+        assert!(WriteTransfer::new(0, 0, Bytes::new(), true, &p).is_complete());
     }
 }

@@ -53,7 +53,7 @@ pub struct ScsiCommand<'a> {
     pub cdb: &'a [u8],
     pub nexus: &'a ItNexus,
     /// The data-out buffer: what the command needs of what the initiator sent.
-    pub data_out: Bytes,
+    pub data_out: backstore::DataOutBuffer,
     /// The initiator's Expected Data Transfer Length (RFC 7143 §11.3.4).
     pub transfer_length: u32,
 }

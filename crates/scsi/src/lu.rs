@@ -341,17 +341,17 @@ impl<B: BlockDevice> LogicalUnit<B> {
             0x03 => self.request_sense(cmd),
             0x08 | 0x28 | 0xa8 | 0x88 => self.read(cdb).await,
             0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e => self.write(cdb, &cmd.data_out).await,
-            0x2f | 0xaf | 0x8f => self.verify(cdb, &cmd.data_out).await,
+            0x2f | 0xaf | 0x8f => self.verify(cdb, &cmd.data_out.to_bytes()).await,
             0x34 | 0x90 => self.pre_fetch(cdb),
             0x35 | 0x91 => self.synchronize_cache(cdb).await,
             0x41 | 0x93 => {
-                self.write_same(cdb, &cmd.data_out, cmd.transfer_length)
+                self.write_same(cdb, &cmd.data_out.to_bytes(), cmd.transfer_length)
                     .await
             }
-            0x42 => self.unmap(cdb, &cmd.data_out).await,
+            0x42 => self.unmap(cdb, &cmd.data_out.to_bytes()).await,
             0x8b => self.or_write(cdb, &cmd.data_out).await,
             0x89 => {
-                self.compare_and_write(cdb, &cmd.data_out, cmd.transfer_length)
+                self.compare_and_write(cdb, &cmd.data_out.to_bytes(), cmd.transfer_length)
                     .await
             }
             0x12 => self.inquiry(cmd),

@@ -31,7 +31,7 @@ async fn run(lu: &LogicalUnit<FileDevice>, n: &ItNexus, cdb: &[u8], data: &[u8])
     let cmd = ScsiCommand {
         cdb: &full,
         nexus: n,
-        data_out: Bytes::copy_from_slice(data),
+        data_out: Bytes::copy_from_slice(data).into(),
         transfer_length: data.len() as u32,
     };
     lu.execute(&cmd).await

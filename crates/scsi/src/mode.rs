@@ -134,7 +134,8 @@ impl<B: BlockDevice> LogicalUnit<B> {
         if cdb[1] & 0x10 == 0 {
             return Err(SenseData::invalid_cdb(1, Some(4))); // PF=0: vendor-specific pages
         }
-        let data = &cmd.data_out[..len.min(cmd.data_out.len())];
+        let params = cmd.data_out.to_bytes();
+        let data = &params[..len.min(params.len())];
         let hdr = if ten { 8 } else { 4 };
         if data.len() < hdr {
             return Err(SenseData::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR));

@@ -435,7 +435,8 @@ impl<B: BlockDevice> LogicalUnit<B> {
         if len > cmd.data_out.len() {
             return Err(SenseData::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR));
         }
-        let p = &cmd.data_out[..len];
+        let params = cmd.data_out.to_bytes();
+        let p = &params[..len];
         if len < 24 {
             return Err(SenseData::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR));
         }

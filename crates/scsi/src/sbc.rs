@@ -1,7 +1,7 @@
 //! Block commands (SBC-3 §5): READ, WRITE, WRITE AND VERIFY, VERIFY, PRE-FETCH, SYNCHRONIZE
 //! CACHE, WRITE SAME, UNMAP, COMPARE AND WRITE, GET LBA STATUS, READ CAPACITY.
 
-use backstore::BlockDevice;
+use backstore::{BlockDevice, DataOutBuffer};
 use bytes::{Bytes, BytesMut};
 
 use crate::cdb::{be16, be24, be32, be64, get};
@@ -131,16 +131,20 @@ impl<B: BlockDevice> LogicalUnit<B> {
     fn write_prologue(
         &self,
         cdb: &[u8],
-        data: &Bytes,
-    ) -> Result<Option<(BlockRange, Bytes)>, SenseData> {
+        data: &DataOutBuffer,
+    ) -> Result<Option<(BlockRange, DataOutBuffer)>, SenseData> {
         let r = BlockRange::parse(cdb);
         self.check_rw(&r)?;
         self.check_writable()?;
         if r.blocks == 0 {
             return Ok(None);
         }
-        let payload = self.data_for(data, r.blocks * self.bs())?;
-        Ok(Some((r, payload)))
+        let len = r.blocks * self.bs();
+        if (data.len() as u64) < len {
+            // As in data_for.
+            return Err(SenseData::illegal(Asc::INVALID_FIELD_IN_INFORMATION_UNIT));
+        }
+        Ok(Some((r, data.prefix(len as usize))))
     }
 
     pub(crate) async fn read(&self, cdb: &[u8]) -> CmdResult {
@@ -160,7 +164,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
 
     /// WRITE (6/10/12/16), and WRITE AND VERIFY (SBC-3 §5.40), whose write is made durable
     /// before GOOD, which is what verification of the medium amounts to here.
-    pub(crate) async fn write(&self, cdb: &[u8], data: &Bytes) -> CmdResult {
+    pub(crate) async fn write(&self, cdb: &[u8], data: &DataOutBuffer) -> CmdResult {
         let Some((r, payload)) = self.write_prologue(cdb, data)? else {
             return Ok(ScsiResponse::good());
         };
@@ -300,7 +304,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
         while done < len {
             let n = per.min(len - done);
             self.dev
-                .write(off + done, buf.slice(..n as usize), false)
+                .write(off + done, buf.slice(..n as usize).into(), false)
                 .await?;
             done += n;
         }
@@ -401,10 +405,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
 
     /// ORWRITE (16) (SBC-3 §5.7): the data is ORed into the blocks, atomically against other
     /// writes: read, OR, then compare-and-write the result, again if a write came between.
-    pub(crate) async fn or_write(&self, cdb: &[u8], data: &Bytes) -> CmdResult {
+    pub(crate) async fn or_write(&self, cdb: &[u8], data: &DataOutBuffer) -> CmdResult {
         let Some((r, mask)) = self.write_prologue(cdb, data)? else {
             return Ok(ScsiResponse::good());
         };
+        let mask = mask.to_bytes();
         // One block at a time: compare-and-write engines (librbd) take at most a block, and
         // ORing is per byte, so per-block atomicity is all the command needs.
         let bs = self.bs() as usize;

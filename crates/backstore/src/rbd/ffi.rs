@@ -83,7 +83,7 @@ api! {
     rbd_aio_get_return_value: fn(Completion) -> isize;
     rbd_aio_release: fn(Completion) -> ();
     rbd_aio_read: fn(Image, u64, usize, *mut c_char, Completion) -> c_int;
-    rbd_aio_write: fn(Image, u64, usize, *const c_char, Completion) -> c_int;
+    rbd_aio_writev: fn(Image, *const libc::iovec, c_int, u64, Completion) -> c_int;
     rbd_aio_flush: fn(Image, Completion) -> c_int;
     rbd_aio_write_zeroes: fn(Image, u64, usize, Completion, c_int, c_int) -> c_int;
     rbd_aio_compare_and_write: fn(Image, u64, usize, *const c_char, *const c_char, Completion, *mut u64, c_int) -> isize;

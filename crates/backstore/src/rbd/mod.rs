@@ -18,7 +18,9 @@ use std::sync::{Arc, RwLock};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use crate::{check_range, BackstoreError, BlockDevice, Capabilities, Extent, Result};
+use crate::{
+    check_range, BackstoreError, BlockDevice, Capabilities, DataOutBuffer, Extent, Result,
+};
 use ffi::{api, Completion};
 
 /// Where an image is and how to reach its cluster, like the `rbd` command line.
@@ -599,15 +601,24 @@ impl BlockDevice for RbdDevice {
         Ok(d.buf.unwrap_or_default().freeze())
     }
 
-    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<()> {
+    async fn write(&self, offset: u64, data: DataOutBuffer, fua: bool) -> Result<()> {
         check_range(offset, data.len() as u64, self.size())?;
         self.check_writable()?;
         let a = api().map_err(BackstoreError::Other)?;
         let d = self
-            .aio("write", None, vec![data], |img, c, ctx| {
-                let (ptr, len) = (ctx.keep[0].as_ptr(), ctx.keep[0].len());
-                // SAFETY: the data is kept alive in ctx until the callback.
-                unsafe { (a.rbd_aio_write)(img, offset, len, ptr as *const _, c) as isize }
+            .aio("write", None, data.parts().to_vec(), |img, c, ctx| {
+                // librbd reads the iovec array during the call only; the data it points to is
+                // kept alive in ctx until the callback.
+                let iov: Vec<libc::iovec> = ctx
+                    .keep
+                    .iter()
+                    .map(|p| libc::iovec {
+                        iov_base: p.as_ptr() as *mut _,
+                        iov_len: p.len(),
+                    })
+                    .collect();
+                // SAFETY: as above; the count matches the array.
+                unsafe { (a.rbd_aio_writev)(img, iov.as_ptr(), iov.len() as _, offset, c) as isize }
             })
             .await?;
         self.check("write", &d)?;

@@ -428,7 +428,8 @@ impl Conn {
         let transfer = if write && edtl > 0 {
             let keep = spdtl.min(edtl as u64).min(MAX_COMMAND_BUFFER) as u32;
             let tp = self.transfer_params();
-            let mut transfer = WriteTransfer::new(edtl, keep, &pdu.data, bhs.final_bit(), &tp);
+            let mut transfer =
+                WriteTransfer::new(edtl, keep, pdu.data.clone(), bhs.final_bit(), &tp);
             let mut next = self.next_ttt;
             let r2ts = transfer.next_r2ts(&tp, &mut || {
                 next = next.wrapping_add(1);
@@ -440,7 +441,7 @@ impl Conn {
             }
             transfer
         } else {
-            WriteTransfer::new(0, 0, &[], true, &self.transfer_params())
+            WriteTransfer::new(0, 0, bytes::Bytes::new(), true, &self.transfer_params())
         };
         let pw = PendingWrite {
             lu,
@@ -486,7 +487,7 @@ impl Conn {
             bhs.ttt(),
             bhs.data_sn(),
             bhs.buffer_offset(),
-            &pdu.data,
+            pdu.data,
             bhs.final_bit(),
         ) {
             // At error recovery level 0 the target cannot ask for the data again (RFC 7143
@@ -554,7 +555,7 @@ impl Conn {
             transfer,
         } = pw;
         let r2ts = transfer.r2t_count();
-        let data_out = transfer.into_data();
+        let data_out = backstore::DataOutBuffer::from_parts(transfer.into_data());
         let tx = self.tx.clone();
         let nexus = s.nexus.clone();
         let luns = s.luns.clone();
@@ -575,7 +576,7 @@ impl Conn {
                 let cmd = ScsiCommand {
                     cdb: &cdb,
                     nexus: &nexus,
-                    data_out: bytes::Bytes::new(),
+                    data_out: Default::default(),
                     transfer_length: edtl,
                 };
                 let guard = match &owner {
