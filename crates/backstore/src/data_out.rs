@@ -1,4 +1,8 @@
-//! The data a write carries, as it arrived from the network.
+//! Data on its way between the network and an engine, held so that it is copied as little
+//! as possible: a write's data as it arrived, a read's data where it lies.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -102,6 +106,85 @@ impl PartialEq<[u8]> for DataOutBuffer {
         }
     }
 }
+
+/// Bytes of a file that the kernel sends to a socket itself (sendfile), never copied through
+/// user memory: read data of an engine whose file lives in memory (tmpfs, a memfd). With
+/// the page cache copy gone the gateway's only work for a 1 MiB read is framing it.
+#[derive(Clone)]
+pub struct FileExtent {
+    file: Arc<dyn AsRawFd + Send + Sync>,
+    pub offset: u64,
+    pub len: usize,
+}
+
+impl FileExtent {
+    pub fn new(file: Arc<dyn AsRawFd + Send + Sync>, offset: u64, len: usize) -> Self {
+        FileExtent { file, offset, len }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// `len` bytes from `skip` on (a Data-In PDU's share).
+    pub fn slice(&self, skip: usize, len: usize) -> FileExtent {
+        debug_assert!(skip + len <= self.len);
+        FileExtent {
+            file: self.file.clone(),
+            offset: self.offset + skip as u64,
+            len,
+        }
+    }
+
+    /// The bytes, read into memory (for a digest, which must see them). An extent whose file
+    /// was cut short meanwhile is an error, never short data.
+    pub fn read(&self) -> std::io::Result<Bytes> {
+        let mut buf = vec![0u8; self.len];
+        let mut got = 0;
+        while got < self.len {
+            // SAFETY: pread into the rest of our buffer, valid for `len - got` bytes.
+            let n = unsafe {
+                libc::pread(
+                    self.fd(),
+                    buf[got..].as_mut_ptr() as *mut libc::c_void,
+                    self.len - got,
+                    (self.offset + got as u64) as i64,
+                )
+            };
+            match n {
+                n if n > 0 => got += n as usize,
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(buf.into())
+    }
+}
+
+impl std::fmt::Debug for FileExtent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "FileExtent(fd {} {}+{})",
+            self.fd(),
+            self.offset,
+            self.len
+        )
+    }
+}
+
+impl PartialEq for FileExtent {
+    fn eq(&self, o: &Self) -> bool {
+        self.fd() == o.fd() && self.offset == o.offset && self.len == o.len
+    }
+}
+
+impl Eq for FileExtent {}
 
 #[cfg(test)]
 mod tests {

@@ -18,7 +18,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::metadata::Metadata;
 use crate::{
-    check_range, BackstoreError, BlockDevice, Capabilities, DataOutBuffer, Extent, Result,
+    check_range, BackstoreError, BlockDevice, Capabilities, DataOutBuffer, Extent, FileExtent,
+    Result,
 };
 
 struct Inner {
@@ -34,6 +35,15 @@ struct Inner {
     /// The file lives in memory (tmpfs, a memfd): its I/O never waits for a device, so it
     /// runs on the calling thread instead of paying a hand-off to the blocking pool.
     in_memory: bool,
+}
+
+/// Reads from this size on are sent from the file (see `read_extent`).
+const EXTENT_MIN: usize = 64 * 1024;
+
+impl AsRawFd for Inner {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
 }
 
 /// A block device over a file descriptor.
@@ -374,6 +384,17 @@ impl BlockDevice for FileDevice {
             return r;
         }
         self.blocking(move |i| i.read_range(offset, len)).await
+    }
+
+    fn read_extent(&self, offset: u64, len: usize) -> Option<FileExtent> {
+        // Only from memory: sendfile from a file on a disk would wait for the disk on the
+        // connection's thread. Only large reads: a few KiB cost less to copy than the system
+        // calls of sending them apart from the responses batched around them (4 KiB reads at
+        // queue depth 32 lost 11% that way).
+        (self.inner.in_memory
+            && len >= EXTENT_MIN
+            && check_range(offset, len as u64, self.inner.size).is_ok())
+        .then(|| FileExtent::new(self.inner.clone(), offset, len))
     }
 
     async fn write(&self, offset: u64, data: DataOutBuffer, fua: bool) -> Result<()> {

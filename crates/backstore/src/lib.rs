@@ -19,7 +19,7 @@ pub mod file;
 mod metadata;
 pub mod rbd;
 
-pub use data_out::DataOutBuffer;
+pub use data_out::{DataOutBuffer, FileExtent};
 pub use file::FileDevice;
 
 #[derive(Debug, Error)]
@@ -77,6 +77,13 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
 
     fn read(&self, offset: u64, len: usize) -> impl Future<Output = Result<Bytes>> + Send;
+
+    /// Where `len` bytes at `offset` can be sent from by the kernel without a copy through
+    /// user memory, if this engine's data lives in memory the kernel can send from (the
+    /// page cache of an in-memory file). `None`: use [`BlockDevice::read`].
+    fn read_extent(&self, _offset: u64, _len: usize) -> Option<FileExtent> {
+        None
+    }
 
     /// Writes `data` at `offset`; with `fua` the data is durable when this returns.
     fn write(
@@ -183,6 +190,9 @@ impl BlockDevice for Device {
     }
     async fn read(&self, offset: u64, len: usize) -> Result<Bytes> {
         dispatch!(self, d => d.read(offset, len).await)
+    }
+    fn read_extent(&self, offset: u64, len: usize) -> Option<FileExtent> {
+        dispatch!(self, d => d.read_extent(offset, len))
     }
     async fn write(&self, offset: u64, data: DataOutBuffer, fua: bool) -> Result<()> {
         dispatch!(self, d => d.write(offset, data, fua).await)

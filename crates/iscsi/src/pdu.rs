@@ -339,9 +339,15 @@ impl Pdu {
     /// [`Pdu::encode_tail`] after the data, a large data segment can be sent from its own buffer
     /// (vectored I/O) instead of being copied.
     pub fn encode_head(&self, out: &mut BytesMut, header_digest: bool) {
+        self.encode_head_for(out, header_digest, self.data.len());
+    }
+
+    /// [`Pdu::encode_head`] for a data segment of `data_len` bytes that the caller sends
+    /// from elsewhere (a file), followed by [`pad_segment`].
+    pub fn encode_head_for(&self, out: &mut BytesMut, header_digest: bool, data_len: usize) {
         let mut bhs = self.bhs;
         bhs.0[4] = (self.ahs.len() / 4) as u8;
-        bhs.set_data_segment_len(self.data.len());
+        bhs.set_data_segment_len(data_len);
         out.reserve(48 + self.ahs.len() + 4);
         out.put_slice(&bhs.0);
         out.put_slice(&self.ahs);
@@ -353,8 +359,7 @@ impl Pdu {
     /// What follows the data segment: padding to 4 bytes and the data digest.
     pub fn encode_tail(&self, out: &mut BytesMut, data_digest: bool) {
         if !self.data.is_empty() {
-            let pad = pad4(self.data.len()) - self.data.len();
-            out.put_bytes(0, pad);
+            let pad = pad_segment(out, self.data.len());
             if data_digest {
                 out.put_u32_le(crc32c(&[&self.data, &[0u8; 3][..pad]]));
             }
@@ -411,6 +416,14 @@ impl Default for PduDecoder {
             max_recv_data_segment_length: 8192,
         }
     }
+}
+
+/// Pads a data segment of `len` bytes to a multiple of 4 (RFC 7143 §11.2.3); returns the
+/// padding's length.
+pub fn pad_segment(out: &mut BytesMut, len: usize) -> usize {
+    let pad = pad4(len) - len;
+    out.put_bytes(0, pad);
+    pad
 }
 
 impl PduDecoder {

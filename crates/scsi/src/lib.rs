@@ -64,6 +64,9 @@ pub struct ScsiCommand<'a> {
 pub struct ScsiResponse {
     pub status: ScsiStatus,
     pub data: Bytes,
+    /// Data-in that the transport sends straight from a file instead of `data` (a READ
+    /// from an in-memory engine; [`backstore::FileExtent`]).
+    pub data_file: Option<backstore::FileExtent>,
     pub sense: Option<SenseData>,
 }
 
@@ -72,6 +75,7 @@ impl ScsiResponse {
         ScsiResponse {
             status: ScsiStatus::Good,
             data: Bytes::new(),
+            data_file: None,
             sense: None,
         }
     }
@@ -80,7 +84,24 @@ impl ScsiResponse {
         ScsiResponse {
             status: ScsiStatus::Good,
             data: data.into(),
+            data_file: None,
             sense: None,
+        }
+    }
+
+    /// Data-in sent from a file by the transport.
+    pub fn file(extent: backstore::FileExtent) -> Self {
+        ScsiResponse {
+            data_file: Some(extent),
+            ..Self::good()
+        }
+    }
+
+    /// The data-in, wherever it is.
+    pub fn data_in(&self) -> std::io::Result<Bytes> {
+        match &self.data_file {
+            Some(f) => f.read(),
+            None => Ok(self.data.clone()),
         }
     }
 
@@ -94,6 +115,7 @@ impl ScsiResponse {
         ScsiResponse {
             status: ScsiStatus::CheckCondition,
             data: Bytes::new(),
+            data_file: None,
             sense: Some(sense),
         }
     }
@@ -102,6 +124,7 @@ impl ScsiResponse {
         ScsiResponse {
             status,
             data: Bytes::new(),
+            data_file: None,
             sense: None,
         }
     }

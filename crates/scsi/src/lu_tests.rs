@@ -347,3 +347,26 @@ async fn random_cdbs_never_panic() {
         let _ = run(&lu, &n, &cdb[..cut], &data).await;
     }
 }
+
+/// Reads small and large from an in-memory engine: small ones in memory, large ones as a file
+/// extent for the transport to send; both return what was written.
+#[tokio::test]
+async fn reads_in_memory_and_from_the_file() {
+    let lu = lu(false);
+    let n = nexus(7);
+    ready(&lu, &n).await;
+    let data: Vec<u8> = (0..256 * 512u32).map(|i| (i % 241) as u8).collect();
+    assert_eq!(
+        run(&lu, &n, &write10(8, 256), &data).await.status,
+        ScsiStatus::Good
+    );
+    let mut read10 = write10(8, 256);
+    read10[0] = 0x28;
+    let big = run(&lu, &n, &read10, &[]).await;
+    assert!(big.data_file.is_some() && big.data.is_empty());
+    assert_eq!(big.data_in().unwrap(), data);
+    read10[7..9].copy_from_slice(&8u16.to_be_bytes());
+    let small = run(&lu, &n, &read10, &[]).await;
+    assert!(small.data_file.is_none());
+    assert_eq!(small.data_in().unwrap(), data[..4096]);
+}

@@ -154,6 +154,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
             return Ok(ScsiResponse::good());
         }
         let bs = self.bs();
+        if let Some(extent) = self.dev.read_extent(r.lba * bs, (r.blocks * bs) as usize) {
+            return Ok(ScsiResponse::file(extent));
+        }
         let data = self
             .dev
             .read(r.lba * bs, (r.blocks * bs) as usize)

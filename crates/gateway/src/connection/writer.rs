@@ -2,27 +2,45 @@
 //! ExpCmdSN and MaxCmdSN in send order, segments read data into Data-In PDUs (with status
 //! phase collapse, RFC 7143 §11.7.4) and batches whatever is queued into one write.
 
+use std::io::IoSlice;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
-use std::io::IoSlice;
-
+use backstore::FileExtent;
 use bytes::{Buf, Bytes, BytesMut};
-use iscsi::pdu::{Bhs, Opcode, Pdu, RESERVED_TAG};
+use iscsi::pdu::{pad_segment, Bhs, Opcode, Pdu, RESERVED_TAG};
 use scsi::{ScsiResponse, ScsiStatus};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// Data segments at least this long are written from their own buffer (vectored), not copied
 /// into the batch.
 const ZERO_COPY_MIN: usize = 8 * 1024;
 
+/// One piece of what goes on the wire.
+enum Part {
+    Mem(Bytes),
+    /// Sent by the kernel from the file (sendfile).
+    File(FileExtent),
+}
+
+impl Part {
+    fn len(&self) -> usize {
+        match self {
+            Part::Mem(b) => b.len(),
+            Part::File(f) => f.len,
+        }
+    }
+}
+
 /// Encoded PDUs waiting for one vectored write: headers and small segments gathered in
-/// `head`, large data segments (read data) kept as the buffers they already are.
+/// `head`, large data segments (read data) kept as the buffers or file extents they are.
 #[derive(Default)]
 pub struct Wire {
     head: BytesMut,
-    parts: Vec<Bytes>,
+    parts: Vec<Part>,
     parts_len: usize,
 }
 
@@ -30,13 +48,27 @@ impl Wire {
     fn put(&mut self, pdu: &Pdu, header_digest: bool, data_digest: bool) {
         if pdu.data.len() >= ZERO_COPY_MIN {
             pdu.encode_head(&mut self.head, header_digest);
-            self.seal();
-            self.parts_len += pdu.data.len();
-            self.parts.push(pdu.data.clone());
+            self.push(Part::Mem(pdu.data.clone()));
             pdu.encode_tail(&mut self.head, data_digest);
         } else {
             pdu.encode(&mut self.head, header_digest, data_digest);
         }
+    }
+
+    /// A PDU whose data segment the kernel sends from a file (no data digest: it would have
+    /// to read the data).
+    fn put_file(&mut self, pdu: &Pdu, data: FileExtent, header_digest: bool) {
+        let len = data.len;
+        pdu.encode_head_for(&mut self.head, header_digest, len);
+        self.push(Part::File(data));
+        pad_segment(&mut self.head, len);
+    }
+
+    /// Appends a part after what `head` gathered so far.
+    fn push(&mut self, part: Part) {
+        self.seal();
+        self.parts_len += part.len();
+        self.parts.push(part);
     }
 
     /// Moves what `head` gathered into the part list.
@@ -44,7 +76,7 @@ impl Wire {
         if !self.head.is_empty() {
             let b = self.head.split().freeze();
             self.parts_len += b.len();
-            self.parts.push(b);
+            self.parts.push(Part::Mem(b));
         }
     }
 
@@ -61,28 +93,71 @@ impl Wire {
         self.seal();
         let mut b = BytesMut::with_capacity(self.parts_len);
         for p in self.parts.drain(..) {
-            b.extend_from_slice(&p);
+            match p {
+                Part::Mem(m) => b.extend_from_slice(&m),
+                Part::File(f) => b.extend_from_slice(&f.read().expect("read the extent")),
+            }
         }
         self.parts_len = 0;
         b
     }
 
-    /// Writes everything with as few system calls as the socket allows.
-    async fn write_to(&mut self, wr: &mut OwnedWriteHalf) -> std::io::Result<()> {
+    /// Writes everything with as few system calls as the socket allows: runs of buffers with
+    /// one sendmsg, file extents with sendfile.
+    async fn write_to(&mut self, sock: &TcpStream) -> std::io::Result<()> {
         self.seal();
+        let fd = sock.as_raw_fd();
         let mut first = 0;
         while first < self.parts.len() {
-            let mut iov = [IoSlice::new(&[]); 64];
-            let n_iov = (self.parts.len() - first).min(iov.len());
-            for (slot, part) in iov.iter_mut().zip(&self.parts[first..first + n_iov]) {
-                *slot = IoSlice::new(part);
+            if let Part::File(f) = &mut self.parts[first] {
+                let mut off = f.offset as libc::off_t;
+                let (src, len) = (f.fd(), f.len);
+                // SAFETY: plain syscall on descriptors we hold open.
+                let n = send_io(sock, || unsafe { libc::sendfile(fd, src, &mut off, len) }).await?;
+                if n == 0 {
+                    // The file ended before the extent did (cut short meanwhile).
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                *f = f.slice(n, len - n);
+                if f.len == 0 {
+                    first += 1;
+                }
+                continue;
             }
-            let mut n = wr.write_vectored(&iov[..n_iov]).await?;
+            let mut iov = [IoSlice::new(&[]); 64];
+            let mut n_iov = 0;
+            let mut more = false;
+            for part in &self.parts[first..] {
+                match part {
+                    Part::Mem(b) if n_iov < iov.len() => {
+                        iov[n_iov] = IoSlice::new(b);
+                        n_iov += 1;
+                    }
+                    // Headers before a file extent: tell TCP the data follows.
+                    Part::File(_) => {
+                        more = true;
+                        break;
+                    }
+                    Part::Mem(_) => break,
+                }
+            }
+            let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
+            let mut n = send_io(sock, || {
+                // SAFETY: IoSlice is ABI-compatible with iovec; the buffers outlive the call.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+                msg.msg_iovlen = n_iov as _;
+                // SAFETY: as above.
+                unsafe { libc::sendmsg(fd, &msg, flags) }
+            })
+            .await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
             while n > 0 {
-                let part = &mut self.parts[first];
+                let Part::Mem(part) = &mut self.parts[first] else {
+                    unreachable!("sendmsg sent only buffers")
+                };
                 if n >= part.len() {
                     n -= part.len();
                     first += 1;
@@ -95,6 +170,26 @@ impl Wire {
         self.parts.clear();
         self.parts_len = 0;
         Ok(())
+    }
+}
+
+/// Runs a non-blocking send until the socket takes some bytes; how many.
+async fn send_io(sock: &TcpStream, mut f: impl FnMut() -> isize) -> std::io::Result<usize> {
+    loop {
+        sock.writable().await?;
+        let r = sock.try_io(Interest::WRITABLE, || match f() {
+            n if n >= 0 => Ok(n as usize),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+        match r {
+            Ok(n) => return Ok(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -257,13 +352,29 @@ impl Writer {
         true
     }
 
-    fn scsi(&mut self, d: ScsiDone, out: &mut Wire) {
+    fn scsi(&mut self, mut d: ScsiDone, out: &mut Wire) {
+        let mut file = d.resp.data_file.take();
+        if let Some(f) = file.take_if(|_| self.params.data_digest) {
+            // A data digest must see the data.
+            match f.read() {
+                Ok(b) => d.resp.data = b,
+                Err(e) => {
+                    tracing::error!("read data lost from its file: {e}");
+                    d.resp = ScsiResponse::check(scsi::SenseData::new(
+                        scsi::SenseKey::MediumError,
+                        scsi::Asc::UNRECOVERED_READ_ERROR,
+                    ));
+                }
+            }
+        }
         let mut data = d.resp.data.clone();
+        let mut len = file.as_ref().map_or(data.len(), |f| f.len);
         let residual = if d.read {
-            let produced = data.len() as u64;
+            let produced = len as u64;
             let edtl = d.edtl as u64;
             if produced > edtl {
                 data.truncate(d.edtl as usize);
+                len = d.edtl as usize;
                 Some(Residual::Overflow((produced - edtl) as u32))
             } else if produced < edtl {
                 Some(Residual::Underflow((edtl - produced) as u32))
@@ -271,12 +382,10 @@ impl Writer {
                 None
             }
         } else {
-            let r = d.write_residual;
-            if !data.is_empty() {
-                // Data-in for a command without the R bit: none of it can be sent.
-                data.clear();
-            }
-            r
+            // Data-in for a command without the R bit: none of it can be sent.
+            data.clear();
+            len = 0;
+            d.write_residual
         };
         let residual_bits = |bhs: &mut Bhs| match residual {
             Some(Residual::Overflow(n)) => {
@@ -289,17 +398,16 @@ impl Writer {
             }
             None => {}
         };
-        let collapse =
-            d.resp.status == ScsiStatus::Good && d.resp.sense.is_none() && !data.is_empty();
+        let collapse = d.resp.status == ScsiStatus::Good && d.resp.sense.is_none() && len > 0;
         let p = self.params;
         let seg = p.max_xmit_data_segment_length.max(512) as usize;
         let burst = p.max_burst_length.max(512) as usize;
         let mut data_sn = 0u32;
         let mut offset = 0usize;
         let mut in_burst = 0usize;
-        while offset < data.len() {
-            let n = seg.min(data.len() - offset).min(burst - in_burst);
-            let last = offset + n == data.len();
+        while offset < len {
+            let n = seg.min(len - offset).min(burst - in_burst);
+            let last = offset + n == len;
             in_burst += n;
             let mut bhs = Bhs::new(Opcode::DataIn);
             let mut flags = 0u8;
@@ -320,11 +428,21 @@ impl Writer {
                 bhs.0[3] = d.resp.status as u8;
                 residual_bits(&mut bhs);
             }
-            self.put(
-                out,
-                Pdu::with_data(bhs, data.slice(offset..offset + n)),
-                status,
-            );
+            match &file {
+                Some(f) => {
+                    self.stamp(&mut bhs, status);
+                    out.put_file(
+                        &Pdu::new(bhs),
+                        f.slice(offset, n),
+                        self.params.header_digest,
+                    );
+                }
+                None => self.put(
+                    out,
+                    Pdu::with_data(bhs, data.slice(offset..offset + n)),
+                    status,
+                ),
+            }
             data_sn += 1;
             offset += n;
         }
@@ -363,7 +481,7 @@ impl Writer {
                 }
             }
             if !out.is_empty() {
-                if let Err(e) = out.write_to(&mut wr).await {
+                if let Err(e) = out.write_to(wr.as_ref()).await {
                     tracing::debug!("connection write failed: {e}");
                     break 'outer;
                 }
@@ -464,6 +582,75 @@ mod tests {
             got.extend_from_slice(&p.data);
         }
         assert_eq!(got, data);
+    }
+
+    /// A large read from an in-memory file leaves by sendfile, framed by the same Data-In
+    /// PDUs as from memory, over a real socket; with a data digest it is read and digested.
+    #[tokio::test]
+    async fn data_in_from_a_file_over_a_socket() {
+        use backstore::{BlockDevice, FileDevice};
+        let dev = FileDevice::memory(1 << 20).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        dev.write(4096, Bytes::from(data.clone()).into(), false)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut c, &mut got)
+                .await
+                .unwrap();
+            got
+        });
+        let (server, _) = listener.accept().await.unwrap();
+        let mut w = writer(65536, 1 << 20);
+        let mut out = Wire::default();
+        for digest in [false, true] {
+            w.params.data_digest = digest;
+            w.params.header_digest = digest;
+            let extent = dev
+                .read_extent(4096, data.len())
+                .expect("memfd sends from the file");
+            let done = ScsiDone {
+                itt: 3,
+                resp: ScsiResponse::file(extent),
+                edtl: 299_999, // one byte short: overflow of 1
+                read: true,
+                write_residual: None,
+                r2ts: 0,
+            };
+            w.encode(Out::Scsi(Box::new(done)), &mut out);
+            assert_eq!(
+                out.parts.iter().any(|p| matches!(p, Part::File(_))),
+                !digest,
+                "sent from the file unless a digest must see the data"
+            );
+            out.write_to(&server).await.unwrap();
+        }
+        drop(server);
+        let mut wire = BytesMut::from(&client.await.unwrap()[..]);
+        for digest in [false, true] {
+            let dec = PduDecoder {
+                max_recv_data_segment_length: 1 << 20,
+                header_digest: digest,
+                data_digest: digest,
+            };
+            let mut got = Vec::new();
+            let mut last = None;
+            while got.len() < 299_999 {
+                let p = dec.decode(&mut wire).unwrap().expect("a whole PDU");
+                assert_eq!(p.bhs.buffer_offset() as usize, got.len());
+                got.extend_from_slice(&p.data);
+                last = Some(p.bhs);
+            }
+            assert_eq!(got, data[..299_999]);
+            let last = last.unwrap();
+            assert_eq!(last.flags() & 0x81, 0x81, "final, with status");
+            assert_eq!(last.residual_count(), 1);
+        }
+        assert!(wire.is_empty());
     }
 
     #[test]

@@ -12,7 +12,12 @@ pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     pub fn new(name: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!("rbdgw-test-{name}-{}", std::process::id()));
+        Scratch::new_in(&std::env::temp_dir(), name)
+    }
+
+    /// A scratch directory under `base` (/dev/shm for an image in memory).
+    pub fn new_in(base: &std::path::Path, name: &str) -> Scratch {
+        let d = base.join(format!("rbdgw-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("scratch dir");
         Scratch(d)
