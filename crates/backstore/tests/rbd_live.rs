@@ -64,6 +64,14 @@ async fn rbd_engine_io_on_a_live_cluster() {
         .await
         .unwrap();
     assert_eq!(dev.read(3 << 20, whole.len()).await.unwrap(), whole);
+    // Allocation from the object map: object 0 (0..4 MiB) holds data, the rest was never
+    // written.
+    let e = dev.allocation(0, 64 << 20).await.unwrap();
+    assert_eq!((e.offset, e.len, e.mapped), (0, 4 << 20, true));
+    let e = dev.allocation(1 << 20, 10 << 20).await.unwrap();
+    assert_eq!((e.offset, e.len, e.mapped), (1 << 20, 3 << 20, true));
+    let e = dev.allocation(5 << 20, 59 << 20).await.unwrap();
+    assert_eq!((e.offset, e.len, e.mapped), (5 << 20, 59 << 20, false));
     // Compare and write: the offset of the first difference, then success.
     let mut cmp = vec![1u8; 512];
     cmp[77] = 9;

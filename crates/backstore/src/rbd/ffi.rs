@@ -12,6 +12,8 @@ pub type Image = *mut c_void;
 pub type Completion = *mut c_void;
 pub type Callback = extern "C" fn(Completion, *mut c_void);
 pub type WriteOp = *mut c_void;
+/// `int (*)(uint64_t offset, size_t len, int exists, void *arg)` of rbd_diff_iterate2.
+pub type DiffCallback = extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
 pub type XattrsIter = *mut c_void;
 pub type WatchCallback = extern "C" fn(*mut c_void, u64, u64, u64, *mut c_void, usize);
 pub type WatchErrorCallback = extern "C" fn(*mut c_void, u64, c_int);
@@ -85,6 +87,7 @@ api! {
     rbd_aio_read: fn(Image, u64, usize, *mut c_char, Completion) -> c_int;
     rbd_aio_writev: fn(Image, *const libc::iovec, c_int, u64, Completion) -> c_int;
     rbd_aio_flush: fn(Image, Completion) -> c_int;
+    rbd_diff_iterate2: fn(Image, *const c_char, u64, u64, u8, u8, DiffCallback, *mut c_void) -> c_int;
     rbd_aio_write_zeroes: fn(Image, u64, usize, Completion, c_int, c_int) -> c_int;
     rbd_aio_compare_and_write: fn(Image, u64, usize, *const c_char, *const c_char, Completion, *mut u64, c_int) -> isize;
     rbd_lock_acquire: fn(Image, c_int) -> c_int;
