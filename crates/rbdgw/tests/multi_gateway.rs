@@ -145,6 +145,17 @@ fn two_gateways_one_lun() {
     );
     let (c, p) = prout(2, 1, 0xa1, 0);
     assert_eq!(s1.scsi_ready(0, &c, &p, 0).status, 0);
+    // A PREEMPT through gw1 reaches the preempted nexus, which is on gw2, as REGISTRATIONS
+    // PREEMPTED (SPC-4 §5.9.11.4), raised there by gw2.
+    let (c, p) = prout(0, 0, 0, 0xb2);
+    assert_eq!(b2.scsi_ready(0, &c, &p, 0).status, 0);
+    let (c, p) = prout(4, 1, 0xa1, 0xb2);
+    assert_eq!(s1.scsi_ready(0, &c, &p, 0).status, 0);
+    let o = b2.scsi(0, &[0; 6], &[], 0);
+    assert_eq!(o.sense, Some((0x06, 0x2a, 0x05)), "{o:?}");
+    assert_eq!(b2.scsi(0, &[0; 6], &[], 0).status, 0, "raised once");
+    let (c, p) = prout(2, 1, 0xa1, 0);
+    assert_eq!(s1.scsi_ready(0, &c, &p, 0).status, 0);
     let (c, p) = prout(0, 0, 0xa1, 0);
     assert_eq!(s1.scsi_ready(0, &c, &p, 0).status, 0);
 

@@ -86,6 +86,8 @@ pub(crate) struct LuState {
     pub pr: PrState,
     /// The metadata generation `pr` was read at.
     pub seen_generation: u64,
+    /// The last reservation notice raised here (`PrState::notices`).
+    pub applied_notice: u64,
     /// Nexuses that sent PREVENT ALLOW MEDIUM REMOVAL with PREVENT=1 (SBC-3 §5.12).
     pub prevent: HashSet<ItNexus>,
     /// The owning TPG (ALUA Active/Optimized); None means every TPG is optimized.

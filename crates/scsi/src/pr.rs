@@ -101,6 +101,49 @@ pub struct PrState {
     /// attention on its own nexuses when it sees the count grow.
     #[serde(default)]
     pub resets: u64,
+    /// Unit attentions owed to registrants by the latest changes (SPC-4 §5.9.11: PREEMPT,
+    /// CLEAR and RELEASE tell the other registrants), for every gateway to raise on the
+    /// nexuses it serves: the nexus that must hear it may sit on another gateway. Numbered;
+    /// each gateway raises each once. Only the last [`NOTICES_KEPT`] are kept.
+    #[serde(default)]
+    pub notices: Vec<PrNotice>,
+    #[serde(default)]
+    pub notice_seq: u64,
+}
+
+/// A unit attention for the nexuses a registration names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrNotice {
+    pub seq: u64,
+    pub to: Registration,
+    pub asc: [u8; 2],
+}
+
+/// Notices kept in the shared state: a gateway that missed more than this many reservation
+/// changes between two of its commands would miss unit attentions.
+const NOTICES_KEPT: usize = 32;
+
+/// Owes `asc` to the nexuses of registration `to`, wherever they are: raised here at once on
+/// the ones this gateway serves, and by every other gateway when it loads the state.
+fn notify(st: &mut LuState, to: &Registration, asc: Asc) {
+    st.pr.notice_seq += 1;
+    st.pr.notices.push(PrNotice {
+        seq: st.pr.notice_seq,
+        to: to.clone(),
+        asc: [asc.0, asc.1],
+    });
+    let excess = st.pr.notices.len().saturating_sub(NOTICES_KEPT);
+    st.pr.notices.drain(..excess);
+    raise_local(st, to, asc);
+    st.applied_notice = st.pr.notice_seq;
+}
+
+/// Raises `asc` on the nexuses of `to` this gateway has seen.
+fn raise_local(st: &mut LuState, to: &Registration, asc: Asc) {
+    let here: Vec<ItNexus> = st.seen.iter().filter(|s| to.matches(s)).cloned().collect();
+    for n in here {
+        st.ua_one(&n, asc);
+    }
 }
 
 /// Installs shared state read from the metadata; a reset made through another gateway shows
@@ -110,6 +153,13 @@ pub(crate) fn install(st: &mut LuState, new: PrState) {
     if !first_load && new.resets > st.pr.resets {
         st.ua_all(Asc::BUS_DEVICE_RESET, None);
     }
+    if !first_load {
+        let applied = st.applied_notice;
+        for n in new.notices.iter().filter(|n| n.seq > applied) {
+            raise_local(st, &n.to, Asc(n.asc[0], n.asc[1]));
+        }
+    }
+    st.applied_notice = st.applied_notice.max(new.notice_seq);
     st.pr = new;
 }
 
@@ -284,6 +334,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
     /// outcome is written.
     pub(crate) async fn update_shared(&self, f: impl Fn(&mut LuState) -> CmdResult) -> CmdResult {
         for _ in 0..64 {
+            // A try that loses the race must not count its notices as raised: the winner's
+            // notices may carry the same numbers.
+            let applied = self.state().applied_notice;
             let generation = self.dev.metadata_generation();
             let old = self
                 .dev
@@ -317,6 +370,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 self.state().seen_generation = self.dev.metadata_generation();
                 return result;
             }
+            self.state().applied_notice = applied;
         }
         Err(SenseData::new(
             crate::sense::SenseKey::AbortedCommand,
@@ -547,14 +601,15 @@ fn unregister(st: &mut LuState, i: usize) {
 }
 
 fn ua_registrants(st: &mut LuState, asc: Asc, except: Option<&ItNexus>) {
-    let targets: Vec<ItNexus> = st
-        .seen
+    let to: Vec<Registration> = st
+        .pr
+        .registrations
         .iter()
-        .filter(|s| Some(*s) != except && st.pr.registrations.iter().any(|r| r.matches(s)))
+        .filter(|r| except.is_none_or(|n| !r.matches(n)))
         .cloned()
         .collect();
-    for t in targets {
-        st.ua_one(&t, asc);
+    for r in to {
+        notify(st, &r, asc);
     }
 }
 
@@ -631,14 +686,8 @@ fn preempt(st: &mut LuState, n: &ItNexus, key: u64, sark: u64, kind: Option<PrTy
             .filter(|r| pred(r))
             .cloned()
             .collect();
-        let victims: Vec<ItNexus> = st
-            .seen
-            .iter()
-            .filter(|s| gone.iter().any(|g| g.matches(s)))
-            .cloned()
-            .collect();
-        for v in victims {
-            st.ua_one(&v, Asc::REGISTRATIONS_PREEMPTED);
+        for g in &gone {
+            notify(st, g, Asc::REGISTRATIONS_PREEMPTED);
         }
         st.pr.registrations.retain(|r| !pred(r));
         gone.len()
