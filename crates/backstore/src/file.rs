@@ -253,9 +253,14 @@ impl Inner {
         if self.in_memory {
             return Some(self.read_range(offset, len));
         }
-        let mut buf = BytesMut::zeroed(len);
+        // Into uninitialised memory, as read_range.
+        let mut buf = BytesMut::with_capacity(len);
         match read_nowait_into(self.file.as_raw_fd(), buf.as_mut_ptr(), len, offset)? {
-            Ok(()) => Some(Ok(buf.freeze())),
+            Ok(()) => {
+                // SAFETY: the read filled all `len` bytes (it succeeds only when it did).
+                unsafe { buf.set_len(len) };
+                Some(Ok(buf.freeze()))
+            }
             Err(e) => Some(Err(e.into())),
         }
     }
