@@ -19,6 +19,9 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+/// Commands moving at most this many bytes are first polled on the connection's task.
+const INLINE_MAX: u32 = 64 * 1024;
+
 use super::writer::{Acceptance, Out, Residual, ScsiDone, Window, Writer, WriterParams};
 use super::{reject, PduReader};
 use crate::session::SessionKey;
@@ -453,7 +456,7 @@ impl Conn {
             transfer,
         };
         if pw.transfer.is_complete() {
-            self.dispatch(itt, pw);
+            self.dispatch(itt, pw).await;
         } else {
             self.pending.insert(itt, pw);
         }
@@ -531,7 +534,7 @@ impl Conn {
             .is_some_and(|p| p.transfer.is_complete())
         {
             if let Some(pw) = self.pending.remove(&itt) {
-                self.dispatch(itt, pw);
+                self.dispatch(itt, pw).await;
             }
         }
         Ok(true)
@@ -542,8 +545,9 @@ impl Conn {
         let _ = self.tx.send(Out::Scsi(Box::new(done))).await;
     }
 
-    /// Runs a command whose data-out (if any) is complete, as a task of its own.
-    fn dispatch(&mut self, itt: u32, pw: PendingWrite) {
+    /// Runs a command whose data-out (if any) is complete: a small one first right here, as
+    /// far as it goes without waiting, then (if it must wait) as a task of its own.
+    async fn dispatch(&mut self, itt: u32, pw: PendingWrite) {
         let Some(s) = &self.scsi else { return };
         let PendingWrite {
             lu,
@@ -603,13 +607,13 @@ impl Conn {
             };
             (resp, read, edtl, residual, r2ts)
         };
-        // Registered before it is spawned, so an abort always finds it; the lock is not held
-        // across the spawn, where a task that finishes at once would wait for it.
+        // Registered before it runs, so an abort always finds it; the lock is not held across
+        // the spawn, where a task that finishes at once would wait for it.
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(itt, (lun, None));
-        let task = tokio::spawn(async move {
+        let mut task = Box::pin(async move {
             let (resp, read, edtl, residual, r2ts) = fut.await;
             let owned = tasks
                 .lock()
@@ -628,6 +632,21 @@ impl Conn {
                 let _ = tx.send(Out::Scsi(Box::new(done))).await;
             }
         });
+        // A small command on an in-memory engine completes in its first poll. Polled here it
+        // costs no task and no wake-up of another worker thread (thread switches were the
+        // top item, 15%, of the profile of 4 KiB writes at queue depth 32). A large one runs
+        // apart, so that this reader receives the next command's data meanwhile. What waits
+        // is spawned; its first poll there registers the task's own waker.
+        if edtl <= INLINE_MAX {
+            let done = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(std::future::Future::poll(task.as_mut(), cx).is_ready())
+            })
+            .await;
+            if done {
+                return;
+            }
+        }
+        let task = tokio::spawn(task);
         // Gone already: it finished (and answered), or an abort took it before it was
         // spawned (it then runs on but never answers).
         if let Some(entry) = self
