@@ -1,6 +1,6 @@
 //! The command line's contract: clear errors and a non-zero exit for a bad config or a portal
 //! that cannot be bound; `plan` on the seed's config; SIGTERM asks initiators to log out
-//! (Async Message) and stops cleanly.
+//! (Async Message) and stops cleanly; idle connections are pinged, silent ones dropped.
 
 mod common;
 
@@ -132,4 +132,74 @@ fn sigterm_asks_initiators_to_log_out() {
 
 extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// The target pings an idle connection (NOP-In asking for an answer, RFC 7143 §11.19) after the
+/// initiator's `attrib_nopin_timeout`, keeps a connection that answers and drops one that
+/// stays silent past `attrib_nopin_response_timeout`.
+#[test]
+fn idle_connections_are_pinged_and_silent_ones_dropped() {
+    let dir = Scratch::new("lifecycle-nopin");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let target = "iqn.2026-11.org.rbdgw:nopin";
+    let (quiet, chatty) = (
+        "iqn.2026-11.org.rbdgw:quiet",
+        "iqn.2026-11.org.rbdgw:chatty",
+    );
+    let config = serde_json::json!({
+        "auth": [{"target": target, "authentication": "identified", "identified": [
+            {"initiator": quiet, "attrib_nopin_timeout": 1, "attrib_nopin_response_timeout": 2},
+            {"initiator": chatty, "attrib_nopin_timeout": 1, "attrib_nopin_response_timeout": 2}]}],
+        "targets": [{"target": target, "hosts": [{"host": "gw1", "portal": "p1"}]}],
+        "portals": [{"name": "p1", "addresses": [addr.to_string()]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": target, "tpg": [
+            {"image": "m", "backstore": "memory", "size": "1M"}]}]}]
+    });
+    let gw = Gateway::start(&dir.0, &config.to_string(), "gw1", addr);
+    let mut silent = Client::connect(addr);
+    silent.login(quiet, Some(target), "");
+    let mut answers = Client::connect(addr);
+    answers.login(chatty, Some(target), "");
+
+    let started = std::time::Instant::now();
+    let ping = silent
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a NOP-In on the idle connection");
+    assert_eq!(ping.bhs.opcode(), Some(Opcode::NopIn));
+    assert_ne!(
+        ping.bhs.ttt(),
+        0xffff_ffff,
+        "a ping that asks for an answer"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "pinged after ~1 s"
+    );
+
+    // Answer every ping on one connection for a while; the other stays silent.
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        if let Some(p) = answers.recv_timeout(Duration::from_millis(500)) {
+            if p.bhs.opcode() == Some(Opcode::NopIn) && p.bhs.ttt() != 0xffff_ffff {
+                let mut bhs = Bhs::new(Opcode::NopOut);
+                bhs.0[0] |= 0x40;
+                bhs.set_flags(0x80);
+                bhs.set_itt(0xffff_ffff)
+                    .set_ttt(p.bhs.ttt())
+                    .set_lun_raw(p.bhs.lun_raw())
+                    .set_cmd_sn(answers.cmd_sn)
+                    .set_exp_stat_sn(answers.exp_stat_sn);
+                answers.send(&Pdu::new(bhs));
+            }
+        }
+    }
+    assert!(
+        silent.closed(),
+        "a connection that never answers is dropped"
+    );
+    assert!(answers.ping(), "a connection that answers stays");
+    assert!(
+        gw.log_text().contains("no answer to NOP-In within 2s"),
+        "the drop is logged"
+    );
 }

@@ -65,8 +65,31 @@ pub struct Acl {
     pub chap: Option<Chap>,
     /// `param_*` login keys (RFC 7143 names) overriding the target's defaults.
     pub params: BTreeMap<String, String>,
-    /// `attrib_*` settings (e.g. `nopin_timeout`).
+    /// `attrib_*` settings, as given (LIO's node ACL attributes).
     pub attribs: BTreeMap<String, String>,
+}
+
+/// LIO's defaults for the NOP-In timers of a node ACL, in seconds.
+pub const DEFAULT_NOPIN_TIMEOUT: u32 = 15;
+pub const DEFAULT_NOPIN_RESPONSE_TIMEOUT: u32 = 30;
+
+impl Acl {
+    /// `attrib_nopin_timeout`: seconds of silence before the target pings (0: never).
+    pub fn nopin_timeout(&self) -> u32 {
+        self.attrib_secs("nopin_timeout", DEFAULT_NOPIN_TIMEOUT)
+    }
+
+    /// `attrib_nopin_response_timeout`: seconds a ping may go unanswered.
+    pub fn nopin_response_timeout(&self) -> u32 {
+        self.attrib_secs("nopin_response_timeout", DEFAULT_NOPIN_RESPONSE_TIMEOUT)
+    }
+
+    fn attrib_secs(&self, key: &str, default: u32) -> u32 {
+        self.attribs
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

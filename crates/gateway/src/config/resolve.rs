@@ -168,6 +168,31 @@ fn acl(ctx: &mut Ctx, path: &str, e: &AclEntry, with_chap: bool) -> Result<Acl, 
             }
             params.insert(p.to_string(), scalar(v));
         } else if let Some(a) = k.strip_prefix("attrib_") {
+            let kp = format!("{path}.{k}");
+            match a {
+                // Honoured: the NOP-In timers of the initiator's sessions.
+                "nopin_timeout" | "nopin_response_timeout" => {
+                    let secs = scalar(v);
+                    if !matches!(secs.parse::<u32>(), Ok(0..=3600)) {
+                        return Err(ctx.err(kp, format!("expected seconds (0-3600), found {v}")));
+                    }
+                    if a == "nopin_response_timeout" && secs == "0" {
+                        return Err(ctx.err(kp, "a ping needs at least 1 second to be answered"));
+                    }
+                }
+                "dataout_timeout"
+                | "dataout_timeout_retries"
+                | "default_erl"
+                | "random_datain_pdu_offsets"
+                | "random_datain_seq_offsets"
+                | "random_r2t_offsets" => ctx.warn(&kp, "LIO setting with no effect on rbdgw"),
+                _ => {
+                    return Err(ctx.err(
+                        kp,
+                        format!("unknown initiator attribute {a:?}; expected nopin_timeout, nopin_response_timeout or another of LIO's node ACL attributes"),
+                    ))
+                }
+            }
             attribs.insert(a.to_string(), scalar(v));
         } else {
             return Err(ctx.err(format!("{path}.{k}"), "unknown key; expected initiator, userid, password, mutual, userid_mutual, password_mutual, attrib_* or param_*"));

@@ -147,6 +147,34 @@ fn full_config_resolves() {
         .warnings
         .iter()
         .any(|w| w.contains("backstore_queue_depth")));
+    assert_eq!(t.auth.acls[0].nopin_timeout(), 5);
+    assert_eq!(
+        t.auth.acls[1].nopin_timeout(),
+        crate::config::DEFAULT_NOPIN_TIMEOUT
+    );
+    assert_eq!(t.auth.acls[0].nopin_response_timeout(), 30);
+}
+
+#[test]
+fn initiator_attributes_are_checked() {
+    for (bad, what) in [
+        ("\"attrib_nopin_timout\": 5", "unknown initiator attribute"),
+        ("\"attrib_nopin_timeout\": \"soon\"", "expected seconds"),
+        ("\"attrib_nopin_response_timeout\": 0", "at least 1 second"),
+    ] {
+        let e = err(&FULL.replace("\"attrib_nopin_timeout\": 5", bad));
+        assert!(e.path.starts_with("auth[0].acls[0].attrib_nopin_"), "{e}");
+        assert!(e.to_string().contains(what), "{e}");
+    }
+    let c = Config::parse(
+        "full",
+        &FULL.replace(
+            "\"attrib_nopin_timeout\": 5",
+            "\"attrib_dataout_timeout\": 3",
+        ),
+    )
+    .unwrap();
+    assert!(c.warnings.iter().any(|w| w.contains("dataout_timeout")));
 }
 
 #[test]

@@ -24,6 +24,7 @@ const INLINE_MAX: u32 = 64 * 1024;
 
 use super::writer::{Acceptance, Out, Residual, ScsiDone, Window, Writer, WriterParams};
 use super::{reject, PduReader};
+use crate::config::{DEFAULT_NOPIN_RESPONSE_TIMEOUT, DEFAULT_NOPIN_TIMEOUT};
 use crate::session::SessionKey;
 use crate::target::{Gateway, Lu, TargetRuntime};
 
@@ -61,10 +62,6 @@ struct PendingWrite {
 /// Running commands by ITT: their LUN and, once spawned, the handle that aborts them.
 type Tasks = Arc<Mutex<HashMap<u32, (u64, Option<AbortHandle>)>>>;
 
-/// How long an idle connection waits before pinging (LIO's nopin_timeout default) and how
-/// long the ping may go unanswered (nopin_response_timeout).
-const NOPIN_INTERVAL: Duration = Duration::from_secs(15);
-const NOPIN_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest data-out buffer one command may make us hold.
 const MAX_COMMAND_BUFFER: u64 = 32 << 20;
 
@@ -111,10 +108,32 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
     reader.decoder.header_digest = p.header_digest == Digest::Crc32c;
     reader.decoder.data_digest = p.data_digest == Digest::Crc32c;
     reader.decoder.max_recv_data_segment_length = p.max_recv_data_segment_length as usize;
-    let depth = match login.target_name.as_deref().and_then(|t| gw.target(t)) {
-        Some(t) => t.cfg.attributes.cmdsn_depth,
-        None => 16,
+    let target_rt = login.target_name.as_deref().and_then(|t| gw.target(t));
+    let depth = target_rt
+        .as_ref()
+        .map_or(16, |t| t.cfg.attributes.cmdsn_depth);
+    // How long an idle connection waits before it pings the initiator, and how long the ping
+    // may go unanswered: the initiator's ACL attributes nopin_timeout and
+    // nopin_response_timeout, as in LIO (whose defaults apply otherwise). 0: never ping.
+    let acl = target_rt.as_ref().and_then(|t| {
+        t.cfg
+            .auth
+            .acls
+            .iter()
+            .find(|a| a.initiator.eq_ignore_ascii_case(&login.initiator_name))
+            .cloned()
+    });
+    let nopin_interval = match acl
+        .as_ref()
+        .map_or(DEFAULT_NOPIN_TIMEOUT, |a| a.nopin_timeout())
+    {
+        0 => Duration::from_secs(365 * 86400),
+        n => Duration::from_secs(n as u64),
     };
+    let nopin_response =
+        Duration::from_secs(acl.as_ref().map_or(DEFAULT_NOPIN_RESPONSE_TIMEOUT, |a| {
+            a.nopin_response_timeout()
+        }) as u64);
     let window = Arc::new(Window::new(login.exp_cmd_sn, depth));
     let (tx, rx) = mpsc::channel(1024);
     let writer = Writer {
@@ -188,11 +207,11 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
 
     let mut asked_logout = false;
     let mut last_rx = Instant::now();
+    // One timer for the connection, moved only when it fires: a fresh sleep per PDU costs a
+    // timer registration and removal each time.
+    let idle = tokio::time::sleep(nopin_interval);
+    tokio::pin!(idle);
     let result: anyhow::Result<()> = loop {
-        let idle_deadline = match c.ping {
-            Some((_, sent)) => sent + NOPIN_RESPONSE_TIMEOUT,
-            None => last_rx + NOPIN_INTERVAL,
-        };
         tokio::select! {
             r = reader.next() => {
                 match r {
@@ -213,12 +232,21 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
                     Err(e) => break Err(e.into()),
                 }
             }
-            _ = tokio::time::sleep_until(idle_deadline) => {
+            _ = &mut idle => {
+                let deadline = match c.ping {
+                    Some((_, sent)) => sent + nopin_response,
+                    None => last_rx + nopin_interval,
+                };
+                if Instant::now() < deadline {
+                    idle.as_mut().reset(deadline);
+                    continue;
+                }
                 if c.ping.is_some() {
-                    warn!(?peer, "no answer to NOP-In within {}s: dropping the connection", NOPIN_RESPONSE_TIMEOUT.as_secs());
+                    warn!(?peer, "no answer to NOP-In within {}s: dropping the connection", nopin_response.as_secs());
                     break Ok(());
                 }
                 c.send_ping().await;
+                idle.as_mut().reset(Instant::now() + nopin_response);
             }
             Ok(()) = kill.changed() => {
                 info!(?peer, "session replaced by a reinstating login");
