@@ -607,9 +607,12 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let mut w = writer(65536, 1 << 20);
         let mut out = Wire::default();
-        for digest in [false, true] {
-            w.params.data_digest = digest;
-            w.params.header_digest = digest;
+        // (header digest, data digest): the file path with and without a header digest, and
+        // the read-first path a data digest takes.
+        let modes = [(false, false), (true, false), (true, true)];
+        for (hd, dd) in modes {
+            w.params.header_digest = hd;
+            w.params.data_digest = dd;
             let extent = dev
                 .read_extent(4096, data.len())
                 .expect("memfd sends from the file");
@@ -624,18 +627,18 @@ mod tests {
             w.encode(Out::Scsi(Box::new(done)), &mut out);
             assert_eq!(
                 out.parts.iter().any(|p| matches!(p, Part::File(_))),
-                !digest,
-                "sent from the file unless a digest must see the data"
+                !dd,
+                "sent from the file unless a data digest must see the data"
             );
             out.write_to(&server).await.unwrap();
         }
         drop(server);
         let mut wire = BytesMut::from(&client.await.unwrap()[..]);
-        for digest in [false, true] {
+        for (hd, dd) in modes {
             let dec = PduDecoder {
                 max_recv_data_segment_length: 1 << 20,
-                header_digest: digest,
-                data_digest: digest,
+                header_digest: hd,
+                data_digest: dd,
             };
             let mut got = Vec::new();
             let mut last = None;
