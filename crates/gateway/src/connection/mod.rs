@@ -178,6 +178,7 @@ pub async fn serve(
         tsih = res.tsih,
         "login complete"
     );
+    debug!(?peer, params = ?res.params, "negotiated");
     if let Err(e) = ffp::run(ffp::Setup {
         gw: gw.clone(),
         reader,
