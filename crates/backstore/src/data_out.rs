@@ -139,20 +139,23 @@ impl FileExtent {
     /// The bytes, read into memory (for a digest, which must see them). An extent whose file
     /// was cut short meanwhile is an error, never short data.
     pub fn read(&self) -> std::io::Result<Bytes> {
-        let mut buf = vec![0u8; self.len];
-        let mut got = 0;
-        while got < self.len {
-            // SAFETY: pread into the rest of our buffer, valid for `len - got` bytes.
+        // Into uninitialised memory: zeroing 1 MiB first cost a tenth of a digested read.
+        let mut buf = BytesMut::with_capacity(self.len);
+        while buf.len() < self.len {
+            let got = buf.len();
+            // SAFETY: pread writes at most `len - got` bytes into the spare capacity from
+            // `got`; only the bytes it reports are exposed by set_len.
             let n = unsafe {
                 libc::pread(
                     self.fd(),
-                    buf[got..].as_mut_ptr() as *mut libc::c_void,
+                    buf.as_mut_ptr().add(got) as *mut libc::c_void,
                     self.len - got,
                     (self.offset + got as u64) as i64,
                 )
             };
             match n {
-                n if n > 0 => got += n as usize,
+                // SAFETY: as above.
+                n if n > 0 => unsafe { buf.set_len(got + n as usize) },
                 0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
                 _ => {
                     let e = std::io::Error::last_os_error();
@@ -162,7 +165,7 @@ impl FileExtent {
                 }
             }
         }
-        Ok(buf.into())
+        Ok(buf.freeze())
     }
 }
 
