@@ -1,6 +1,7 @@
 //! Listening on this host's portals; graceful shutdown (mini-redis' `server.rs` +
 //! `shutdown.rs`): a watch channel tells every connection, which asks its initiator to log out.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{error, info, warn};
 
 use crate::target::Gateway;
 
@@ -50,43 +51,35 @@ impl Server {
     }
 
     /// Serves until `stop` resolves; then asks initiators to log out and waits up to `grace`.
+    /// A config change that adds portal addresses here starts listening on them; one that
+    /// drops addresses stops listening there (connections made through them go on).
     pub async fn run(self, stop: impl std::future::Future<Output = ()>, grace: Duration) {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        let mut accept_tasks = JoinSet::new();
-        let connections = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+        let accept = Accept {
+            gateway: self.gateway.clone(),
+            shutdown: shutdown_rx,
+            limit: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            connections: Arc::new(tokio::sync::Mutex::new(JoinSet::new())),
+        };
+        let connections = accept.connections.clone();
+        let mut listening: HashMap<SocketAddr, AbortHandle> = HashMap::new();
         for (addr, listener) in self.listeners {
-            info!(portal = %addr, host = %self.gateway.host, "listening");
-            let gw = self.gateway.clone();
-            let rx = shutdown_rx.clone();
-            let limit = limit.clone();
-            let conns = connections.clone();
-            accept_tasks.spawn(async move {
-                loop {
-                    let (stream, peer) = match listener.accept().await {
-                        Ok(x) => x,
-                        Err(e) => {
-                            warn!("accept on {addr} failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        warn!(%peer, "too many connections; refusing");
-                        continue;
-                    };
-                    let gw = gw.clone();
-                    let rx = rx.clone();
-                    conns.lock().await.spawn(async move {
-                        crate::connection::serve(stream, gw, addr, rx).await;
-                        drop(permit);
-                    });
-                }
-            });
+            listening.insert(addr, accept.spawn(addr, listener));
         }
-        stop.await;
+        let mut changes = self.gateway.subscribe();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Ok(()) = changes.changed() => {
+                    accept.reconcile(&mut listening).await;
+                }
+            }
+        }
         info!("shutting down: asking initiators to log out");
-        accept_tasks.abort_all();
+        for (_, h) in listening {
+            h.abort();
+        }
         let _ = shutdown_tx.send(true);
         let mut conns = connections.lock().await;
         let drained =
@@ -100,5 +93,72 @@ impl Server {
             conns.abort_all();
         }
         info!("stopped");
+    }
+}
+
+/// What every accept loop shares.
+struct Accept {
+    gateway: Arc<Gateway>,
+    shutdown: watch::Receiver<bool>,
+    limit: Arc<tokio::sync::Semaphore>,
+    connections: Arc<tokio::sync::Mutex<JoinSet<()>>>,
+}
+
+impl Accept {
+    /// Accepts connections on `listener` until aborted.
+    fn spawn(&self, addr: SocketAddr, listener: TcpListener) -> AbortHandle {
+        info!(portal = %addr, host = %self.gateway.host, "listening");
+        let gw = self.gateway.clone();
+        let rx = self.shutdown.clone();
+        let limit = self.limit.clone();
+        let conns = self.connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!("accept on {addr} failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    warn!(%peer, "too many connections; refusing");
+                    continue;
+                };
+                let gw = gw.clone();
+                let rx = rx.clone();
+                conns.lock().await.spawn(async move {
+                    crate::connection::serve(stream, gw, addr, rx).await;
+                    drop(permit);
+                });
+            }
+        })
+        .abort_handle()
+    }
+
+    /// Listens on exactly the portal addresses the current config gives this host. An
+    /// address that cannot be bound is logged and tried again at the next change.
+    async fn reconcile(&self, listening: &mut HashMap<SocketAddr, AbortHandle>) {
+        let want = self.gateway.listen_addresses();
+        listening.retain(|addr, h| {
+            let keep = want.contains(addr);
+            if !keep {
+                info!(portal = %addr, "no longer a portal of this host: not listening there");
+                h.abort();
+            }
+            keep
+        });
+        for addr in want {
+            if listening.contains_key(&addr) {
+                continue;
+            }
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    listening.insert(addr, self.spawn(addr, l));
+                }
+                Err(e) => error!(portal = %addr, "cannot listen on the new portal: {e}"),
+            }
+        }
     }
 }

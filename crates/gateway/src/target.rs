@@ -77,6 +77,8 @@ pub struct Gateway {
     served: std::sync::RwLock<Arc<Served>>,
     /// Counts the config versions applied; sessions compare it to notice a change.
     epoch: std::sync::atomic::AtomicU64,
+    /// The same count, for tasks that wait for a change (the listeners).
+    epoch_changes: tokio::sync::watch::Sender<u64>,
     ceph: CephOptions,
     pub sessions: SessionRegistry,
     next_tsih: AtomicU16,
@@ -90,8 +92,11 @@ pub struct ApplyReport {
     /// (target, LUN) pairs.
     pub luns_added: Vec<(String, u64)>,
     pub luns_removed: Vec<(String, u64)>,
-    /// Portal addresses the new config adds here: listening on them needs a restart.
+    /// Portal addresses the new config adds here (the server starts listening on them).
     pub new_portals: Vec<SocketAddr>,
+    /// Portal addresses it no longer has here (the server stops listening on them; the
+    /// connections made through them go on).
+    pub removed_portals: Vec<SocketAddr>,
 }
 
 fn secrets(c: &Chap) -> ChapSecrets {
@@ -202,9 +207,17 @@ async fn open_target(
             relative_port: g.tag,
         })
         .collect();
-    // LUs are kept only where nothing they were built from changed: the target's TPGs and
-    // attributes, and the LUN's own entry.
-    let reusable = prev.filter(|p| p.cfg.tpgs == t.tpgs && p.cfg.attributes == t.attributes);
+    // LUs are kept only where nothing they were built from changed: the target's port groups
+    // (tags and hosts: their addresses are the listeners' business), its attributes, and the
+    // LUN's own entry. A rebuilt LU starts afresh (power-on unit attention; a memory LU's data
+    // is gone), so a portal address added to a TPG must not rebuild its LUs.
+    let same_groups = |a: &[crate::config::Tpg]| {
+        a.len() == t.tpgs.len()
+            && a.iter()
+                .zip(&t.tpgs)
+                .all(|(x, y)| x.tag == y.tag && x.host == y.host)
+    };
+    let reusable = prev.filter(|p| same_groups(&p.cfg.tpgs) && p.cfg.attributes == t.attributes);
     let mut luns = BTreeMap::new();
     let mut owners = BTreeMap::new();
     for l in &t.luns {
@@ -277,6 +290,7 @@ impl Gateway {
             host: host.to_string(),
             served: std::sync::RwLock::new(Arc::new(Served { config, targets })),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            epoch_changes: tokio::sync::watch::channel(0).0,
             ceph: ceph.clone(),
             sessions: SessionRegistry::default(),
             next_tsih: AtomicU16::new(1),
@@ -353,12 +367,15 @@ impl Gateway {
         let before = self.listen_addresses();
         *self.served.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(Served { config, targets });
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        report.new_portals = self
-            .listen_addresses()
-            .into_iter()
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        let after = self.listen_addresses();
+        report.new_portals = after
+            .iter()
             .filter(|a| !before.contains(a))
+            .copied()
             .collect();
+        report.removed_portals = before.into_iter().filter(|a| !after.contains(a)).collect();
+        self.epoch_changes.send_replace(epoch);
         Ok(report)
     }
 
@@ -373,6 +390,11 @@ impl Gateway {
     /// Changes whenever a new config is applied.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Wakes whenever a new config is applied.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.epoch_changes.subscribe()
     }
 
     pub fn target(&self, iqn: &str) -> Option<Arc<TargetRuntime>> {

@@ -204,52 +204,71 @@ async fn load(
     Ok((cfg, host, text))
 }
 
-/// Follows a config kept in Ceph: every change the watch announces (and, in case a notify
-/// was missed, a re-read each minute) is validated and applied; a bad version is logged and
-/// the running one kept.
+/// Follows the config: on SIGHUP (any source) and, for a config kept in Ceph, on every
+/// change its watch announces (and, in case a notify was missed, a re-read each minute), the
+/// source is read again, validated and applied; a bad version is logged and the running one
+/// kept. New portal addresses are listened on at once (the server follows the gateway).
 async fn follow_config(
     gw: std::sync::Arc<Gateway>,
     src: ConfigSource,
     ceph: CephOptions,
     served_text: String,
 ) {
-    let ConfigSource::Rados { pool, object } = src.clone() else {
-        return;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot catch SIGHUP ({e}); config reloads need a restart");
+            None
+        }
     };
-    let c = ceph.clone();
-    let watch = std::sync::Arc::new(
-        match blocking(move || {
-            let p = std::sync::Arc::new(store::connect(&c, &pool)?);
-            Ok(p.watch(&object)?)
-        })
-        .await
-        {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(
-                    "cannot watch {}: {e:#}; config changes need a restart",
-                    src.name()
-                );
-                return;
+    let watch = match src.clone() {
+        ConfigSource::Rados { pool, object } => {
+            let c = ceph.clone();
+            match blocking(move || {
+                let p = std::sync::Arc::new(store::connect(&c, &pool)?);
+                Ok(p.watch(&object)?)
+            })
+            .await
+            {
+                Ok(w) => Some(std::sync::Arc::new(w)),
+                Err(e) => {
+                    tracing::error!(
+                        "cannot watch {}: {e:#}; config changes need SIGHUP or a restart",
+                        src.name()
+                    );
+                    None
+                }
             }
-        },
-    );
+        }
+        ConfigSource::File(_) => None,
+    };
+    if hup.is_none() && watch.is_none() {
+        return;
+    }
     let mut last_text = served_text;
-    let mut seen = watch.generation();
+    let mut seen = watch.as_ref().map_or(0, |w| w.generation());
     let mut last_read = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if watch.is_broken() {
-            let w = watch.clone();
-            if let Err(e) = blocking(move || Ok(w.renew()?)).await {
-                tracing::warn!("renewing the config watch: {e:#}");
+        let hangup = tokio::select! {
+            Some(()) = async { hup.as_mut()?.recv().await } => true,
+            _ = tokio::time::sleep(Duration::from_millis(500)), if watch.is_some() => false,
+        };
+        if hangup {
+            tracing::info!("SIGHUP: reading the config again from {}", src.name());
+        } else if let Some(w) = &watch {
+            if w.is_broken() {
+                let w = w.clone();
+                if let Err(e) = blocking(move || Ok(w.renew()?)).await {
+                    tracing::warn!("renewing the config watch: {e:#}");
+                }
             }
+            let generation = w.generation();
+            if generation == seen && last_read.elapsed() < Duration::from_secs(60) {
+                continue;
+            }
+            seen = generation;
         }
-        let generation = watch.generation();
-        if generation == seen && last_read.elapsed() < Duration::from_secs(60) {
-            continue;
-        }
-        seen = generation;
         last_read = tokio::time::Instant::now();
         let (s, c) = (src.clone(), ceph.clone());
         let text = match blocking(move || s.fetch(&c)).await {
@@ -260,6 +279,9 @@ async fn follow_config(
             }
         };
         if last_text == text {
+            if hangup {
+                tracing::info!("the config is unchanged");
+            }
             continue;
         }
         let parsed = Config::parse(&src.name(), &text);
@@ -271,23 +293,20 @@ async fn follow_config(
                 continue;
             }
         };
+        for w in &cfg.warnings {
+            tracing::warn!("{w}");
+        }
         match gw.apply(cfg).await {
-            Ok(r) => {
-                tracing::info!(
-                    targets_added = ?r.targets_added,
-                    targets_removed = ?r.targets_removed,
-                    luns_added = ?r.luns_added,
-                    luns_removed = ?r.luns_removed,
-                    "applied the new config from {}",
-                    src.name()
-                );
-                if !r.new_portals.is_empty() {
-                    tracing::warn!(
-                        portals = ?r.new_portals,
-                        "the new config adds portal addresses here: restart to listen on them"
-                    );
-                }
-            }
+            Ok(r) => tracing::info!(
+                targets_added = ?r.targets_added,
+                targets_removed = ?r.targets_removed,
+                luns_added = ?r.luns_added,
+                luns_removed = ?r.luns_removed,
+                portals_added = ?r.new_portals,
+                portals_removed = ?r.removed_portals,
+                "applied the new config from {}",
+                src.name()
+            ),
             Err(e) => {
                 tracing::error!("applying the new config failed, keeping the running one: {e:#}")
             }

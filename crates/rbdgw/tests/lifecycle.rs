@@ -1,6 +1,7 @@
 //! The command line's contract: clear errors and a non-zero exit for a bad config or a portal
 //! that cannot be bound; `plan` on the seed's config; SIGTERM asks initiators to log out
-//! (Async Message) and stops cleanly; idle connections are pinged, silent ones dropped.
+//! (Async Message) and stops cleanly; idle connections are pinged, silent ones dropped; SIGHUP
+//! reloads the config live.
 
 mod common;
 
@@ -202,4 +203,83 @@ fn idle_connections_are_pinged_and_silent_ones_dropped() {
         gw.log_text().contains("no answer to NOP-In within 2s"),
         "the drop is logged"
     );
+}
+
+/// SIGHUP reads the config file again and applies it live: a LUN and a portal added (the new
+/// portal is listened on at once, the running session keeps going and learns of the LUN),
+/// then the portal removed again (no longer listened on); a broken file is refused and the
+/// running config kept.
+#[test]
+fn sighup_reloads_the_config_with_new_portals_and_luns() {
+    let dir = Scratch::new("lifecycle-hup");
+    let port = free_port();
+    let a1: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let a2: std::net::SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let target = "iqn.2026-11.org.rbdgw:hup";
+    let config = |addrs: &[std::net::SocketAddr], luns: usize| {
+        let tpg: Vec<serde_json::Value> = (0..luns)
+            .map(|i| serde_json::json!({"image": format!("m{i}"), "backstore": "memory", "size": "1M"}))
+            .collect();
+        serde_json::json!({
+            "targets": [{"target": target, "hosts": [{"host": "gw1", "portal": "p1"}]}],
+            "portals": [{"name": "p1", "addresses": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>()}],
+            "pools": [{"pool": "rbd", "gateways": [{"target": target, "tpg": tpg}]}]
+        })
+        .to_string()
+    };
+    let gw = Gateway::start(&dir.0, &config(&[a1], 1), "gw1", a1);
+    let path = dir.0.join("config-gw1.json");
+    let mut s = Client::connect(a1);
+    s.login("iqn.2026-11.org.rbdgw:hup-init", Some(target), "");
+    s.scsi_ready(0, &[0u8; 6], &[], 0);
+    let reachable = |a: std::net::SocketAddr| {
+        std::net::TcpStream::connect_timeout(&a, Duration::from_millis(300)).is_ok()
+    };
+    assert!(!reachable(a2));
+
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}:\n{}",
+                gw.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    std::fs::write(&path, config(&[a1, a2], 2)).unwrap();
+    common::signal(&gw.child, 1);
+    wait_for("listening on the added portal", &|| reachable(a2));
+    let mut s2 = Client::connect(a2);
+    let t = s2.login("iqn.2026-11.org.rbdgw:hup-init2", Some(target), "");
+    assert_eq!(t.get("TargetPortalGroupTag"), Some("1"));
+    // The running session: REPORTED LUNS DATA HAS CHANGED, then both LUNs.
+    let o = s.scsi(0, &[0u8; 6], &[], 0);
+    assert_eq!(o.sense, Some((0x06, 0x3f, 0x0e)), "{o:?}");
+    let r = s.scsi_ready(0, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0], &[], 64);
+    assert_eq!(
+        u32::from_be_bytes(r.data[..4].try_into().unwrap()),
+        16,
+        "two LUNs"
+    );
+
+    // A broken file is refused; the running config stays.
+    std::fs::write(&path, "{ not json").unwrap();
+    common::signal(&gw.child, 1);
+    wait_for("the broken config refused", &|| {
+        gw.log_text()
+            .contains("the new config is invalid, keeping the running one")
+    });
+    assert!(reachable(a2) && s.ping());
+
+    // The portal goes away again: no longer listened on; the session made through it goes on.
+    std::fs::write(&path, config(&[a1], 2)).unwrap();
+    common::signal(&gw.child, 1);
+    wait_for("not listening on the removed portal", &|| !reachable(a2));
+    assert!(
+        s2.ping(),
+        "a connection made through a removed portal goes on"
+    );
+    assert!(s.ping());
 }
