@@ -48,10 +48,7 @@ impl TargetRuntime {
 /// Whether `initiator` may log in to (or discover) a target, per its authentication mode.
 fn admits(cfg: &Target, initiator: &str) -> bool {
     let named = || {
-        cfg.auth
-            .acls
-            .iter()
-            .any(|a| a.initiator.eq_ignore_ascii_case(initiator))
+        cfg.auth.acl(initiator).is_some()
             || cfg.luns.iter().any(|l| {
                 l.initiators
                     .iter()
@@ -493,12 +490,7 @@ impl Directory for LoginDirectory<'_> {
         if !admits(&t.cfg, initiator) {
             return Err(LoginStatus::AUTHORIZATION_FAILURE);
         }
-        let acl = t
-            .cfg
-            .auth
-            .acls
-            .iter()
-            .find(|a| a.initiator.eq_ignore_ascii_case(initiator));
+        let acl = t.cfg.auth.acl(initiator);
         let auth = match t.cfg.auth.mode {
             AuthMode::None | AuthMode::Identified => AuthPolicy::None,
             AuthMode::Tpg | AuthMode::TpgIdentified => t

@@ -78,6 +78,15 @@ pub fn truncate_write(cdb: &mut [u8; 16], blocks: u32) -> bool {
     true
 }
 
+/// The data-out buffer must carry all the blocks the CDB names (SBC-3 §4.2.2); a shorter one
+/// means the initiator's Expected Data Transfer Length was too small.
+fn data_covers(have: usize, need: u64) -> Result<(), SenseData> {
+    if (have as u64) < need {
+        return Err(SenseData::illegal(Asc::INVALID_FIELD_IN_INFORMATION_UNIT));
+    }
+    Ok(())
+}
+
 impl<B: BlockDevice> LogicalUnit<B> {
     fn bs(&self) -> u64 {
         self.cfg.block_size as u64
@@ -117,12 +126,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
         Ok(())
     }
 
-    /// The data-out buffer must carry exactly the blocks the CDB names (SBC-3 §4.2.2); a
-    /// shorter one means the initiator's Expected Data Transfer Length was too small.
+    /// The first `len` bytes of the data-out buffer (see [`data_covers`]).
     fn data_for(&self, data: &Bytes, len: u64) -> Result<Bytes, SenseData> {
-        if (data.len() as u64) < len {
-            return Err(SenseData::illegal(Asc::INVALID_FIELD_IN_INFORMATION_UNIT));
-        }
+        data_covers(data.len(), len)?;
         Ok(data.slice(..len as usize))
     }
 
@@ -140,10 +146,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
             return Ok(None);
         }
         let len = r.blocks * self.bs();
-        if (data.len() as u64) < len {
-            // As in data_for.
-            return Err(SenseData::illegal(Asc::INVALID_FIELD_IN_INFORMATION_UNIT));
-        }
+        data_covers(data.len(), len)?;
         Ok(Some((r, data.prefix(len as usize))))
     }
 

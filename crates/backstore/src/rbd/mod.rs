@@ -640,7 +640,7 @@ impl BlockDevice for RbdDevice {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // Discarded extents read back as zeroes; allocation status comes with diff-iterate later.
+        // Discarded extents read back as zeroes; allocation status from the object map.
         Capabilities {
             discard_zeroes: true,
             allocation_status: true,

@@ -101,6 +101,15 @@ pub struct TargetAuth {
     pub discovery: Option<Chap>,
 }
 
+impl TargetAuth {
+    /// The ACL entry naming `initiator` (iSCSI names compare without case).
+    pub fn acl(&self, initiator: &str) -> Option<&Acl> {
+        self.acls
+            .iter()
+            .find(|a| a.initiator.eq_ignore_ascii_case(initiator))
+    }
+}
+
 impl Default for TargetAuth {
     fn default() -> Self {
         TargetAuth {

@@ -24,7 +24,7 @@ const INLINE_MAX: u32 = 64 * 1024;
 
 use super::writer::{Acceptance, Out, Residual, ScsiDone, Window, Writer, WriterParams};
 use super::{reject, PduReader};
-use crate::config::{DEFAULT_NOPIN_RESPONSE_TIMEOUT, DEFAULT_NOPIN_TIMEOUT};
+use crate::config::{Acl, DEFAULT_NOPIN_RESPONSE_TIMEOUT, DEFAULT_NOPIN_TIMEOUT};
 use crate::session::SessionKey;
 use crate::target::{Gateway, Lu, TargetRuntime};
 
@@ -115,25 +115,16 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
     // How long an idle connection waits before it pings the initiator, and how long the ping
     // may go unanswered: the initiator's ACL attributes nopin_timeout and
     // nopin_response_timeout, as in LIO (whose defaults apply otherwise). 0: never ping.
-    let acl = target_rt.as_ref().and_then(|t| {
-        t.cfg
-            .auth
-            .acls
-            .iter()
-            .find(|a| a.initiator.eq_ignore_ascii_case(&login.initiator_name))
-            .cloned()
-    });
-    let nopin_interval = match acl
+    let acl = target_rt
         .as_ref()
-        .map_or(DEFAULT_NOPIN_TIMEOUT, |a| a.nopin_timeout())
-    {
+        .and_then(|t| t.cfg.auth.acl(&login.initiator_name));
+    let nopin_interval = match acl.map_or(DEFAULT_NOPIN_TIMEOUT, Acl::nopin_timeout) {
         0 => Duration::from_secs(365 * 86400),
         n => Duration::from_secs(n as u64),
     };
-    let nopin_response =
-        Duration::from_secs(acl.as_ref().map_or(DEFAULT_NOPIN_RESPONSE_TIMEOUT, |a| {
-            a.nopin_response_timeout()
-        }) as u64);
+    let nopin_response = Duration::from_secs(
+        acl.map_or(DEFAULT_NOPIN_RESPONSE_TIMEOUT, Acl::nopin_response_timeout) as u64,
+    );
     let window = Arc::new(Window::new(login.exp_cmd_sn, depth));
     let (tx, rx) = mpsc::channel(1024);
     let writer = Writer {

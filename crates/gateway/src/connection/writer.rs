@@ -89,6 +89,7 @@ impl Wire {
     }
 
     /// Everything, in one buffer (for tests).
+    #[cfg(test)]
     pub fn to_bytes(&mut self) -> BytesMut {
         self.seal();
         let mut b = BytesMut::with_capacity(self.parts_len);
