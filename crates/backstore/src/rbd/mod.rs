@@ -293,6 +293,13 @@ struct Inner {
     /// Reconnections so far; part of the metadata generation, whose counter restarts with
     /// each connection.
     epoch: AtomicU64,
+    /// Blocklisted connections replaced by a reconnection, with when: calls still running on
+    /// one fail on their own, and closing it at once could wait for them, so the monitor
+    /// closes it [`RETIRE_AFTER`] later, or the device's drop does. (A thread that slept
+    /// with it instead left a live librados client at process exit; librados' teardown with
+    /// a live client is the likely cause of a SIGSEGV seen once at the exit of the rbd_live
+    /// test binary, after the test had passed.)
+    retired: std::sync::Mutex<Vec<(std::time::Instant, Arc<Handle>)>>,
 }
 
 /// An open RBD image.
@@ -326,6 +333,13 @@ impl Inner {
 
     /// One look at the image: size changes, and reconnection when fenced.
     fn monitor(&self) {
+        let due: Vec<Arc<Handle>> = {
+            let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            let (due, keep) = r.drain(..).partition(|(t, _)| t.elapsed() >= RETIRE_AFTER);
+            *r = keep;
+            due.into_iter().map(|(_, h)| h).collect()
+        };
+        drop(due); // closed outside the lock
         if self.fenced.load(Ordering::Acquire) {
             match Handle::open(&self.cfg, &self.name) {
                 Ok(h) => {
@@ -340,15 +354,10 @@ impl Inner {
                         "reconnected to the cluster as a new client; the LUN serves again \
                          (without the write lock until it takes it over)"
                     );
-                    // Calls still running on the blocklisted connection fail on their own;
-                    // closing it from this thread could wait for them, so it closes later.
-                    let _ =
-                        std::thread::Builder::new()
-                            .name("rbd-retire".into())
-                            .spawn(move || {
-                                std::thread::sleep(RETIRE_AFTER);
-                                drop(old);
-                            });
+                    self.retired
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((std::time::Instant::now(), old));
                 }
                 Err(e) => tracing::warn!(image = self.name, "reconnecting failed: {e}"),
             }
@@ -510,6 +519,7 @@ impl RbdDevice {
             fenced: AtomicBool::new(false),
             lock_held: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
+            retired: std::sync::Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
