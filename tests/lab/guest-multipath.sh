@@ -6,33 +6,7 @@
 fail() { echo "RBDGW-LAB: FAIL $*"; multipath -ll; tail -20 /tmp/multipathd.log; poweroff -f; }
 now_cs() { cut -d' ' -f1 /proc/uptime | tr -d '.'; }
 T=iqn.1994-05.com.redhat:37d4cea93db4
-ip addr add 192.168.0.33/24 dev eth0
-cat > /etc/iscsi/iscsid.conf <<CONF
-node.session.timeo.replacement_timeout = 5
-node.conn[0].timeo.noop_out_interval = 2
-node.conn[0].timeo.noop_out_timeout = 3
-node.conn[0].timeo.login_timeout = 5
-CONF
-cat > /etc/multipath.conf <<CONF
-defaults {
-    polling_interval 1
-    find_multipaths no
-    user_friendly_names yes
-}
-devices {
-    device {
-        vendor "RBDGW"
-        product ".*"
-        path_grouping_policy group_by_prio
-        prio alua
-        hardware_handler "1 alua"
-        path_checker tur
-        failback immediate
-        no_path_retry 60
-    }
-}
-CONF
-iscsid -f & sleep 1
+@SETUP@
 for p in 192.168.0.27 192.168.0.32; do
   iscsiadm -m discovery -t sendtargets -p $p:3260 > /tmp/disc || fail "discovery on $p"
   echo "RBDGW-LAB: discovery on $p:"; cat /tmp/disc

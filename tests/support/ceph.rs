@@ -87,18 +87,32 @@ impl Cluster {
     }
 
     pub fn rbd(&self, args: &[&str]) {
+        self.tool("rbd", args);
+    }
+
+    /// Runs a Ceph command-line tool (`rbd`, `rados`, `ceph`) on this cluster; its stdout.
+    pub fn tool(&self, program: &str, args: &[&str]) -> String {
+        self.run(program, args)
+            .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"))
+    }
+
+    /// Like [`Cluster::tool`], None when the tool fails.
+    pub fn try_tool(&self, program: &str, args: &[&str]) -> Option<String> {
+        self.run(program, args).ok()
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<String, String> {
         let out = self
-            .command("rbd")
+            .command(program)
             .arg("-c")
             .arg(self.conf())
             .args(args)
             .output()
-            .expect("rbd");
-        assert!(
-            out.status.success(),
-            "rbd {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use crate::metadata::Metadata;
 use crate::{
     check_range, BackstoreError, BlockDevice, Capabilities, DataOutBuffer, Extent, FileExtent,
-    Result,
+    Member, Result,
 };
 
 struct Inner {
@@ -32,6 +32,10 @@ struct Inner {
     path: Option<PathBuf>,
     /// This open file description holds the OFD lock.
     lock_held: std::sync::atomic::AtomicBool,
+    /// This gateway's presence file (`present.<tag>` in the sidecar directory) and its tag,
+    /// OFD-locked for as long as the device is open: the kernel releases it when the
+    /// process dies, which is how the other gateways see it gone.
+    presence: std::sync::Mutex<Option<(u16, File)>>,
     /// The file lives in memory (tmpfs, a memfd): its I/O never waits for a device, so it
     /// runs on the calling thread instead of paying a hand-off to the blocking pool.
     in_memory: bool,
@@ -122,6 +126,7 @@ impl FileDevice {
         FileDevice {
             inner: Arc::new(Inner {
                 lock_held: std::sync::atomic::AtomicBool::new(false),
+                presence: std::sync::Mutex::new(None),
                 in_memory: on_tmpfs(&file),
                 file,
                 size,
@@ -355,21 +360,112 @@ impl Inner {
     }
 
     fn ofd_lock(&self, kind: libc::c_short) -> std::io::Result<bool> {
-        // SAFETY: flock is plain data; zeroed is a valid "whole file" range.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = kind;
-        fl.l_whence = libc::SEEK_SET as libc::c_short;
-        // SAFETY: F_OFD_SETLK with a valid flock pointer.
-        let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
-        if r == 0 {
-            return Ok(true);
-        }
-        let e = errno();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
-            _ => Err(e),
-        }
+        ofd_lock(&self.file, kind)
     }
+
+    /// Takes this gateway's presence lock once.
+    fn join(&self, tag: u16) -> Result<()> {
+        let mut p = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        if p.as_ref().is_some_and(|(t, _)| *t == tag) {
+            return Ok(());
+        }
+        let Some(dir) = self.meta.dir() else {
+            *p = Some((tag, self.file.try_clone()?));
+            return Ok(());
+        };
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(format!("present.{tag}")))?;
+        if !ofd_lock(&f, libc::F_WRLCK as libc::c_short)? {
+            return Err(BackstoreError::Other(format!(
+                "another live gateway already serves TPG {tag} on {} (two hosts with one portal?)",
+                self.path.as_deref().unwrap_or(Path::new("?")).display()
+            )));
+        }
+        *p = Some((tag, f));
+        Ok(())
+    }
+
+    /// The gateways whose presence file is locked, and this one.
+    fn members(&self) -> Result<Vec<Member>> {
+        let mine = self
+            .presence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(t, _)| *t);
+        let mut out: Vec<Member> = mine
+            .map(|tag| Member {
+                tag,
+                holds_lock: self.lock_held.load(std::sync::atomic::Ordering::Acquire),
+            })
+            .into_iter()
+            .collect();
+        let Some(dir) = self.meta.dir() else {
+            return Ok(out);
+        };
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let name = e.file_name();
+            let Some(tag) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("present."))
+                .and_then(|t| t.parse::<u16>().ok())
+            else {
+                continue;
+            };
+            if Some(tag) == mine {
+                continue;
+            }
+            let f = match File::open(e.path()) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if ofd_locked(&f)? {
+                out.push(Member {
+                    tag,
+                    holds_lock: false,
+                });
+            }
+        }
+        out.sort_by_key(|m| m.tag);
+        Ok(out)
+    }
+}
+
+/// Sets (or clears) an OFD lock on the whole of `file`; false when another holder has it.
+fn ofd_lock(file: &File, kind: libc::c_short) -> std::io::Result<bool> {
+    // SAFETY: flock is plain data; zeroed is a valid "whole file" range.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_SETLK with a valid flock pointer.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = errno();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Whether another open file description holds a lock on `file`.
+fn ofd_locked(file: &File) -> std::io::Result<bool> {
+    // SAFETY: flock is plain data; zeroed is a valid "whole file" range.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_GETLK with a valid flock pointer.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) } != 0 {
+        return Err(errno());
+    }
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
 impl BlockDevice for FileDevice {
@@ -568,6 +664,24 @@ impl BlockDevice for FileDevice {
 
     async fn break_ownership(&self) -> Result<bool> {
         Ok(false)
+    }
+
+    async fn heartbeat(&self, tag: u16) -> Result<()> {
+        let joined = self
+            .inner
+            .presence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|(t, _)| *t == tag);
+        if joined {
+            return Ok(());
+        }
+        self.blocking(move |i| i.join(tag)).await
+    }
+
+    async fn members(&self) -> Result<Vec<Member>> {
+        self.blocking(|i| i.members()).await
     }
 }
 

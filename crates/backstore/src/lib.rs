@@ -69,6 +69,16 @@ pub struct Capabilities {
     pub allocation_status: bool,
 }
 
+/// A gateway present on a device (see [`BlockDevice::members`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    /// Its target portal group tag.
+    pub tag: u16,
+    /// It holds the device's ownership lock (as far as the engine can tell: a file image
+    /// reports it for this gateway only).
+    pub holds_lock: bool,
+}
+
 /// An asynchronous block device. Offsets and lengths are in bytes.
 pub trait BlockDevice: Send + Sync + 'static {
     /// Current size in bytes.
@@ -156,6 +166,15 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// its lock; `Ok(false)` when there was no holder or this engine cannot fence (a local
     /// file: the kernel frees the lock of a dead process, and nothing can fence a live one).
     fn break_ownership(&self) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Declares this gateway, TPG `tag`, present on the device. A live gateway calls it at
+    /// least every second: one that stops (a stalled control loop) is soon taken for absent.
+    fn heartbeat(&self, tag: u16) -> impl Future<Output = Result<()>> + Send;
+
+    /// The gateways present on the device now, this one included once it beat. An error
+    /// means this gateway cannot tell now (RBD: cut off from the OSDs); nobody may be taken
+    /// for dead on it.
+    fn members(&self) -> impl Future<Output = Result<Vec<Member>>> + Send;
 }
 
 /// Checks `offset + len <= size`.
@@ -251,5 +270,13 @@ impl BlockDevice for Device {
 
     async fn break_ownership(&self) -> Result<bool> {
         dispatch!(self, d => d.break_ownership().await)
+    }
+
+    async fn heartbeat(&self, tag: u16) -> Result<()> {
+        dispatch!(self, d => d.heartbeat(tag).await)
+    }
+
+    async fn members(&self) -> Result<Vec<Member>> {
+        dispatch!(self, d => d.members().await)
     }
 }

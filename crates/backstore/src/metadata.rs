@@ -115,6 +115,14 @@ impl Metadata {
         }
     }
 
+    /// The sidecar directory, when there is one.
+    pub fn dir(&self) -> Option<&Path> {
+        match self {
+            Metadata::Dir { dir, .. } => Some(dir),
+            Metadata::Memory { .. } => None,
+        }
+    }
+
     pub fn generation(&self) -> u64 {
         match self {
             Metadata::Dir { generation, .. } => generation.get().load(Ordering::Acquire),

@@ -214,3 +214,120 @@ async fn rbd_engine_io_on_a_live_cluster() {
     drop(dev);
     drop(cluster);
 }
+
+/// How long the fenced client of [`fenced_live_client_runs_on`] keeps running after its
+/// retired connection closed (longer by hand: `RBDGW_FENCE_SOAK_SECS=300`).
+fn soak() -> std::time::Duration {
+    std::time::Duration::from_secs(
+        std::env::var("RBDGW_FENCE_SOAK_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(15),
+    )
+}
+
+/// A gateway fenced while alive and idle learns it without any I/O (its watch, its pings),
+/// reconnects, and runs on past the close of its retired connection — twice — with glibc's
+/// heap checks on in a process of its own: the retired connection's watch was once
+/// unwatched twice (renewed on the blocklisted client, then closed), a use after free that
+/// aborted fenced gateways 60 s after they reconnected.
+#[test]
+fn fenced_live_client_runs_on() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "fenced_client_child", "--ignored", "--nocapture"])
+        .env("RBDGW_FENCED_CHILD", "1")
+        .env(
+            "GLIBC_TUNABLES",
+            "glibc.malloc.check=3:glibc.malloc.perturb=165",
+        )
+        .env("LD_PRELOAD", "libc_malloc_debug.so.0")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "the fenced client's process: {:?}\n{text}",
+        out.status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by fenced_live_client_runs_on in a process of its own"]
+async fn fenced_client_child() {
+    use std::time::{Duration, Instant};
+    if std::env::var("RBDGW_FENCED_CHILD").is_err() {
+        return;
+    }
+    let cluster = Cluster::start();
+    cluster.rbd(&["create", "fence", "--size", "16M"]);
+    let cfg = RbdConfig {
+        conf: cluster.conf(),
+        id: None,
+        pool: "rbd".into(),
+        namespace: None,
+        image: "fence".into(),
+        create_size: None,
+    };
+    let open = |cfg: &RbdConfig| {
+        let c = cfg.clone();
+        tokio::task::spawn_blocking(move || RbdDevice::open(&c))
+    };
+    let a = open(&cfg).await.unwrap().unwrap();
+    let b = open(&cfg).await.unwrap().unwrap();
+    a.heartbeat(1).await.unwrap();
+    b.heartbeat(2).await.unwrap();
+    let tags =
+        |m: Vec<backstore::Member>| m.iter().map(|m| (m.tag, m.holds_lock)).collect::<Vec<_>>();
+    assert!(a.try_acquire_ownership().await.unwrap());
+    assert_eq!(
+        tags(b.members().await.unwrap()),
+        vec![(1, true), (2, false)]
+    );
+    for round in 0..2 {
+        a.write(0, Bytes::from(vec![round as u8 + 1; 4096]).into(), false)
+            .await
+            .unwrap();
+        // b fences a, which does nothing meanwhile: no I/O tells it. In the first round a
+        // pings (and learns it from the ping's answer), in the second it does not even that:
+        // its watch breaks, is renewed on the blocklisted client, fails, and that says so.
+        assert!(b.break_ownership().await.unwrap(), "round {round}");
+        assert!(b.try_acquire_ownership().await.unwrap());
+        let t0 = Instant::now();
+        while a.holds_ownership() || !a.available() || t0.elapsed() < Duration::from_secs(1) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "round {round}: the idle fenced client noticed and reconnected"
+            );
+            a.heartbeat(1).await.unwrap();
+            b.heartbeat(2).await.unwrap();
+            if round == 0 {
+                let _ = a.members().await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!("round {round}: fenced client back after {:?}", t0.elapsed());
+        // Both answer pings; b holds the lock. Then run on past the retired connection's
+        // close, pinging and reading all along.
+        let t0 = Instant::now();
+        let run_for = Duration::from_secs(12) + if round == 1 { soak() } else { Duration::ZERO };
+        while t0.elapsed() < run_for {
+            a.heartbeat(1).await.unwrap();
+            b.heartbeat(2).await.unwrap();
+            let m = a.members().await.unwrap();
+            assert_eq!(tags(m), vec![(1, false), (2, true)], "round {round}");
+            assert_eq!(a.read(0, 4096).await.unwrap()[0], round as u8 + 1);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // Hand the lock back for the next round.
+        b.release_ownership().await.unwrap();
+        assert!(a.try_acquire_ownership().await.unwrap());
+    }
+    drop(a);
+    drop(b);
+    drop(cluster);
+}

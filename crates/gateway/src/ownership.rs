@@ -1,28 +1,34 @@
-//! Which gateway owns a LU: implicit ALUA (SPC-4 §5.16) tied to the backstore's ownership
-//! lock, so that only the owner writes.
+//! Which gateway owns a LU: implicit ALUA (SPC-4 §5.16) decided by a rule every gateway
+//! computes alike, and the backstore's ownership lock, so that only one gateway writes.
 //!
-//! The owner holds the lock (for RBD the image's exclusive lock; for a file image an OFD lock,
-//! released by the kernel when the process dies) and its TPG tag is in the image's metadata
-//! (`alua_owner`), so every gateway answers REPORT TARGET PORT GROUPS alike. A write arriving
-//! at another gateway takes the lock if it is free and nobody else waits for it (the owner
-//! left), or asks the owner to hand over (`alua_request`): the owner stops writing, waits for
-//! its writes in flight, flushes and releases. Until the new owner holds the lock the write is
-//! answered NOT READY, ASYMMETRIC ACCESS STATE TRANSITION and the initiator retries.
+//! **Who is alive.** Every gateway beats on each LU's device and pings it every
+//! [`PING_EVERY`] (RBD: a notify on the image's state object, answered by every live
+//! gateway's watch with its TPG tag and whether it holds the lock; file: presence files under
+//! OFD locks, which the kernel drops with a dead process). A gateway that has not answered for
+//! [`ABSENT_AFTER`] is gone. A gateway whose own ping does not come back (cut off) cannot tell
+//! and decides nothing.
 //!
-//! An owner that does not answer a request for [`FENCE_AFTER`] is taken for dead or cut off:
-//! the requester fences it (RBD: blocklists its client and breaks its lock, so the OSDs refuse
-//! its late writes) and takes over. The fenced gateway's commands fail until it reconnects as
-//! a new client; it then serves again as a non-owner. A gateway that lost the lock never
-//! writes again without taking it back the same way.
+//! **Who owns.** The preference order of a LU is its configured owner, then the other TPGs in
+//! tag order after it. The *desired owner* is the first live gateway in that order; only it
+//! acts. When the lock holder is gone it takes the lock — fencing the holder first if the
+//! lock is still held (RBD: blocklist and lock break, so the OSDs refuse its late writes) —
+//! and records itself as the ALUA owner (`alua_owner`), which every gateway reports and which
+//! raises ASYMMETRIC ACCESS STATE CHANGED on every nexus of every gateway. The others stay
+//! active/non-optimized. When the configured owner is back (alive for [`FAILBACK_AFTER`] and
+//! used by an initiator) it asks the holder to hand over and becomes the owner again.
 //!
-//! The write lock may bounce between gateways when an initiator writes down several paths at
-//! once (round robin, or libiscsi's MultipathIO). The ALUA owner — what REPORT TARGET PORT
-//! GROUPS shows and ASYMMETRIC ACCESS STATE CHANGED announces — moves only on a failover: at
-//! once when the lock was free (the owner is gone) or broken, else once the new holder kept
-//! the lock for [`STABLE`] (the initiator stays on its paths: the old owner's are down).
+//! **Writes follow the initiator.** A write arriving at a gateway without the lock asks the
+//! holder to hand over (`alua_request`): the holder stops writing, waits for its writes in
+//! flight, flushes and releases. The ALUA owner keeps the lock while its own paths write and
+//! yields to a non-owner path only when they pause for [`YIELD_IDLE`] or the request has
+//! waited [`YIELD_AFTER`]: an initiator round-robining over several paths while it learns the
+//! new owner does not bounce the lock on every command. The ALUA owner moves only by the
+//! rule, never by where writes come from. Until a writer holds the lock its write is answered
+//! NOT READY, ASYMMETRIC ACCESS STATE TRANSITION and the initiator retries.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backstore::BlockDevice;
@@ -34,36 +40,108 @@ use crate::target::Lu;
 
 const OWNER_KEY: &str = "alua_owner";
 const REQUEST_KEY: &str = "alua_request";
-/// How often a gateway looks at the shared ownership state.
+/// How often a gateway looks at the shared ownership state…
 const POLL: Duration = Duration::from_millis(200);
-/// How long a gateway must keep the lock, taken by handover, to become the ALUA owner.
-const STABLE: Duration = Duration::from_secs(5);
+/// …and while a handover is under way (a request stands, or this gateway asked).
+const POLL_HANDOVER: Duration = Duration::from_millis(20);
+/// How often a gateway asks who is alive.
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// A gateway that has not answered for this long is gone: three to four missed pings, so one
+/// lost answer or a short stall is not a failover.
+const ABSENT_AFTER: Duration = Duration::from_millis(3500);
+/// How long a held lock must have had no live holder before the holder is fenced: longer
+/// than one ping, so a gateway that has just taken the lock says so first.
+const ORPHAN_FOR: Duration = Duration::from_millis(1500);
+/// How long the configured owner must be back, and able to tell who is alive, before it
+/// takes its LUs back.
+const FAILBACK_AFTER: Duration = Duration::from_secs(3);
+/// A failback is asked for again after this long at the earliest (the initiator may keep
+/// writing through the other gateway, which then takes the lock back).
+const FAILBACK_BACKOFF: Duration = Duration::from_secs(30);
+/// The configured owner takes its LU back only if an initiator used this path this recently.
+const SERVED_WITHIN: Duration = Duration::from_secs(30);
 /// How long a write waits for a handover before the initiator is told to retry.
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
-/// How long a handover request may go unanswered before the owner is fenced. Longer than a
-/// live owner needs (one [`POLL`], its writes in flight and a flush).
-const FENCE_AFTER: Duration = Duration::from_secs(8);
+/// The ALUA owner yields to a write on a non-owner path once its own writes paused this long
+/// (an initiator that alternates paths one command at a time: a multipath test)…
+const YIELD_IDLE: Duration = Duration::from_millis(100);
+/// …or, while its own paths keep writing (a queue round-robined over two paths), once the
+/// request has waited this long.
+const YIELD_AFTER: Duration = Duration::from_secs(3);
 
 fn parse_tag(v: Option<Vec<u8>>) -> Option<u16> {
     v.and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.trim().parse().ok())
 }
 
+/// The order in which gateways take a LU: the configured owner, then the others in tag order
+/// after it (wrapping), so that every gateway computes the same successor.
+pub fn preference(tags: &[u16], configured: Option<u16>) -> Vec<u16> {
+    let mut t = tags.to_vec();
+    t.sort_unstable();
+    t.dedup();
+    if let Some(at) = configured.and_then(|c| t.iter().position(|x| *x == c)) {
+        t.rotate_left(at);
+    }
+    t
+}
+
+/// Who this gateway has heard from.
+#[derive(Default)]
+struct View {
+    /// When each gateway last answered.
+    seen: HashMap<u16, Instant>,
+    /// Gateways whose last answer said they hold the lock.
+    holding: HashMap<u16, Instant>,
+    /// When this gateway last pinged.
+    pinged: Option<Instant>,
+    /// Since when this gateway's own pings come back (None: it cannot tell now).
+    healthy_since: Option<Instant>,
+}
+
+impl View {
+    fn alive(&self, tag: u16, now: Instant) -> bool {
+        self.seen
+            .get(&tag)
+            .is_some_and(|t| now.duration_since(*t) < ABSENT_AFTER)
+    }
+
+    fn record(&mut self, members: &[backstore::Member], now: Instant) {
+        for m in members {
+            self.seen.insert(m.tag, now);
+            if m.holds_lock {
+                self.holding.insert(m.tag, now);
+            } else {
+                self.holding.remove(&m.tag);
+            }
+        }
+        self.healthy_since.get_or_insert(now);
+    }
+}
+
 /// The ownership of one LU as this gateway sees it.
 pub struct Ownership {
     lu: Arc<Lu>,
     my_tag: u16,
+    preference: Vec<u16>,
     owned: AtomicBool,
     /// Handing over: writes wait instead of taking the lock back.
     yielding: AtomicBool,
     writes_in_flight: AtomicU32,
+    /// When a write here last finished (ms since `epoch`).
+    last_write_ms: AtomicU64,
+    epoch: Instant,
     seen_generation: AtomicU64,
     acquiring: tokio::sync::Mutex<()>,
-    /// When this gateway last took the lock.
-    taken_at: std::sync::Mutex<Option<Instant>>,
-    /// Since when this gateway's handover request is unanswered, and when a write last
-    /// waited for it (a request nobody waited for lately is stale: it starts afresh).
-    requested_at: std::sync::Mutex<Option<(Instant, Instant)>>,
+    /// Another gateway's handover request, and since when this gateway has seen it.
+    pending: Mutex<Option<(u16, Instant)>>,
+    /// This gateway asked for the lock (a failback, or a write here) and takes it once free.
+    asked: AtomicBool,
+    /// Since when the lock has been seen held with no live gateway saying it holds it.
+    orphan_since: Mutex<Option<Instant>>,
+    view: Mutex<View>,
+    /// When this gateway last asked for its LU back.
+    failback_at: Mutex<Option<Instant>>,
 }
 
 /// Held by a write while it runs on the owner.
@@ -71,6 +149,9 @@ pub struct WriteGuard(Arc<Ownership>);
 
 impl Drop for WriteGuard {
     fn drop(&mut self) {
+        self.0
+            .last_write_ms
+            .store(self.0.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.0.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -79,21 +160,37 @@ fn transitioning() -> SenseData {
     SenseData::new(SenseKey::NotReady, Asc::LU_NOT_ACCESSIBLE_TRANSITIONING)
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Ownership {
-    /// Sets up ownership at start: the configured owner takes the lock if it is free.
+    /// Sets up ownership at start: the configured owner takes the lock if it is free and no
+    /// other gateway is recorded as the owner.
     pub async fn start(lu: Arc<Lu>, my_tag: u16, configured_owner: Option<u16>) -> Arc<Ownership> {
+        let tags: Vec<u16> = lu.config().port_groups.iter().map(|g| g.tag).collect();
         let o = Arc::new(Ownership {
+            preference: preference(&tags, configured_owner),
             lu,
             my_tag,
             owned: AtomicBool::new(false),
             yielding: AtomicBool::new(false),
             writes_in_flight: AtomicU32::new(0),
+            last_write_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             seen_generation: AtomicU64::new(u64::MAX),
             acquiring: tokio::sync::Mutex::new(()),
-            taken_at: std::sync::Mutex::new(None),
-            requested_at: std::sync::Mutex::new(None),
+            pending: Mutex::new(None),
+            asked: AtomicBool::new(false),
+            orphan_since: Mutex::new(None),
+            view: Mutex::new(View::default()),
+            failback_at: Mutex::new(None),
         });
-        let recorded = parse_tag(o.lu.device().metadata_get(OWNER_KEY).await.ok().flatten());
+        let dev = o.lu.device();
+        if let Err(e) = dev.heartbeat(my_tag).await {
+            warn!(lun = o.lu.config().lun, "cannot announce this gateway: {e}");
+        }
+        let recorded = parse_tag(dev.metadata_get(OWNER_KEY).await.ok().flatten());
         if configured_owner == Some(my_tag)
             && (recorded.is_none() || recorded == Some(my_tag))
             && o.try_take().await
@@ -106,10 +203,16 @@ impl Ownership {
         }
         let weak = Arc::downgrade(&o);
         tokio::spawn(async move {
+            let mut every = POLL;
             loop {
-                tokio::time::sleep(POLL).await;
+                tokio::time::sleep(every).await;
                 let Some(o) = weak.upgrade() else { return };
                 o.refresh().await;
+                every = if o.asked.load(Ordering::Acquire) || lock(&o.pending).is_some() {
+                    POLL_HANDOVER
+                } else {
+                    POLL
+                };
             }
         });
         o
@@ -125,8 +228,8 @@ impl Ownership {
         match dev.try_acquire_ownership().await {
             Ok(true) => {
                 self.owned.store(true, Ordering::Release);
-                *self.taken_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-                *self.requested_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.asked.store(false, Ordering::Release);
+                *lock(&self.orphan_since) = None;
                 // Our request is answered; one another gateway posted since stays for us to
                 // answer.
                 let mine = self.my_tag.to_string().into_bytes();
@@ -169,40 +272,226 @@ impl Ownership {
         );
     }
 
-    /// Follows the shared state: the recorded owner (for ALUA) and handover requests; claims
-    /// the ALUA ownership when the lock stayed here for [`STABLE`].
+    /// Another gateway's handover request, if it stands: its requester is alive (a dead
+    /// gateway's request would otherwise hold every writer back).
+    fn other_request(&self) -> Option<(u16, Instant)> {
+        let p = (*lock(&self.pending))?;
+        let v = lock(&self.view);
+        let now = Instant::now();
+        (v.healthy_since.is_none() || v.alive(p.0, now)).then_some(p)
+    }
+
+    /// Asks the lock holder to hand over to this gateway.
+    async fn ask_for_lock(&self) -> bool {
+        self.asked.store(true, Ordering::Release);
+        self.lu
+            .device()
+            .metadata_set(REQUEST_KEY, self.my_tag.to_string().into_bytes())
+            .await
+            .is_ok()
+    }
+
+    /// One round: beat, follow the shared state, answer handover requests, and every
+    /// [`PING_EVERY`] look at who is alive and act on it.
     async fn refresh(&self) {
-        let held_long = self
-            .taken_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|t| t.elapsed() >= STABLE);
-        if self.is_owner() && held_long && self.lu.owner_tpg() != Some(self.my_tag) {
-            self.set_alua_owner(self.my_tag).await;
-        }
         let dev = self.lu.device();
+        let lun = self.lu.config().lun;
+        let _ = dev.heartbeat(self.my_tag).await;
         if self.is_owner() && !dev.holds_ownership() {
             self.owned.store(false, Ordering::Release);
             warn!(
-                lun = self.lu.config().lun,
+                lun,
                 tpg = self.my_tag,
                 "lost the write lock: another gateway fenced this one"
             );
         }
         let generation = dev.metadata_generation();
-        if self.seen_generation.swap(generation, Ordering::AcqRel) == generation {
+        if self.seen_generation.swap(generation, Ordering::AcqRel) != generation {
+            if let Some(owner) = parse_tag(dev.metadata_get(OWNER_KEY).await.ok().flatten()) {
+                self.lu.set_owner_tpg(Some(owner));
+            }
+            let request = parse_tag(dev.metadata_get(REQUEST_KEY).await.ok().flatten())
+                .filter(|t| *t != self.my_tag);
+            let mut p = lock(&self.pending);
+            *p = match (request, *p) {
+                (Some(t), Some((was, since))) if t == was => Some((t, since)),
+                (Some(t), _) => Some((t, Instant::now())),
+                (None, _) => None,
+            };
+            if p.is_some() {
+                // Another gateway's request replaced ours: the lock goes there first.
+                self.asked.store(false, Ordering::Release);
+            }
+        }
+        let pending = self.other_request();
+        if let Some((to, since)) = pending.filter(|_| self.is_owner()) {
+            if self.should_yield(to, since) {
+                // `pending` stays until the requester, holding the lock, clears its request:
+                // until then this gateway must not take the lock it just let go.
+                self.hand_over(to).await;
+            }
+        }
+        // Asked for the lock (and the request is still ours): take it once the holder lets go.
+        if self.asked.load(Ordering::Acquire)
+            && !self.is_owner()
+            && pending.is_none()
+            && !self.yielding.load(Ordering::Acquire)
+            && self.try_take().await
+        {
+            self.claim_if_desired().await;
+        }
+        let due = lock(&self.view)
+            .pinged
+            .is_none_or(|t| t.elapsed() >= PING_EVERY);
+        if due {
+            self.look_around().await;
+        }
+    }
+
+    /// Whether the holder (this gateway) gives the lock to TPG `to`, which asked at `since`.
+    fn should_yield(&self, to: u16, since: Instant) -> bool {
+        let owner = self.lu.owner_tpg();
+        if owner == Some(to) || owner != Some(self.my_tag) {
+            return true;
+        }
+        let idle = self.writes_in_flight.load(Ordering::Acquire) == 0
+            && (self.epoch.elapsed().as_millis() as u64)
+                .saturating_sub(self.last_write_ms.load(Ordering::Relaxed))
+                >= YIELD_IDLE.as_millis() as u64;
+        idle || since.elapsed() >= YIELD_AFTER
+    }
+
+    /// The desired owner (the first live gateway in the preference order), if this gateway
+    /// can tell.
+    fn desired(&self, view: &View, now: Instant) -> Option<u16> {
+        view.healthy_since?;
+        self.preference
+            .iter()
+            .copied()
+            .find(|t| *t == self.my_tag || view.alive(*t, now))
+    }
+
+    /// Records this gateway as the ALUA owner when the rule says so and it holds the lock.
+    async fn claim_if_desired(&self) {
+        let now = Instant::now();
+        let desired = {
+            let v = lock(&self.view);
+            self.desired(&v, now)
+        };
+        if desired == Some(self.my_tag) && self.lu.owner_tpg() != Some(self.my_tag) {
+            self.set_alua_owner(self.my_tag).await;
+        }
+    }
+
+    /// Pings, then acts if this gateway is the desired owner.
+    async fn look_around(&self) {
+        let dev = self.lu.device();
+        let lun = self.lu.config().lun;
+        let members = dev.members().await;
+        let now = Instant::now();
+        let (desired, holder_alive, recorded_alive, healthy_for) = {
+            let mut v = lock(&self.view);
+            v.pinged = Some(now);
+            match &members {
+                Ok(m) => v.record(m, now),
+                Err(_) => v.healthy_since = None,
+            }
+            let healthy_for = v.healthy_since.map(|t| now.duration_since(t));
+            let holder_alive = v
+                .holding
+                .keys()
+                .any(|t| *t != self.my_tag && v.alive(*t, now));
+            let recorded_alive = self
+                .lu
+                .owner_tpg()
+                .is_some_and(|t| t == self.my_tag || v.alive(t, now));
+            (
+                self.desired(&v, now),
+                holder_alive,
+                recorded_alive,
+                healthy_for,
+            )
+        };
+        // Decide only when this gateway can tell, and has listened long enough to have heard
+        // from every live gateway.
+        let Some(healthy_for) = healthy_for.filter(|h| *h >= ABSENT_AFTER) else {
+            return;
+        };
+        if desired != Some(self.my_tag) || !dev.available() {
             return;
         }
-        if let Some(owner) = parse_tag(dev.metadata_get(OWNER_KEY).await.ok().flatten()) {
-            self.lu.set_owner_tpg(Some(owner));
-        }
-        if !self.is_owner() {
+        if self.is_owner() {
+            self.claim_if_desired().await;
             return;
         }
-        let request = parse_tag(dev.metadata_get(REQUEST_KEY).await.ok().flatten());
-        if let Some(to) = request.filter(|t| *t != self.my_tag) {
-            self.hand_over(to).await;
+        if holder_alive {
+            *lock(&self.orphan_since) = None;
+        } else {
+            // The lock is free, or its holder is gone. A free lock that another gateway
+            // asked for is on its way there: not ours to take.
+            if self.other_request().is_none() && self.try_take().await {
+                self.claim_if_desired().await;
+                return;
+            }
+            // Held, and nobody alive says so. A gateway that took it a moment ago says so
+            // in its next answer: only a lock orphaned across two pings is fenced.
+            let orphaned_for = lock(&self.orphan_since).get_or_insert(now).elapsed();
+            if orphaned_for >= ORPHAN_FOR && self.fence_holder().await {
+                return;
+            }
+            // Held by a gateway this engine cannot see or fence (a file's live holder).
         }
+        // A live gateway holds the lock (the initiator wrote through it).
+        if !recorded_alive {
+            // The ALUA owner is gone: this gateway is the owner now; the lock follows when
+            // the initiator writes here.
+            info!(
+                lun,
+                "the ALUA owner is gone; taking over as the desired owner"
+            );
+            self.set_alua_owner(self.my_tag).await;
+            self.ask_for_lock().await;
+            return;
+        }
+        let configured = self.preference.first() == Some(&self.my_tag);
+        let backoff_over = lock(&self.failback_at).is_none_or(|t| t.elapsed() >= FAILBACK_BACKOFF);
+        if configured
+            && self.lu.owner_tpg() != Some(self.my_tag)
+            && healthy_for >= ABSENT_AFTER + FAILBACK_AFTER
+            && self.lu.served_within(SERVED_WITHIN)
+            && backoff_over
+        {
+            info!(
+                lun,
+                tpg = self.my_tag,
+                "failback: the configured owner is back; asking the holder to hand over"
+            );
+            *lock(&self.failback_at) = Some(Instant::now());
+            self.ask_for_lock().await;
+        }
+    }
+
+    /// The lock is held by a gateway that no longer answers: fence it and take over.
+    async fn fence_holder(&self) -> bool {
+        let lun = self.lu.config().lun;
+        match self.lu.device().break_ownership().await {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                warn!(lun, "fencing the gone lock holder failed: {e}");
+                return false;
+            }
+        }
+        if !self.try_take().await {
+            return false;
+        }
+        warn!(
+            lun,
+            tpg = self.my_tag,
+            "the lock holder stopped answering: fenced it and took over"
+        );
+        self.claim_if_desired().await;
+        true
     }
 
     /// Gives the LU up to the gateway of TPG `to`: no new writes, wait for the running ones,
@@ -226,7 +515,7 @@ impl Ownership {
         info!(lun, to_tpg = to, "handed the write lock over");
     }
 
-    /// Admits one write: on the owner at once; elsewhere after taking the ownership over.
+    /// Admits one write: on the lock holder at once; elsewhere after the holder handed over.
     pub async fn write_guard(self: &Arc<Self>) -> Result<WriteGuard, SenseData> {
         loop {
             if self.is_owner() {
@@ -240,54 +529,36 @@ impl Ownership {
             if self.is_owner() {
                 continue;
             }
-            let dev = self.lu.device();
-            // A free lock with another gateway's request pending is a handover on its way
-            // there, not an owner gone: taking it would steal it from the requester.
-            let pending = match dev.metadata_get(REQUEST_KEY).await {
-                Ok(v) => parse_tag(v),
-                Err(_) => return Err(transitioning()),
-            };
-            if !self.yielding.load(Ordering::Acquire)
-                && pending.is_none_or(|t| t == self.my_tag)
-                && self.try_take().await
-            {
-                if pending.is_none() && self.lu.owner_tpg() != Some(self.my_tag) {
-                    // The lock was free and nobody waited: the owner is gone. A failover.
-                    self.set_alua_owner(self.my_tag).await;
+            let deadline = Instant::now() + HANDOVER_WAIT;
+            // A free lock with another gateway's request standing is a handover on its way
+            // there: taking it, or replacing the request with ours, would steal it from the
+            // requester. Wait until it has the lock (and cleared its request).
+            while self.other_request().is_some() {
+                if Instant::now() >= deadline {
+                    return Err(transitioning());
                 }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !self.yielding.load(Ordering::Acquire) && self.try_take().await {
                 continue;
             }
-            info!(
-                lun = self.lu.config().lun,
-                tpg = self.my_tag,
-                "write on a non-owner path: asking the owner to hand over"
-            );
-            if dev
-                .metadata_set(REQUEST_KEY, self.my_tag.to_string().into_bytes())
-                .await
-                .is_err()
-            {
+            if !self.asked.load(Ordering::Acquire) {
+                info!(
+                    lun = self.lu.config().lun,
+                    tpg = self.my_tag,
+                    "write on a path without the write lock: asking the holder to hand over"
+                );
+            }
+            if !self.ask_for_lock().await {
                 return Err(transitioning());
             }
-            let since = {
-                let mut r = self.requested_at.lock().unwrap_or_else(|e| e.into_inner());
-                let now = Instant::now();
-                // The initiator retries a NOT READY within seconds; an older request was
-                // given up, and must not count toward fencing the owner now.
-                let since = match *r {
-                    Some((since, last)) if now.duration_since(last) < 2 * HANDOVER_WAIT => since,
-                    _ => now,
-                };
-                *r = Some((since, now + HANDOVER_WAIT));
-                since
-            };
-            let deadline = Instant::now() + HANDOVER_WAIT;
             loop {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                if !self.yielding.load(Ordering::Acquire) && self.try_take().await {
-                    break;
-                }
-                if since.elapsed() >= FENCE_AFTER && self.fence_owner().await {
+                // Another gateway's request, posted after ours, gets the lock first.
+                let ours = self.other_request().is_none();
+                if self.is_owner()
+                    || (ours && !self.yielding.load(Ordering::Acquire) && self.try_take().await)
+                {
                     break;
                 }
                 if Instant::now() >= deadline {
@@ -295,29 +566,6 @@ impl Ownership {
                 }
             }
         }
-    }
-
-    /// The owner left a request unanswered for [`FENCE_AFTER`]: fence it and take the lock.
-    async fn fence_owner(&self) -> bool {
-        let lun = self.lu.config().lun;
-        match self.lu.device().break_ownership().await {
-            Ok(true) => {}
-            Ok(false) => return false,
-            Err(e) => {
-                warn!(lun, "fencing the unresponsive owner failed: {e}");
-                return false;
-            }
-        }
-        if !self.try_take().await {
-            return false;
-        }
-        warn!(
-            lun,
-            tpg = self.my_tag,
-            "the owner did not hand over within {FENCE_AFTER:?}: fenced it and took over"
-        );
-        self.set_alua_owner(self.my_tag).await;
-        true
     }
 }
 
@@ -327,4 +575,34 @@ pub fn needs_ownership(opcode: u8) -> bool {
         opcode,
         0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x41 | 0x93 | 0x42 | 0x89 | 0x8b
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successors_follow_the_configured_owner_in_tag_order() {
+        assert_eq!(preference(&[1, 2, 3], Some(1)), vec![1, 2, 3]);
+        assert_eq!(preference(&[1, 2, 3], Some(2)), vec![2, 3, 1]);
+        assert_eq!(preference(&[3, 1, 2], Some(3)), vec![3, 1, 2]);
+        assert_eq!(preference(&[2, 1], None), vec![1, 2]);
+        assert_eq!(preference(&[1, 2], Some(9)), vec![1, 2], "unknown owner");
+    }
+
+    #[test]
+    fn a_gateway_is_gone_after_missed_answers_only() {
+        let t0 = Instant::now();
+        let mut v = View::default();
+        let m = |tag, holds_lock| backstore::Member { tag, holds_lock };
+        v.record(&[m(1, true), m(2, false)], t0);
+        assert!(v.alive(1, t0 + Duration::from_secs(3)));
+        assert!(!v.alive(1, t0 + ABSENT_AFTER));
+        assert!(!v.alive(3, t0), "never heard of");
+        // One lost answer does not forget that 1 holds the lock.
+        v.record(&[m(2, false)], t0 + Duration::from_secs(1));
+        assert!(v.holding.contains_key(&1));
+        v.record(&[m(1, false)], t0 + Duration::from_secs(2));
+        assert!(!v.holding.contains_key(&1), "it said it let go");
+    }
 }

@@ -15,148 +15,12 @@ mod ceph;
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use common::lab::{ip, Lab, NsGateway};
 use common::{require, Scratch};
 
 const TARGET: &str = "iqn.1994-05.com.redhat:37d4cea93db4";
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Namespaces and links of one lab, removed on drop.
-struct Lab {
-    br: String,
-    g1: String,
-    g2: String,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        let id = std::process::id();
-        let lab = Lab {
-            br: format!("rbdgw-br{tag}-{id}"),
-            g1: format!("rbdgw-g1{tag}-{id}"),
-            g2: format!("rbdgw-g2{tag}-{id}"),
-        };
-        for ns in [&lab.br, &lab.g1, &lab.g2] {
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        ip(&["-n", &lab.br, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &lab.br, "link", "set", "br0", "up"]);
-        for (ns, port, addr) in [
-            (&lab.g1, "gw1", "192.168.0.27/24"),
-            (&lab.g2, "gw2", "192.168.0.32/24"),
-        ] {
-            ip(&[
-                "-n", &lab.br, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-                "netns", ns,
-            ]);
-            ip(&["-n", &lab.br, "link", "set", port, "master", "br0", "up"]);
-            ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"]);
-            ip(&["-n", ns, "link", "set", "eth0", "up"]);
-        }
-        ip(&["-n", &lab.br, "tuntap", "add", "dev", "tap0", "mode", "tap"]);
-        ip(&["-n", &lab.br, "link", "set", "tap0", "master", "br0", "up"]);
-        lab
-    }
-
-    /// Cuts or restores gateway 1's link (its bridge port).
-    fn link_gw1(&self, up: bool) {
-        ip(&[
-            "-n",
-            &self.br,
-            "link",
-            "set",
-            "gw1",
-            if up { "up" } else { "down" },
-        ]);
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in [&self.br, &self.g1, &self.g2] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// An `rbdgw serve` inside a namespace; killed by PID on drop.
-struct NsGateway {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl NsGateway {
-    fn start(
-        ns: &str,
-        config: &Path,
-        host: &str,
-        ceph_conf: Option<&str>,
-        log: std::path::PathBuf,
-    ) -> NsGateway {
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                env!("CARGO_BIN_EXE_rbdgw"),
-                "serve",
-                "--config",
-            ])
-            .arg(config)
-            .args(["--host", host])
-            .args(ceph_conf.map(|c| ["--ceph-conf", c]).into_iter().flatten())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .expect("log"),
-            )
-            .spawn()
-            .expect("start rbdgw");
-        let g = NsGateway { child, log };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while g.log_text().matches("listening").count()
-            < 1 + g.log_text().matches("stopped").count()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "gateway {host} did not start:\n{}",
-                g.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        g
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NsGateway {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Fault {
@@ -179,11 +43,14 @@ fn run_lab(fault: Fault, backing: Backing) {
     require("qemu-system-x86_64", "qemu-system-x86");
     require("multipathd", "multipath-tools");
     let dir = Scratch::new(&format!("lab-{fault:?}-{backing:?}").to_lowercase());
-    let lab = Lab::new(&format!(
-        "{}{}",
-        if fault == Fault::Kill { "k" } else { "c" },
-        if backing == Backing::Rbd { "r" } else { "" }
-    ));
+    let lab = Lab::new(
+        &format!(
+            "{}{}",
+            if fault == Fault::Kill { "k" } else { "c" },
+            if backing == Backing::Rbd { "r" } else { "" }
+        ),
+        &["192.168.0.27/24", "192.168.0.32/24"],
+    );
     let seed = include_str!("../../../examples/seed-config.json");
     let mut doc: serde_json::Value = serde_json::from_str(seed).unwrap();
     let cluster = (backing == Backing::Rbd).then(|| {
@@ -211,33 +78,22 @@ fn run_lab(fault: Fault, backing: Backing) {
     std::fs::write(&cfg, doc.to_string()).unwrap();
     let conf = ceph_conf.as_deref();
     let mut gw1 = NsGateway::start(
-        &lab.g1,
+        &lab.gws[0],
         &cfg,
         "testscsi.novalocal",
         conf,
         dir.0.join("gw1.log"),
     );
-    let gw2 = NsGateway::start(&lab.g2, &cfg, "scsifirst", conf, dir.0.join("gw2.log"));
+    let gw2 = NsGateway::start(&lab.gws[1], &cfg, "scsifirst", conf, dir.0.join("gw2.log"));
 
     let action = match fault {
         Fault::Kill => "KILL",
         Fault::Cut => "CUT",
     };
-    let guest = include_str!("../../../tests/lab/guest-multipath.sh").replace("@ACTION@", action);
+    let guest = common::vm::lab_guest(include_str!("../../../tests/lab/guest-multipath.sh"))
+        .replace("@ACTION@", action);
     let (kernel, initrd) = common::vm::build_vm(&dir.0, &guest);
-    let mut vm = Command::new("ip")
-        .args(["netns", "exec", &lab.br, "timeout", "900"])
-        .args(common::vm::qemu_args(&kernel, &initrd))
-        .args([
-            "-netdev",
-            "tap,id=n0,ifname=tap0,script=no,downscript=no",
-            "-device",
-            "virtio-net-pci,netdev=n0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the VM");
+    let mut vm = common::vm::spawn_on_tap(&lab.br, &kernel, &initrd, false);
     let console = BufReader::new(vm.stdout.take().expect("console"));
     let mut seen = Vec::new();
     let mut fault_at = None;
@@ -249,20 +105,20 @@ fn run_lab(fault: Fault, backing: Backing) {
             fault_at = Some(Instant::now());
             match fault {
                 Fault::Kill => gw1.kill(),
-                Fault::Cut => lab.link_gw1(false),
+                Fault::Cut => lab.link(0, false),
             }
         } else if line.contains("RBDGW-LAB: RESTORE-NOW") {
             match fault {
                 Fault::Kill => {
                     gw1 = NsGateway::start(
-                        &lab.g1,
+                        &lab.gws[0],
                         &cfg,
                         "testscsi.novalocal",
                         conf,
                         dir.0.join("gw1.log"),
                     )
                 }
-                Fault::Cut => lab.link_gw1(true),
+                Fault::Cut => lab.link(0, true),
             }
         } else if line.contains("RBDGW-LAB: WRITTEN") {
             if let Some(t) = fault_at {

@@ -46,12 +46,17 @@ fn rtpg(c: &mut Client) -> Vec<(u16, u8)> {
     v
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+/// Waits for `f`; returns how long it took.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
     while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
+    t0.elapsed()
 }
 
 fn write10(lba: u32) -> [u8; 10] {
@@ -159,32 +164,22 @@ fn two_gateways_one_lun() {
     let (c, p) = prout(0, 0, 0xa1, 0);
     assert_eq!(s1.scsi_ready(0, &c, &p, 0).status, 0);
 
-    // The initiator fails over: it writes through gw2 only. Once gw2 has kept the write lock
-    // for a while the ALUA ownership moves there; gw1's path learns it through ASYMMETRIC
-    // ACCESS STATE CHANGED.
+    // Writes through the non-optimized gateway are served: the write lock moves there (the
+    // owner hands it over), but the ALUA owner is decided by the rule, not by where writes
+    // come from: gw1 stays active/optimized on both gateways.
     let w = b2.scsi_ready(0, &write10(9), &[2u8; 512], 0);
     assert_eq!(w.status, 0, "{w:?}");
-    wait_for("gw2 to become the ALUA owner", || {
-        rtpg(&mut s2) == vec![(1, 1), (2, 0)]
-    });
-    wait_for("gw1 to see gw2 as the owner", || {
-        let o = s1.scsi(0, &[0; 6], &[], 0);
-        o.sense == Some((0x06, 0x2a, 0x06)) || rtpg(&mut s1) == vec![(1, 1), (2, 0)]
-    });
-    assert_eq!(rtpg(&mut s1), vec![(1, 1), (2, 0)]);
-    // And the data written through gw2 reads back through gw1.
     let r = s1.scsi_ready(0, &[0x28, 0, 0, 0, 0, 9, 0, 0, 1, 0], &[], 512);
-    assert_eq!(r.data, vec![2u8; 512]);
-    // Failing back: writes through gw1 take the lock and, in time, the ownership back.
+    assert_eq!(
+        r.data,
+        vec![2u8; 512],
+        "written through gw2, read through gw1"
+    );
     assert_eq!(s1.scsi_ready(0, &write10(10), &[3u8; 512], 0).status, 0);
-    wait_for("gw1 to become the ALUA owner again", || {
-        rtpg(&mut s1) == vec![(1, 0), (2, 1)]
-    });
-    // Both gateways agree (and gw2 has raised its unit attention) before libiscsi's sessions,
-    // which do not expect one mid-test, log in.
-    wait_for("gw2 to see gw1 as the owner", || {
-        rtpg(&mut b2) == vec![(1, 0), (2, 1)]
-    });
+    let r = b2.scsi_ready(0, &[0x28, 0, 0, 0, 0, 10, 0, 0, 1, 0], &[], 512);
+    assert_eq!(r.data, vec![3u8; 512]);
+    assert_eq!(rtpg(&mut s1), vec![(1, 0), (2, 1)]);
+    assert_eq!(rtpg(&mut b2), vec![(1, 0), (2, 1)]);
     drop((s1, s2, b2));
 
     // libiscsi across the gateways, then the SCSI family against each while the other runs.
@@ -228,5 +223,129 @@ fn two_gateways_one_lun() {
     }
     for g in [&gw1, &gw2] {
         assert!(!g.log_text().contains("panicked"));
+    }
+}
+
+/// The first command's unit attention, if one is pending (TEST UNIT READY).
+fn pending_ua(c: &mut Client) -> Option<(u8, u8, u8)> {
+    c.scsi(0, &[0; 6], &[], 0).sense.filter(|s| s.0 == 0x06)
+}
+
+/// Three gateways, one LUN owned by gw1. When gw1 dies, its successor by the rule (gw2, the
+/// next tag) becomes active/optimized at once, on every surviving gateway, and says so on
+/// every nexus — its own included; gw3 stays non-optimized and writes through it do not make
+/// it the owner. When gw1 comes back and an initiator uses it, it takes the LUN back.
+#[test]
+fn three_gateways_failover_and_failback() {
+    let dir = Scratch::new("three");
+    let port = free_port();
+    let addrs: Vec<String> = (1..=3).map(|i| format!("127.0.0.{i}:{port}")).collect();
+    let image = dir.0.join("three.img");
+    let config = serde_json::json!({
+        "auth": [{"target": TARGET, "authentication": "none"}],
+        "targets": [{"target": TARGET, "hosts": [
+            {"host": "gw1", "portal": "p1"}, {"host": "gw2", "portal": "p2"}, {"host": "gw3", "portal": "p3"}]}],
+        "portals": [{"name": "p1", "addresses": [addrs[0]]}, {"name": "p2", "addresses": [addrs[1]]},
+                    {"name": "p3", "addresses": [addrs[2]]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": TARGET, "tpg": [
+            {"image": "three", "backstore": "file", "path": image.display().to_string(), "size": "16M", "owner": "gw1"}]}]}]
+    })
+    .to_string();
+    let start = |i: usize| {
+        Gateway::start(
+            &dir.0,
+            &config,
+            &format!("gw{}", i + 1),
+            addrs[i].parse().unwrap(),
+        )
+    };
+    let mut gws: Vec<Gateway> = (0..3).map(start).collect();
+    let login = |i: usize| {
+        let mut c = Client::connect(addrs[i].parse().unwrap());
+        c.login("iqn.2026-11.org.rbdgw:three", Some(TARGET), "");
+        c
+    };
+    let mut s: Vec<Client> = (0..3).map(login).collect();
+    let all_agree = |s: &mut [Client], want: &[(u16, u8)]| s.iter_mut().all(|c| rtpg(c) == want);
+    wait_for("gw1 to be the owner everywhere", || {
+        all_agree(&mut s, &[(1, 0), (2, 1), (3, 1)])
+    });
+    assert_eq!(s[0].scsi_ready(0, &write10(1), &[1u8; 512], 0).status, 0);
+    // Quiet nexuses on gw2 and gw3 (another initiator), all attentions consumed: they must
+    // learn of the failover from a unit attention.
+    let mut quiet: Vec<Client> = (1..3)
+        .map(|i| {
+            let mut c = Client::connect(addrs[i].parse().unwrap());
+            c.login("iqn.2026-11.org.rbdgw:quiet", Some(TARGET), "");
+            while pending_ua(&mut c).is_some() {}
+            c
+        })
+        .collect();
+
+    // gw1 dies.
+    let t0 = Instant::now();
+    drop(gws.remove(0));
+    let mut survivors = s.split_off(1);
+    wait_for("gw2 (the successor) to be the owner on gw2 and gw3", || {
+        all_agree(&mut survivors, &[(1, 1), (2, 0), (3, 1)])
+    });
+    let took = t0.elapsed();
+    println!("failover: gw2 active/optimized on both survivors {took:?} after gw1 died");
+    assert!(took < Duration::from_secs(10), "failover took {took:?}");
+    // Every surviving nexus was told, the new owner's own too (SPC-4 §5.16.2.6).
+    for (i, c) in quiet.iter_mut().enumerate() {
+        assert_eq!(pending_ua(c), Some((0x06, 0x2a, 0x06)), "gw{}", i + 2);
+        assert_eq!(pending_ua(c), None, "gw{}: raised once", i + 2);
+    }
+    // gw2 took the lock by itself: its write needs no handover.
+    assert_eq!(
+        survivors[0]
+            .scsi_ready(0, &write10(2), &[2u8; 512], 0)
+            .status,
+        0
+    );
+    assert!(gws[0]
+        .log_text()
+        .contains("ALUA owner (active/optimized) is now TPG 2"));
+    // gw3 serves writes (the lock moves there) but does not become the owner.
+    assert_eq!(
+        survivors[1]
+            .scsi_ready(0, &write10(3), &[3u8; 512], 0)
+            .status,
+        0
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(all_agree(&mut survivors, &[(1, 1), (2, 0), (3, 1)]));
+    let r = survivors[0].scsi_ready(0, &[0x28, 0, 0, 0, 0, 1, 0, 0, 3, 0], &[], 1536);
+    assert_eq!(
+        r.data,
+        [[1u8; 512], [2u8; 512], [3u8; 512]].concat(),
+        "every acknowledged write is there"
+    );
+
+    // gw1 comes back; its initiator logs in again and polls it (as multipathd does).
+    gws.insert(0, start(0));
+    let mut back = login(0);
+    let t1 = Instant::now();
+    wait_for("gw1 to take its LUN back", || {
+        let _ = pending_ua(&mut back);
+        rtpg(&mut back) == vec![(1, 0), (2, 1), (3, 1)]
+    });
+    println!(
+        "failback: gw1 active/optimized again {:?} after it returned",
+        t1.elapsed()
+    );
+    wait_for("the survivors to agree", || {
+        let _ = survivors.iter_mut().map(pending_ua).count();
+        all_agree(&mut survivors, &[(1, 0), (2, 1), (3, 1)])
+    });
+    assert_eq!(back.scsi_ready(0, &write10(4), &[4u8; 512], 0).status, 0);
+    let r = survivors[1].scsi_ready(0, &[0x28, 0, 0, 0, 0, 1, 0, 0, 4, 0], &[], 2048);
+    assert_eq!(
+        r.data,
+        [[1u8; 512], [2u8; 512], [3u8; 512], [4u8; 512]].concat()
+    );
+    for g in &gws {
+        assert!(!g.log_text().contains("panicked"), "{}", g.log_text());
     }
 }

@@ -45,16 +45,16 @@ impl<B: BlockDevice> LogicalUnit<B> {
         self.state().owner_tpg
     }
 
-    /// Sets the owning TPG. When this gateway's paths lose Active/Optimized, their nexuses get
-    /// ASYMMETRIC ACCESS STATE CHANGED (SPC-4 §5.16.2.6) and re-read the groups; the paths of
-    /// the new owner — the ones the initiator moved to — are left undisturbed.
+    /// Sets the owning TPG. A change alters the access state of two port groups, so every
+    /// nexus through this gateway gets ASYMMETRIC ACCESS STATE CHANGED (SPC-4 §5.16.2.6:
+    /// an implicit transition is announced to every I_T nexus) and re-reads the groups — the
+    /// new owner's paths too: an initiator whose other paths died learns only there that the
+    /// path it uses became active/optimized.
     pub fn set_owner_tpg(&self, owner: Option<u16>) {
         let mut st = self.state();
         if st.owner_tpg != owner {
             st.owner_tpg = owner;
-            if owner.is_some_and(|o| o != self.cfg.local_tpg) {
-                st.ua_all(crate::sense::Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, None);
-            }
+            st.ua_all(crate::sense::Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, None);
         }
     }
 

@@ -123,6 +123,11 @@ pub struct LogicalUnit<B> {
     state: Mutex<LuState>,
     /// The device size (bytes) the initiators were last told of.
     known_size: std::sync::atomic::AtomicU64,
+    /// Whether the device was reachable at the last command (see `notice_access_state`).
+    was_available: std::sync::atomic::AtomicBool,
+    /// When a command last came (ms since `created`): whether initiators use this path.
+    served_ms: std::sync::atomic::AtomicU64,
+    created: std::time::Instant,
 }
 
 /// Kinds of reset a task management function causes (SAM-5 §6.3).
@@ -141,6 +146,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
         };
         LogicalUnit {
             known_size: std::sync::atomic::AtomicU64::new(dev.size()),
+            was_available: std::sync::atomic::AtomicBool::new(dev.available()),
+            served_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+            created: std::time::Instant::now(),
             cfg,
             dev,
             state: Mutex::new(state),
@@ -238,8 +246,21 @@ impl<B: BlockDevice> LogicalUnit<B> {
         self.reservation_conflict(cmd).is_some()
     }
 
+    /// Whether a command came through this gateway within `within`.
+    pub fn served_within(&self, within: std::time::Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        let at = self.served_ms.load(Ordering::Relaxed);
+        at != u64::MAX
+            && (self.created.elapsed().as_millis() as u64).saturating_sub(at)
+                <= within.as_millis() as u64
+    }
+
     /// Runs one command.
     pub async fn execute(&self, cmd: &ScsiCommand<'_>) -> ScsiResponse {
+        self.served_ms.store(
+            self.created.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         match self.execute_inner(cmd).await {
             Ok(r) => r,
             Err(sense) => ScsiResponse::check(sense),
@@ -261,6 +282,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
         // or the image resized.
         self.refresh_shared().await;
         self.notice_resize();
+        self.notice_access_state();
         if let Some(resp) = self.unit_attention(cmd, op) {
             return Ok(resp);
         }
@@ -277,6 +299,20 @@ impl<B: BlockDevice> LogicalUnit<B> {
             return Ok(resp);
         }
         self.dispatch(cmd).await
+    }
+
+    /// SPC-4 §5.16.2.6: this gateway's port went to or left the transitioning state (its
+    /// backstore became unreachable, e.g. fenced, or reachable again): every nexus through it
+    /// is told with ASYMMETRIC ACCESS STATE CHANGED, so the initiator re-reads the groups.
+    fn notice_access_state(&self) {
+        use std::sync::atomic::Ordering;
+        let now = self.dev.available();
+        if self.was_available.load(Ordering::Acquire) != now
+            && self.was_available.swap(now, Ordering::AcqRel) != now
+        {
+            self.state()
+                .ua_all(Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, None);
+        }
     }
 
     /// SBC-3 §4.6 / SPC-4 Annex: a changed capacity (an online resize) is announced to every

@@ -370,3 +370,64 @@ async fn reads_in_memory_and_from_the_file() {
     assert!(small.data_file.is_none());
     assert_eq!(small.data_in().unwrap(), data[..4096]);
 }
+
+/// REPORT TARGET PORT GROUPS as (tag, access state) per group.
+async fn rtpg(lu: &LogicalUnit<FileDevice>, n: &ItNexus) -> Vec<(u16, u8)> {
+    let r = run(lu, n, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0], &[]).await;
+    assert_eq!(r.status, ScsiStatus::Good, "{r:?}");
+    let d = r.data.to_vec();
+    (0..(d.len() - 4) / 12)
+        .map(|i| (d[4 + i * 12 + 3] as u16, d[4 + i * 12] & 0x0f))
+        .collect()
+}
+
+/// SPC-4 §5.16.2.6: an ALUA owner change is announced on every nexus of this gateway — the
+/// new owner's own paths included — and REPORT TARGET PORT GROUPS agrees with it.
+#[tokio::test]
+async fn alua_owner_changes_reach_every_nexus() {
+    use crate::alua::TargetPortGroup;
+    let mut c = LuConfig::new(
+        0,
+        "0123abcd-0000-0000-0000-000000000000",
+        "iqn.2026-11.org.rbdgw:t",
+    );
+    c.local_tpg = 2;
+    c.port_groups = (1..=3)
+        .map(|tag| TargetPortGroup {
+            tag,
+            relative_port: tag,
+        })
+        .collect();
+    let lu = LogicalUnit::new(c, FileDevice::memory(1 << 20).unwrap());
+    lu.set_owner_tpg(Some(1));
+    let (a, b) = (nexus(1), nexus(2));
+    ready(&lu, &a).await;
+    ready(&lu, &b).await;
+    assert_eq!(rtpg(&lu, &a).await, vec![(1, 0), (2, 1), (3, 1)]);
+    // This gateway (TPG 2) becomes the owner: its own nexuses hear of it.
+    lu.set_owner_tpg(Some(2));
+    for n in [&a, &b] {
+        check(
+            &run(&lu, n, &[0x00], &[]).await,
+            SenseKey::UnitAttention,
+            Asc::ASYMMETRIC_ACCESS_STATE_CHANGED,
+        );
+        assert_eq!(
+            run(&lu, n, &[0x00], &[]).await.status,
+            ScsiStatus::Good,
+            "once"
+        );
+    }
+    assert_eq!(rtpg(&lu, &b).await, vec![(1, 1), (2, 0), (3, 1)]);
+    // Setting the same owner again changes nothing and raises nothing.
+    lu.set_owner_tpg(Some(2));
+    assert_eq!(run(&lu, &a, &[0x00], &[]).await.status, ScsiStatus::Good);
+    // Another gateway takes over: announced here too.
+    lu.set_owner_tpg(Some(3));
+    check(
+        &run(&lu, &a, &[0x00], &[]).await,
+        SenseKey::UnitAttention,
+        Asc::ASYMMETRIC_ACCESS_STATE_CHANGED,
+    );
+    assert_eq!(rtpg(&lu, &a).await, vec![(1, 1), (2, 1), (3, 0)]);
+}

@@ -18,6 +18,15 @@ pub type XattrsIter = *mut c_void;
 pub type WatchCallback = extern "C" fn(*mut c_void, u64, u64, u64, *mut c_void, usize);
 pub type WatchErrorCallback = extern "C" fn(*mut c_void, u64, c_int);
 
+/// `struct notify_ack_t` (rados_types.h): one watcher's answer to a notify.
+#[repr(C)]
+pub struct NotifyAck {
+    pub notifier_id: u64,
+    pub cookie: u64,
+    pub payload: *mut c_char,
+    pub payload_len: u64,
+}
+
 /// `LIBRADOS_CMPXATTR_OP_EQ` (librados.h).
 pub const CMPXATTR_OP_EQ: u8 = 1;
 
@@ -72,11 +81,13 @@ api! {
     rados_write_op_cmpxattr: fn(WriteOp, *const c_char, u8, *const c_char, usize) -> ();
     rados_write_op_setxattr: fn(WriteOp, *const c_char, *const c_char, usize) -> ();
     rados_write_op_operate: fn(WriteOp, IoCtx, *const c_char, *mut i64, c_int) -> c_int;
-    rados_watch2: fn(IoCtx, *const c_char, *mut u64, WatchCallback, WatchErrorCallback, *mut c_void) -> c_int;
+    rados_watch3: fn(IoCtx, *const c_char, *mut u64, WatchCallback, WatchErrorCallback, u32, *mut c_void) -> c_int;
     rados_unwatch2: fn(IoCtx, u64) -> c_int;
     rados_notify_ack: fn(IoCtx, *const c_char, u64, u64, *const c_char, c_int) -> c_int;
     rados_notify2: fn(IoCtx, *const c_char, *const c_char, c_int, u64, *mut *mut c_char, *mut usize) -> c_int;
     rados_buffer_free: fn(*mut c_char) -> ();
+    rados_decode_notify_response: fn(*mut c_char, usize, *mut *mut NotifyAck, *mut usize, *mut *mut c_void, *mut usize) -> c_int;
+    rados_free_notify_response: fn(*mut NotifyAck, usize, *mut c_void) -> ();
     rbd_open: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
     rbd_get_id: fn(Image, *mut c_char, usize) -> c_int;
     rbd_close: fn(Image) -> c_int;

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use crate::{
-    check_range, BackstoreError, BlockDevice, Capabilities, DataOutBuffer, Extent, Result,
+    check_range, BackstoreError, BlockDevice, Capabilities, DataOutBuffer, Extent, Member, Result,
 };
 use ffi::{api, Completion};
 
@@ -77,13 +77,14 @@ const FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
 const EBLOCKLISTED: i64 = libc::ESHUTDOWN as i64;
 /// How often the monitor thread looks at the image's size and, when fenced, reconnects.
 const MONITOR_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-/// How long a replaced connection stays open for the calls still running on it.
-const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a replaced connection stays open for the calls still running on it (a
+/// blocklisted client's calls fail within moments; closing waits for any still running).
+const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Handle {
     /// Connects to the cluster and opens the image, with a fresh client identity (a new
     /// client is not affected by a blocklist entry of an earlier one).
-    fn open(cfg: &RbdConfig, name: &str) -> Result<Handle> {
+    fn open(cfg: &RbdConfig, name: &str, presence: &Arc<state::Presence>) -> Result<Handle> {
         let a = api().map_err(BackstoreError::Other)?;
         let mut h = Handle {
             cluster: std::ptr::null_mut(),
@@ -112,7 +113,11 @@ impl Handle {
                 return Err(ceph_err(&format!("opening image {name}"), rc as i64));
             }
             ensure_exclusive_lock(a, h.image, name)?;
-            h.state = Some(state::SharedState::open(h.ioctx, h.image)?);
+            h.state = Some(state::SharedState::open(
+                h.ioctx,
+                h.image,
+                presence.clone(),
+            )?);
         }
         Ok(h)
     }
@@ -169,6 +174,12 @@ unsafe fn connect_cluster(conf_path: &str, id: Option<&str>) -> Result<ffi::Rado
     let rc = (a.rados_conf_set)(cluster, c"rbd_cache".as_ptr(), c"false".as_ptr());
     if rc < 0 {
         return fail("setting rbd_cache=false".into(), rc);
+    }
+    // Watches are pinged every tick: well inside the short watch timeout of the shared state
+    // (state.rs), so a live gateway's watch never lapses.
+    let rc = (a.rados_conf_set)(cluster, c"objecter_tick_interval".as_ptr(), c"2".as_ptr());
+    if rc < 0 {
+        return fail("setting objecter_tick_interval".into(), rc);
     }
     let rc = (a.rados_connect)(cluster);
     if rc < 0 {
@@ -288,8 +299,9 @@ struct Inner {
     /// Ceph refused this client as blocklisted (another gateway broke our lock): nothing
     /// goes to the image until the monitor thread has reconnected.
     fenced: AtomicBool,
-    /// This connection holds the exclusive lock (taken with `rbd_lock_acquire`).
-    lock_held: AtomicBool,
+    /// What pings are answered with, whether this connection holds the exclusive lock (taken
+    /// with `rbd_lock_acquire`) among it.
+    presence: Arc<state::Presence>,
     /// Reconnections so far; part of the metadata generation, whose counter restarts with
     /// each connection.
     epoch: AtomicU64,
@@ -321,7 +333,7 @@ impl Inner {
 
     /// Called when Ceph answered EBLOCKLISTED: this client is fenced for good.
     fn fenced_by_ceph(&self) {
-        self.lock_held.store(false, Ordering::Release);
+        self.presence.lock_held.store(false, Ordering::Release);
         if !self.fenced.swap(true, Ordering::AcqRel) {
             tracing::error!(
                 image = self.name,
@@ -340,8 +352,19 @@ impl Inner {
             due.into_iter().map(|(_, h)| h).collect()
         };
         drop(due); // closed outside the lock
+        if !self.fenced.load(Ordering::Acquire)
+            && self
+                .handle()
+                .state
+                .as_ref()
+                .is_some_and(|s| s.blocklisted())
+        {
+            // Seen by the watch (or a ping) before any I/O: a gateway cut off while it was
+            // fenced learns it as soon as it reaches the OSDs again.
+            self.fenced_by_ceph();
+        }
         if self.fenced.load(Ordering::Acquire) {
-            match Handle::open(&self.cfg, &self.name) {
+            match Handle::open(&self.cfg, &self.name, &self.presence) {
                 Ok(h) => {
                     let old = std::mem::replace(
                         &mut *self.h.write().unwrap_or_else(|e| e.into_inner()),
@@ -509,7 +532,8 @@ impl RbdDevice {
                 .map_or(String::new(), |n| format!("{n}/")),
             cfg.image
         );
-        let h = Handle::open(cfg, &name)?;
+        let presence = Arc::new(state::Presence::default());
+        let h = Handle::open(cfg, &name, &presence)?;
         let size = h.size().map_err(|rc| ceph_err("rbd_get_size", rc))?;
         let inner = Arc::new(Inner {
             cfg: cfg.clone(),
@@ -517,7 +541,7 @@ impl RbdDevice {
             h: RwLock::new(Arc::new(h)),
             size: AtomicU64::new(size),
             fenced: AtomicBool::new(false),
-            lock_held: AtomicBool::new(false),
+            presence,
             epoch: AtomicU64::new(0),
             retired: std::sync::Mutex::new(Vec::new()),
         });
@@ -545,7 +569,7 @@ impl RbdDevice {
     /// the initiator retries on the owner's path).
     fn check_writable(&self) -> Result<()> {
         if self.inner.fenced.load(Ordering::Acquire)
-            || !self.inner.lock_held.load(Ordering::Acquire)
+            || !self.inner.presence.lock_held.load(Ordering::Acquire)
         {
             return Err(BackstoreError::NotOwner);
         }
@@ -871,7 +895,7 @@ impl BlockDevice for RbdDevice {
         .map_err(|e| BackstoreError::Other(e.to_string()))?;
         match rc {
             0 => {
-                self.inner.lock_held.store(true, Ordering::Release);
+                self.inner.presence.lock_held.store(true, Ordering::Release);
                 Ok(true)
             }
             rc if rc == -libc::EROFS || rc == -libc::EBUSY || rc == -libc::EAGAIN => Ok(false),
@@ -880,7 +904,10 @@ impl BlockDevice for RbdDevice {
     }
 
     async fn release_ownership(&self) -> Result<()> {
-        self.inner.lock_held.store(false, Ordering::Release);
+        self.inner
+            .presence
+            .lock_held
+            .store(false, Ordering::Release);
         let a = api().map_err(BackstoreError::Other)?;
         let h = self.inner.handle();
         let rc = tokio::task::spawn_blocking(move || {
@@ -896,7 +923,7 @@ impl BlockDevice for RbdDevice {
     }
 
     fn holds_ownership(&self) -> bool {
-        !self.is_fenced() && self.inner.lock_held.load(Ordering::Acquire)
+        !self.is_fenced() && self.inner.presence.lock_held.load(Ordering::Acquire)
     }
 
     fn available(&self) -> bool {
@@ -930,6 +957,17 @@ impl BlockDevice for RbdDevice {
             Ok(broke)
         })
         .await
+    }
+
+    async fn heartbeat(&self, tag: u16) -> Result<()> {
+        self.inner.presence.beat(tag);
+        Ok(())
+    }
+
+    async fn members(&self) -> Result<Vec<Member>> {
+        // The ping waits for the answers (up to a second) on a blocking thread; with_state
+        // marks the client fenced when Ceph answers it is blocklisted.
+        self.with_state(|s| s.ping()).await
     }
 }
 

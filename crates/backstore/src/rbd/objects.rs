@@ -197,7 +197,7 @@ impl RadosPool {
     /// Watches `oid`, which must exist.
     pub fn watch(self: &std::sync::Arc<Self>, oid: &str) -> Result<ObjectWatch> {
         let name: CString = cstr(oid)?;
-        let state = SharedState::open_object(self.ioctx, name, false)?;
+        let state = SharedState::open_object(self.ioctx, name, false, None)?;
         Ok(ObjectWatch {
             state,
             _pool: self.clone(),

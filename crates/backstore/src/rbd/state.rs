@@ -4,22 +4,85 @@
 //! a notify that returns once every watcher has seen it, so a reservation taken through one
 //! gateway binds the next command on any other. The watch bumps a generation counter that
 //! commands read with one atomic load.
+//!
+//! The same watch tells which gateways are alive: a gateway pings the object (a notify with
+//! the payload [`PING`]) and every live gateway's watch answers with its TPG tag and whether
+//! it holds the image's lock. A gateway whose process is stopped, killed or cut off does not
+//! answer; one whose control loop stalls stops answering too ([`Presence::beat`]).
 
 use std::ffi::{c_char, c_int, c_void, CString};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::ffi::{self, api};
-use super::{ceph_err, cstr};
-use crate::{BackstoreError, Result};
+use super::{ceph_err, cstr, EBLOCKLISTED};
+use crate::{BackstoreError, Member, Result};
+
+/// The payload of a liveness ping; any other notify announces a change of the state.
+const PING: &[u8] = b"rbdgw-ping";
+/// How long a ping waits for the answers. A live gateway answers within milliseconds.
+const PING_TIMEOUT_MS: u64 = 1000;
+/// A gateway whose control loop has not beaten for this long leaves pings unanswered.
+const BEAT_STALE_MS: u64 = 3000;
+/// The OSD drops a watch it has not heard from for this long (a dead gateway's watch would
+/// otherwise make every notify wait for it for the default 30 s).
+const WATCH_TIMEOUT_S: u32 = 10;
+
+/// What this gateway answers pings with; shared by every connection of one image.
+#[derive(Default)]
+pub(super) struct Presence {
+    /// This gateway's TPG tag; 0 until the gateway joined.
+    pub tag: AtomicU16,
+    /// This connection holds the image's exclusive lock.
+    pub lock_held: AtomicBool,
+    /// When the gateway's control loop last beat (ms on [`monotonic_ms`]).
+    beat_ms: AtomicU64,
+}
+
+impl Presence {
+    /// The gateway's control loop is alive and serves TPG `tag`.
+    pub fn beat(&self, tag: u16) {
+        self.tag.store(tag, Ordering::Release);
+        self.beat_ms.store(monotonic_ms(), Ordering::Release);
+    }
+
+    /// The answer to a ping, or None while this gateway should count as absent.
+    fn answer(&self) -> Option<String> {
+        self.answer_at(monotonic_ms())
+    }
+
+    fn answer_at(&self, now_ms: u64) -> Option<String> {
+        let tag = self.tag.load(Ordering::Acquire);
+        let fresh = now_ms.saturating_sub(self.beat_ms.load(Ordering::Acquire)) < BEAT_STALE_MS;
+        (tag != 0 && fresh)
+            .then(|| format!("{tag} {}", u8::from(self.lock_held.load(Ordering::Acquire))))
+    }
+}
+
+/// Milliseconds since the first call, on the monotonic clock.
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
 
 /// Context of the watch callback; boxed, it outlives the watch (unwatched before drop).
 pub(super) struct WatchCtx {
     pub generation: AtomicU64,
     ioctx: ffi::IoCtx,
     oid: CString,
-    cookie: AtomicU64,
+    /// The registered watch, if any. librados' cookie is the address of its watch object,
+    /// freed by the unwatch: it is taken out here so that it is unwatched exactly once (a
+    /// second unwatch of a renewed-then-failed watch was a use after free that crashed
+    /// fenced gateways when their retired connection closed).
+    cookie: Mutex<Option<u64>>,
     /// The watch broke (a network blip longer than the watch timeout): it must be renewed.
     broken: AtomicBool,
+    /// Ceph refused this connection as blocklisted (seen by the watch or a ping).
+    pub blocklisted: AtomicBool,
+    presence: Option<Arc<Presence>>,
 }
 
 // SAFETY: the ioctx is thread-safe; the rest is atomics and immutable data.
@@ -32,22 +95,38 @@ extern "C" fn on_notify(
     notify_id: u64,
     cookie: u64,
     _notifier: u64,
-    _data: *mut c_void,
-    _len: usize,
+    data: *mut c_void,
+    len: usize,
 ) {
     // SAFETY: `arg` is the WatchCtx registered with the watch, alive until unwatched.
     let w = unsafe { &*(arg as *const WatchCtx) };
-    w.generation.fetch_add(1, Ordering::AcqRel);
+    let payload: &[u8] = if data.is_null() {
+        &[]
+    } else {
+        // SAFETY: librados hands the notify's payload, `len` bytes, for this call.
+        unsafe { std::slice::from_raw_parts(data as *const u8, len) }
+    };
+    // A ping changes nothing: it is answered (or not) and leaves the generation alone.
+    let answer = if payload == PING {
+        match w.presence.as_ref().and_then(|p| p.answer()) {
+            Some(a) => a,
+            None => return,
+        }
+    } else {
+        w.generation.fetch_add(1, Ordering::AcqRel);
+        String::new()
+    };
     if let Ok(a) = api() {
-        // SAFETY: acknowledging the notify on the watched object.
+        // SAFETY: acknowledging the notify on the watched object, with a payload alive for
+        // the call.
         unsafe {
             (a.rados_notify_ack)(
                 w.ioctx,
                 w.oid.as_ptr(),
                 notify_id,
                 cookie,
-                std::ptr::null(),
-                0,
+                answer.as_ptr() as *const c_char,
+                answer.len() as c_int,
             )
         };
     }
@@ -59,6 +138,9 @@ extern "C" fn on_watch_error(arg: *mut c_void, _cookie: u64, err: c_int) {
     // Whatever changed while the watch was broken: make every command reload.
     w.generation.fetch_add(1, Ordering::AcqRel);
     w.broken.store(true, Ordering::Release);
+    if i64::from(err) == -EBLOCKLISTED {
+        w.blocklisted.store(true, Ordering::Release);
+    }
     tracing::warn!("watch on {:?} failed ({err}); renewing it", w.oid);
 }
 
@@ -75,8 +157,12 @@ unsafe impl Send for SharedState {}
 unsafe impl Sync for SharedState {}
 
 impl SharedState {
-    /// Creates (if needed) and watches `rbdgw.<image id>`.
-    pub fn open(ioctx: ffi::IoCtx, image: ffi::Image) -> Result<SharedState> {
+    /// Creates (if needed) and watches `rbdgw.<image id>`, answering pings with `presence`.
+    pub fn open(
+        ioctx: ffi::IoCtx,
+        image: ffi::Image,
+        presence: Arc<Presence>,
+    ) -> Result<SharedState> {
         let a = api().map_err(BackstoreError::Other)?;
         let mut id = [0u8; 64];
         // SAFETY: the buffer is valid for its length; librbd NUL-terminates the id.
@@ -86,18 +172,25 @@ impl SharedState {
         }
         let end = id.iter().position(|b| *b == 0).unwrap_or(id.len());
         let oid = cstr(&format!("rbdgw.{}", String::from_utf8_lossy(&id[..end])))?;
-        Self::open_object(ioctx, oid, true)
+        Self::open_object(ioctx, oid, true, Some(presence))
     }
 
     /// Watches the object `oid` (creating it first when `create`).
-    pub fn open_object(ioctx: ffi::IoCtx, oid: CString, create: bool) -> Result<SharedState> {
+    pub fn open_object(
+        ioctx: ffi::IoCtx,
+        oid: CString,
+        create: bool,
+        presence: Option<Arc<Presence>>,
+    ) -> Result<SharedState> {
         let a = api().map_err(BackstoreError::Other)?;
         let watch = Box::new(WatchCtx {
             generation: AtomicU64::new(1),
             ioctx,
             oid: oid.clone(),
-            cookie: AtomicU64::new(0),
+            cookie: Mutex::new(None),
             broken: AtomicBool::new(false),
+            blocklisted: AtomicBool::new(false),
+            presence,
         });
         let s = SharedState { ioctx, oid, watch };
         // SAFETY: write op built, run and released here; the watch context is boxed and
@@ -121,24 +214,127 @@ impl SharedState {
     /// Registers the watch (again).
     fn watch_now(&self) -> Result<()> {
         let a = api().map_err(BackstoreError::Other)?;
+        let mut slot = self.watch.cookie.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return Ok(());
+        }
         let mut cookie = 0u64;
         let arg = &*self.watch as *const WatchCtx as *mut c_void;
         // SAFETY: the watch context is boxed and outlives the watch (unwatched in Drop).
         let rc = unsafe {
-            (a.rados_watch2)(
+            (a.rados_watch3)(
                 self.ioctx,
                 self.oid.as_ptr(),
                 &mut cookie,
                 on_notify,
                 on_watch_error,
+                WATCH_TIMEOUT_S,
                 arg,
             )
         };
         if rc < 0 {
+            if i64::from(rc) == -EBLOCKLISTED {
+                self.watch.blocklisted.store(true, Ordering::Release);
+            }
             return Err(ceph_err(&format!("watching {:?}", self.oid), rc as i64));
         }
-        self.watch.cookie.store(cookie, Ordering::Release);
+        *slot = Some(cookie);
         Ok(())
+    }
+
+    /// Removes the watch if one is registered; never twice for one registration.
+    fn unwatch(&self) {
+        let cookie = self
+            .watch
+            .cookie
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let (Some(cookie), Ok(a)) = (cookie, api()) {
+            // SAFETY: unwatching a registration made by watch_now and not yet removed (the
+            // cookie was taken out of its slot above); its error is expected when it broke.
+            unsafe { (a.rados_unwatch2)(self.ioctx, cookie) };
+        }
+    }
+
+    /// Ceph refused this connection as blocklisted.
+    pub fn blocklisted(&self) -> bool {
+        self.watch.blocklisted.load(Ordering::Acquire)
+    }
+
+    /// Pings every watcher and returns who answered: the gateways alive on this image. An
+    /// error when this gateway's own answer did not come back (it cannot tell who is alive:
+    /// cut off from the OSD, or not joined yet).
+    pub fn ping(&self) -> Result<Vec<Member>> {
+        let a = api().map_err(BackstoreError::Other)?;
+        let mine = self
+            .watch
+            .presence
+            .as_ref()
+            .map_or(0, |p| p.tag.load(Ordering::Acquire));
+        let mut reply: *mut c_char = std::ptr::null_mut();
+        let mut reply_len = 0usize;
+        let mut members = Vec::new();
+        // SAFETY: a notify with a static payload; the reply is decoded and freed as librados
+        // asks, and the acks' payloads are copied out before they are freed.
+        let rc = unsafe {
+            let rc = (a.rados_notify2)(
+                self.ioctx,
+                self.oid.as_ptr(),
+                PING.as_ptr() as *const c_char,
+                PING.len() as c_int,
+                PING_TIMEOUT_MS,
+                &mut reply,
+                &mut reply_len,
+            );
+            if !reply.is_null() {
+                let mut acks: *mut ffi::NotifyAck = std::ptr::null_mut();
+                let mut n_acks = 0usize;
+                let mut timeouts: *mut c_void = std::ptr::null_mut();
+                let mut n_timeouts = 0usize;
+                if (a.rados_decode_notify_response)(
+                    reply,
+                    reply_len,
+                    &mut acks,
+                    &mut n_acks,
+                    &mut timeouts,
+                    &mut n_timeouts,
+                ) == 0
+                {
+                    for i in 0..n_acks {
+                        let ack = &*acks.add(i);
+                        if ack.payload.is_null() || ack.payload_len == 0 {
+                            continue;
+                        }
+                        let p = std::slice::from_raw_parts(
+                            ack.payload as *const u8,
+                            ack.payload_len as usize,
+                        );
+                        if let Some(m) = parse_answer(p) {
+                            members.push(m);
+                        }
+                    }
+                    (a.rados_free_notify_response)(acks, n_acks, timeouts);
+                }
+                (a.rados_buffer_free)(reply);
+            }
+            rc
+        };
+        // -ETIMEDOUT: somebody did not answer, which is what a ping is for.
+        if rc < 0 && rc != -libc::ETIMEDOUT {
+            if i64::from(rc) == -EBLOCKLISTED {
+                self.watch.blocklisted.store(true, Ordering::Release);
+            }
+            return Err(ceph_err("pinging the gateways", rc as i64));
+        }
+        if mine == 0 || !members.iter().any(|m| m.tag == mine) {
+            return Err(BackstoreError::Other(
+                "this gateway's own ping answer did not come back".into(),
+            ));
+        }
+        members.sort_by_key(|m| m.tag);
+        members.dedup_by_key(|m| m.tag);
+        Ok(members)
     }
 
     /// Whether the watch broke and waits for [`SharedState::renew_watch`].
@@ -152,10 +348,7 @@ impl SharedState {
         if !self.watch.broken.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        if let Ok(a) = api() {
-            // SAFETY: unwatching the broken registration (its error is expected).
-            unsafe { (a.rados_unwatch2)(self.ioctx, self.watch.cookie.load(Ordering::Acquire)) };
-        }
+        self.unwatch();
         let r = self.watch_now();
         if r.is_err() {
             self.watch.broken.store(true, Ordering::Release);
@@ -244,11 +437,20 @@ impl SharedState {
 
 impl Drop for SharedState {
     fn drop(&mut self) {
-        if let Ok(a) = api() {
-            // SAFETY: unwatching the watch registered in open, before the context is freed.
-            unsafe { (a.rados_unwatch2)(self.ioctx, self.watch.cookie.load(Ordering::Acquire)) };
-        }
+        // Before the context is freed; and after it, no callback can come (unwatch waits
+        // for the callbacks in progress).
+        self.unwatch();
     }
+}
+
+/// An answer to [`PING`]: `"<tag> <holds the lock: 0|1>"`.
+fn parse_answer(p: &[u8]) -> Option<Member> {
+    let s = std::str::from_utf8(p).ok()?;
+    let (tag, held) = s.split_once(' ')?;
+    Some(Member {
+        tag: tag.parse().ok().filter(|t| *t != 0)?,
+        holds_lock: held == "1",
+    })
 }
 
 /// How long a change waits for every watcher to acknowledge it. A live gateway answers in
@@ -278,6 +480,42 @@ pub(super) fn notify(ioctx: ffi::IoCtx, oid: &CString, what: &str) {
         }
         if rc < 0 {
             tracing::warn!("notifying the watchers of {what} failed: {rc}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_answers_round_trip() {
+        let p = Presence::default();
+        assert_eq!(p.answer(), None, "not joined: no answer");
+        p.beat(3);
+        let a = p.answer().unwrap();
+        assert_eq!(
+            parse_answer(a.as_bytes()),
+            Some(Member {
+                tag: 3,
+                holds_lock: false
+            })
+        );
+        p.lock_held.store(true, Ordering::Release);
+        assert!(
+            parse_answer(p.answer().unwrap().as_bytes())
+                .unwrap()
+                .holds_lock
+        );
+        let beat = p.beat_ms.load(Ordering::Acquire);
+        assert!(p.answer_at(beat + BEAT_STALE_MS - 1).is_some());
+        assert_eq!(
+            p.answer_at(beat + BEAT_STALE_MS),
+            None,
+            "a stalled control loop does not answer"
+        );
+        for bad in [&b""[..], b"x 1", b"0 1", b"7"] {
+            assert_eq!(parse_answer(bad), None, "{bad:?}");
         }
     }
 }

@@ -68,3 +68,31 @@ pub fn boot(kernel: &Path, initrd: &Path) -> String {
         .expect("run qemu");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A lab guest script with the shared setup (`tests/lab/guest-setup.sh`) in its place.
+pub fn lab_guest(script: &str) -> String {
+    script.replace(
+        "@SETUP@",
+        include_str!("../../../../tests/lab/guest-setup.sh"),
+    )
+}
+
+/// Starts the VM inside the network namespace `ns`, on its tap device `tap0`, its console on
+/// a pipe (and its input on one, when `stdin`).
+pub fn spawn_on_tap(ns: &str, kernel: &Path, initrd: &Path, stdin: bool) -> std::process::Child {
+    use std::process::Stdio;
+    Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", "1800"])
+        .args(qemu_args(kernel, initrd))
+        .args([
+            "-netdev",
+            "tap,id=n0,ifname=tap0,script=no,downscript=no",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ])
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the VM")
+}

@@ -1,0 +1,156 @@
+//! The labs' network: namespaces this test creates, a bridge in one of them, one namespace
+//! per gateway on a veth into the bridge, and a tap device for the VM. Nothing leaves them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Namespaces and links of one lab, removed on drop.
+pub struct Lab {
+    /// The bridge's namespace (the VM's tap, and the Ceph cluster if any, live there).
+    pub br: String,
+    /// One namespace per gateway.
+    pub gws: Vec<String>,
+}
+
+impl Lab {
+    /// A lab with one gateway per address (`a.b.c.d/len`); bridge port `gwN` is gateway N's.
+    pub fn new(tag: &str, addrs: &[&str]) -> Lab {
+        let id = std::process::id();
+        let lab = Lab {
+            br: format!("rbdgw-br{tag}-{id}"),
+            gws: (1..=addrs.len())
+                .map(|i| format!("rbdgw-g{i}{tag}-{id}"))
+                .collect(),
+        };
+        for ns in std::iter::once(&lab.br).chain(&lab.gws) {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&["-n", &lab.br, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &lab.br, "link", "set", "br0", "up"]);
+        for (i, (ns, addr)) in lab.gws.iter().zip(addrs).enumerate() {
+            let port = format!("gw{}", i + 1);
+            ip(&[
+                "-n", &lab.br, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", ns,
+            ]);
+            ip(&["-n", &lab.br, "link", "set", &port, "master", "br0", "up"]);
+            ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"]);
+            ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        }
+        ip(&["-n", &lab.br, "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+        ip(&["-n", &lab.br, "link", "set", "tap0", "master", "br0", "up"]);
+        lab
+    }
+
+    /// Cuts or restores gateway `i`'s link (0-based; its bridge port).
+    pub fn link(&self, i: usize, up: bool) {
+        let port = format!("gw{}", i + 1);
+        ip(&[
+            "-n",
+            &self.br,
+            "link",
+            "set",
+            &port,
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in std::iter::once(&self.br).chain(&self.gws) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// An `rbdgw serve` inside a namespace; killed by PID on drop.
+pub struct NsGateway {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl NsGateway {
+    pub fn start(
+        ns: &str,
+        config: &Path,
+        host: &str,
+        ceph_conf: Option<&str>,
+        log: PathBuf,
+    ) -> NsGateway {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                env!("CARGO_BIN_EXE_rbdgw"),
+                "serve",
+                "--config",
+            ])
+            .arg(config)
+            .args(["--host", host])
+            .args(ceph_conf.map(|c| ["--ceph-conf", c]).into_iter().flatten())
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("log"),
+            )
+            .spawn()
+            .expect("start rbdgw");
+        let g = NsGateway { child, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while g.log_text().matches("listening").count()
+            < 1 + g.log_text().matches("stopped").count()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "gateway {host} did not start:\n{}",
+                g.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        g
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process still runs (false: it exited or died, on its own or killed).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGSTOP / SIGCONT, by its PID.
+    pub fn pause(&self, stop: bool) {
+        super::signal(&self.child, if stop { 19 } else { 18 });
+    }
+}
+
+impl Drop for NsGateway {
+    fn drop(&mut self) {
+        self.pause(false);
+        self.kill();
+    }
+}

@@ -1,0 +1,528 @@
+//! The thrasher: seeded random failures of up to two of three gateways under I/O, the way
+//! Ceph tests its own gateways. Three `rbdgw serve` in network namespaces of their own
+//! (192.168.0.27, .32, .34) serve one target with two RBD images (owners gw1 and gw2) from a
+//! throwaway Ceph cluster in the bridge's namespace; a Linux VM (open-iscsi, dm-multipath
+//! with the README's device section) writes and verifies blocks on both multipath maps.
+//! Each round SIGKILLs, SIGSTOPs or cuts off one or two gateways for 15 s, then revives them.
+//! After every failure and revival: one optimized path per map, the lock holder is the ALUA
+//! owner, the blocklist holds failed gateways only, no gateway died. At the end both maps
+//! read back whole. It prints its seed and figures; `RBDGW_THRASH_SEED` replays a run and
+//! `RBDGW_THRASH_ROUNDS` makes it longer (`scripts/thrash` runs many).
+
+#[path = "../../../tests/support/ceph.rs"]
+mod ceph;
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::lab::{ip, Lab, NsGateway};
+use common::{require, Scratch};
+
+const TARGET: &str = "iqn.2026-11.org.rbdgw:thrash";
+const ADDRS: [&str; 3] = ["192.168.0.27", "192.168.0.32", "192.168.0.34"];
+const IMAGES: [&str; 2] = ["img1", "img2"];
+/// How long a stopped or cut-off gateway stays so.
+const FAULT_FOR: Duration = Duration::from_secs(15);
+
+/// xorshift64*: enough randomness to pick faults, replayable from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    Kill,
+    Stop,
+    Cut,
+}
+
+/// What the VM said, as it said it.
+struct Console {
+    rx: mpsc::Receiver<String>,
+    /// sdX -> gateway index.
+    sd_gateway: HashMap<String, usize>,
+    /// The last PATHS line of each map: (sdX, group prio, state).
+    paths: HashMap<String, Vec<(String, u32, String)>>,
+    stalls: Vec<(Instant, u64)>,
+    errors: Vec<String>,
+    verified: Vec<String>,
+    done: bool,
+    tail: Vec<String>,
+}
+
+impl Console {
+    fn take(&mut self, line: &str) {
+        println!("vm| {line}");
+        self.tail.push(line.to_string());
+        if self.tail.len() > 60 {
+            self.tail.remove(0);
+        }
+        let Some(m) = line.split("RBDGW-THRASH: ").nth(1) else {
+            return;
+        };
+        let w: Vec<&str> = m.split_whitespace().collect();
+        match w.first().copied() {
+            Some("SD") if w.len() == 3 => {
+                if let Some(g) = ADDRS.iter().position(|a| *a == w[2]) {
+                    self.sd_gateway.insert(w[1].to_string(), g);
+                }
+            }
+            Some("PATHS") if w.len() >= 2 => {
+                let p = w[2..]
+                    .iter()
+                    .filter_map(|x| {
+                        let mut f = x.split(':');
+                        Some((
+                            f.next()?.to_string(),
+                            f.next()?.parse().ok()?,
+                            f.next()?.to_string(),
+                        ))
+                    })
+                    .collect();
+                self.paths.insert(w[1].to_string(), p);
+            }
+            Some("STALL") => {
+                let ms = m
+                    .rsplit("ms=")
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                self.stalls.push((Instant::now(), ms));
+            }
+            Some("IOERROR") | Some("MISMATCH") | Some("FAIL") => self.errors.push(m.to_string()),
+            Some("VERIFIED") => self.verified.push(m.to_string()),
+            Some("DONE") => self.done = true,
+            _ => {}
+        }
+    }
+
+    /// Reads what the VM printed for up to `d`.
+    fn pump(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(l) => self.take(&l),
+                Err(mpsc::RecvTimeoutError::Timeout) => return,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(left);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The gateway of each map's only active/optimized, working path, if each map has one.
+    fn optimized(&self) -> Option<Vec<usize>> {
+        if self.paths.len() < IMAGES.len() {
+            return None;
+        }
+        let mut out = Vec::new();
+        for p in self.paths.values() {
+            let best: Vec<&(String, u32, String)> = p
+                .iter()
+                .filter(|(_, prio, st)| *prio == 50 && st == "active-ready")
+                .collect();
+            if best.len() != 1 {
+                return None;
+            }
+            out.push(*self.sd_gateway.get(&best[0].0)?);
+        }
+        Some(out)
+    }
+
+    /// Whether every path of both maps works.
+    fn all_paths_up(&self) -> bool {
+        self.paths.len() == IMAGES.len()
+            && self
+                .paths
+                .values()
+                .all(|p| p.len() == ADDRS.len() && p.iter().all(|(_, _, s)| s == "active-ready"))
+    }
+
+    /// Waits (reading the console) until `f` holds, up to `limit`; how long it took.
+    fn wait(&mut self, limit: Duration, mut f: impl FnMut(&Console) -> bool) -> Option<Duration> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if f(self) {
+                return Some(t0.elapsed());
+            }
+            self.pump(Duration::from_millis(250));
+        }
+        f(self).then(|| t0.elapsed())
+    }
+}
+
+/// The ALUA owner (TPG tag = gateway index + 1) and the lock holder (gateway index, by its
+/// address) of each image, from the cluster itself.
+fn owners(cluster: &ceph::Cluster, ids: &[String]) -> Vec<(Option<usize>, Option<usize>)> {
+    ids.iter()
+        .zip(IMAGES)
+        .map(|(id, img)| {
+            let alua = cluster
+                .try_tool(
+                    "rados",
+                    &[
+                        "-p",
+                        "rbd",
+                        "getxattr",
+                        &format!("rbdgw.{id}"),
+                        "alua_owner",
+                    ],
+                )
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .map(|t| t - 1);
+            let holder = cluster
+                .try_tool("rbd", &["lock", "ls", "--format", "json", img])
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|v| {
+                    let a = v.get(0)?.get("address")?.as_str()?.to_string();
+                    ADDRS.iter().position(|g| a.starts_with(&format!("{g}:")))
+                });
+            (alua, holder)
+        })
+        .collect()
+}
+
+/// The gateways whose addresses are on the OSDs' blocklist.
+fn blocklisted(cluster: &ceph::Cluster) -> Vec<usize> {
+    let out = cluster
+        .try_tool("ceph", &["osd", "blocklist", "ls"])
+        .unwrap_or_default();
+    let mut v: Vec<usize> = out
+        .lines()
+        .filter_map(|l| ADDRS.iter().position(|g| l.starts_with(&format!("{g}:"))))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Lock takeovers so far (every gateway's log).
+fn lock_takes(gws: &[NsGateway]) -> usize {
+    gws.iter()
+        .map(|g| {
+            g.log_text()
+                .matches("this gateway holds the write lock")
+                .count()
+        })
+        .sum()
+}
+
+#[derive(Debug)]
+struct Round {
+    fault: Fault,
+    victims: Vec<usize>,
+    takeover_after: Option<Duration>,
+    optimized_after: Option<Duration>,
+    longest_stall_ms: u64,
+    lock_moves: usize,
+    revived_after: Option<Duration>,
+}
+
+#[test]
+fn thrash_three_gateways_on_rbd() {
+    require("qemu-system-x86_64", "qemu-system-x86");
+    require("multipathd", "multipath-tools");
+    let seed: u64 = std::env::var("RBDGW_THRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    let rounds: usize = std::env::var("RBDGW_THRASH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    println!("thrasher seed: {seed} rounds: {rounds} (RBDGW_THRASH_SEED={seed} replays it)");
+    let mut rng = Rng(seed);
+    let dir = Scratch::new("thrash");
+    let cidrs: Vec<String> = ADDRS.iter().map(|a| format!("{a}/24")).collect();
+    let lab = Lab::new("t", &cidrs.iter().map(String::as_str).collect::<Vec<_>>());
+    ip(&[
+        "-n",
+        &lab.br,
+        "addr",
+        "add",
+        "192.168.0.10/24",
+        "dev",
+        "br0",
+    ]);
+    let cluster = ceph::Cluster::start_in(Some(&lab.br), "192.168.0.10");
+    let mut ids = Vec::new();
+    for img in IMAGES {
+        cluster.rbd(&["create", img, "--size", "64M"]);
+        let info: serde_json::Value =
+            serde_json::from_str(&cluster.tool("rbd", &["info", "--format", "json", img])).unwrap();
+        ids.push(info["id"].as_str().unwrap().to_string());
+    }
+    let config = serde_json::json!({
+        "auth": [{"target": TARGET, "authentication": "none"}],
+        "targets": [{"target": TARGET, "hosts": [
+            {"host": "gw1", "portal": "p1"}, {"host": "gw2", "portal": "p2"}, {"host": "gw3", "portal": "p3"}]}],
+        "portals": [{"name": "p1", "addresses": [ADDRS[0]]}, {"name": "p2", "addresses": [ADDRS[1]]},
+                    {"name": "p3", "addresses": [ADDRS[2]]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": TARGET, "tpg": [
+            {"image": IMAGES[0], "owner": "gw1"}, {"image": IMAGES[1], "owner": "gw2"}]}]}]
+    });
+    let cfg = dir.0.join("config.json");
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let conf = cluster.conf();
+    let start = |i: usize| {
+        NsGateway::start(
+            &lab.gws[i],
+            &cfg,
+            &format!("gw{}", i + 1),
+            Some(&conf),
+            dir.0.join(format!("gw{}.log", i + 1)),
+        )
+    };
+    let mut gws: Vec<NsGateway> = (0..3).map(start).collect();
+
+    let guest = common::vm::lab_guest(include_str!("../../../tests/lab/guest-thrash.sh"));
+    let (kernel, initrd) = common::vm::build_vm(&dir.0, &guest);
+    let mut vm = common::vm::spawn_on_tap(&lab.br, &kernel, &initrd, true);
+    let mut vm_in = vm.stdin.take().expect("console in");
+    let out = vm.stdout.take().expect("console out");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let mut c = Console {
+        rx,
+        sd_gateway: HashMap::new(),
+        paths: HashMap::new(),
+        stalls: Vec::new(),
+        errors: Vec::new(),
+        verified: Vec::new(),
+        done: false,
+        tail: Vec::new(),
+    };
+    let logs = |gws: &[NsGateway]| {
+        gws.iter()
+            .enumerate()
+            .map(|(i, g)| format!("--- gw{} log:\n{}", i + 1, g.log_text()))
+            .collect::<String>()
+    };
+    let running = c.wait(Duration::from_secs(600), |c| {
+        c.tail.iter().any(|l| l.contains("RBDGW-THRASH: RUNNING")) || !c.errors.is_empty()
+    });
+    assert!(
+        running.is_some() && c.errors.is_empty(),
+        "the VM did not start writing: {:?}\n{}\n{}",
+        c.errors,
+        c.tail.join("\n"),
+        logs(&gws)
+    );
+    let settled = c.wait(Duration::from_secs(60), |c| {
+        // img1 is gw1's, img2 gw2's (which map is which is the guest's business).
+        c.all_paths_up()
+            && c.optimized().is_some_and(|mut o| {
+                o.sort_unstable();
+                o == vec![0, 1]
+            })
+    });
+    assert!(
+        settled.is_some(),
+        "no optimized path per map at the start:\n{}",
+        c.tail.join("\n")
+    );
+
+    let mut ever_failed: Vec<usize> = Vec::new();
+    let mut report = Vec::new();
+    for r in 0..rounds {
+        let fault = [Fault::Kill, Fault::Stop, Fault::Cut][(seed as usize).wrapping_add(r) % 3];
+        let n = 1 + rng.below(2) as usize;
+        let mut victims: Vec<usize> = Vec::new();
+        while victims.len() < n {
+            let v = rng.below(3) as usize;
+            if !victims.contains(&v) {
+                victims.push(v);
+            }
+        }
+        victims.sort_unstable();
+        println!(
+            "round {r}: {fault:?} gateways {:?}",
+            victims.iter().map(|v| v + 1).collect::<Vec<_>>()
+        );
+        ever_failed.extend(&victims);
+        let takes_before = lock_takes(&gws);
+        let t_f = Instant::now();
+        for &v in &victims {
+            match fault {
+                Fault::Kill => gws[v].kill(),
+                Fault::Stop => gws[v].pause(true),
+                Fault::Cut => lab.link(v, false),
+            }
+        }
+        // The gateways' side (the ALUA owner recorded in the cluster) and the initiator's
+        // (one optimized path per map, on a gateway that is up).
+        let (mut takeover_after, mut optimized_after) = (None, None);
+        while t_f.elapsed() < Duration::from_secs(40)
+            && (takeover_after.is_none() || optimized_after.is_none())
+        {
+            if takeover_after.is_none()
+                && owners(&cluster, &ids)
+                    .iter()
+                    .all(|(a, _)| a.is_some_and(|a| !victims.contains(&a)))
+            {
+                takeover_after = Some(t_f.elapsed());
+            }
+            if optimized_after.is_none()
+                && c.optimized()
+                    .is_some_and(|o| o.iter().all(|g| !victims.contains(g)))
+            {
+                optimized_after = Some(t_f.elapsed());
+            }
+            c.pump(Duration::from_millis(200));
+        }
+        println!(
+            "round {r}: ALUA owners on live gateways after {takeover_after:?}, one optimized \
+             path per map in the VM after {optimized_after:?}"
+        );
+        // The lock holder is the ALUA owner, a live gateway.
+        let mut agreed = None;
+        for _ in 0..40 {
+            let o = owners(&cluster, &ids);
+            if o.iter()
+                .all(|(a, h)| a.is_some() && a == h && !victims.contains(&a.unwrap()))
+            {
+                agreed = Some(o);
+                break;
+            }
+            c.pump(Duration::from_millis(500));
+        }
+        assert!(
+            agreed.is_some(),
+            "round {r}: lock holders and ALUA owners {:?}\n{}",
+            owners(&cluster, &ids),
+            logs(&gws)
+        );
+        for (i, g) in gws.iter_mut().enumerate() {
+            if !victims.contains(&i) {
+                assert!(g.running(), "round {r}: gw{} died\n{}", i + 1, logs(&gws));
+            }
+        }
+        if let Some(left) = FAULT_FOR.checked_sub(t_f.elapsed()) {
+            c.pump(left);
+        }
+        let t_r = Instant::now();
+        for &v in &victims {
+            match fault {
+                Fault::Kill => gws[v] = start(v),
+                Fault::Stop => gws[v].pause(false),
+                Fault::Cut => lab.link(v, true),
+            }
+        }
+        let revived_after = c.wait(Duration::from_secs(90), |c| {
+            c.all_paths_up() && c.optimized().is_some()
+        });
+        println!("round {r}: every path back after {revived_after:?}");
+        let mut agreed = false;
+        for _ in 0..60 {
+            let o = owners(&cluster, &ids);
+            if o.iter().all(|(a, h)| a.is_some() && a == h) && c.optimized().is_some() {
+                agreed = true;
+                break;
+            }
+            c.pump(Duration::from_millis(500));
+        }
+        assert!(
+            agreed,
+            "round {r} after revival: owners {:?}, paths {:?}\n{}",
+            owners(&cluster, &ids),
+            c.paths,
+            logs(&gws)
+        );
+        for (i, g) in gws.iter_mut().enumerate() {
+            assert!(
+                g.running(),
+                "round {r}: gw{} is not running after revival\n{}",
+                i + 1,
+                logs(&gws)
+            );
+        }
+        let fenced = blocklisted(&cluster);
+        assert!(
+            fenced.iter().all(|g| ever_failed.contains(g)),
+            "round {r}: blocklisted {fenced:?}, failed so far {ever_failed:?}"
+        );
+        let longest_stall_ms = c
+            .stalls
+            .iter()
+            .filter(|(t, _)| *t >= t_f)
+            .map(|(_, ms)| *ms)
+            .max()
+            .unwrap_or(0);
+        report.push(Round {
+            fault,
+            victims: victims.iter().map(|v| v + 1).collect(),
+            takeover_after,
+            optimized_after,
+            longest_stall_ms,
+            lock_moves: lock_takes(&gws) - takes_before,
+            revived_after,
+        });
+        let _ = t_r;
+        assert!(
+            c.errors.is_empty(),
+            "round {r}: {:?}\n{}",
+            c.errors,
+            c.tail.join("\n")
+        );
+    }
+    writeln!(vm_in, "stop").unwrap();
+    vm_in.flush().unwrap();
+    c.wait(Duration::from_secs(300), |c| c.done || !c.errors.is_empty());
+    let _ = vm.kill();
+    let _ = vm.wait();
+    println!("thrasher seed {seed}:");
+    for (i, r) in report.iter().enumerate() {
+        println!(
+            "  round {i}: {:?} gw{:?}: owners moved after {:.1?}, one optimized path per map after {:.1?}, longest write {} ms, lock moves {}, every path back {:.1?} after revival",
+            r.fault, r.victims, r.takeover_after, r.optimized_after, r.longest_stall_ms, r.lock_moves, r.revived_after
+        );
+    }
+    let all = logs(&gws);
+    assert!(
+        !all.contains("panicked") && !all.contains("ceph_assert") && !all.contains("corrupted"),
+        "a gateway crashed:\n{all}"
+    );
+    assert!(
+        c.errors.is_empty(),
+        "the VM saw {:?}\n{}",
+        c.errors,
+        c.tail.join("\n")
+    );
+    assert_eq!(
+        c.verified.len(),
+        2,
+        "both maps verified:\n{}",
+        c.tail.join("\n")
+    );
+    for r in &report {
+        let o = r
+            .optimized_after
+            .expect("an optimized path per map after every failure");
+        assert!(o < Duration::from_secs(30), "{r:?}");
+    }
+    drop(gws);
+    drop(cluster);
+}

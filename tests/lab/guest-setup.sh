@@ -1,0 +1,30 @@
+# The lab initiator's setup, shared by the lab guests (the host puts it after their
+# header): the VM's address, open-iscsi timeouts for fast failover (the README's), and
+# dm-multipath with the README's device section (ALUA priorities, failback immediate).
+ip addr add 192.168.0.33/24 dev eth0
+cat > /etc/iscsi/iscsid.conf <<CONF
+node.session.timeo.replacement_timeout = 5
+node.conn[0].timeo.noop_out_interval = 2
+node.conn[0].timeo.noop_out_timeout = 3
+node.conn[0].timeo.login_timeout = 5
+CONF
+cat > /etc/multipath.conf <<CONF
+defaults {
+    polling_interval 1
+    find_multipaths no
+    user_friendly_names yes
+}
+devices {
+    device {
+        vendor "RBDGW"
+        product ".*"
+        path_grouping_policy group_by_prio
+        prio alua
+        hardware_handler "1 alua"
+        path_checker tur
+        failback immediate
+        no_path_retry 60
+    }
+}
+CONF
+iscsid -f & sleep 1
