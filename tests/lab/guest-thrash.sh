@@ -38,13 +38,12 @@ writer() {
   done
   echo done > /tmp/done.$m
 }
-# One line per map: each path as sdX:group prio:state.
+# One line per map: each path as sdX:priority:dm state-checker state, from multipathd's own
+# view (`multipath -ll` would run the checkers itself and block on a stopped gateway).
 paths() {
-  multipath -ll 2>/dev/null | awk '
-    /^mpath/ {if (m) print line; m=$1; line="RBDGW-THRASH: PATHS " m}
-    /prio=/ {for (i=1;i<=NF;i++) if ($i ~ /^prio=/) {split($i,a,"="); p=a[2]}}
-    / sd[a-z]+ / {for (i=1;i<=NF;i++) if ($i ~ /^sd[a-z]+$/) {d=$i; s=$(i+2)"-"$(i+3)}; line=line " " d ":" p ":" s}
-    END {if (m) print line}'
+  multipathd show paths raw format "%m|%d|%p|%t|%T" 2>/dev/null | awk -F'|' '
+    $1 ~ /^mpath/ {gsub(/ /, "", $5); line[$1] = line[$1] " " $2 ":" $3 ":" $4 "-" $5}
+    END {for (m in line) print "RBDGW-THRASH: PATHS " m line[m]}'
 }
 writer mpatha & writer mpathb &
 echo "RBDGW-THRASH: RUNNING"

@@ -68,6 +68,13 @@ const YIELD_IDLE: Duration = Duration::from_millis(100);
 /// …or, while its own paths keep writing (a queue round-robined over two paths), once the
 /// request has waited this long.
 const YIELD_AFTER: Duration = Duration::from_secs(3);
+/// For this long after the ALUA owner changed, initiators are still learning it (Linux:
+/// the unit attention, then multipathd's next check of each path) and may round-robin over
+/// the old group; the owner then yields to a non-owner path only after [`YIELD_SETTLING`],
+/// whether its own paths pause or not. Just under [`HANDOVER_WAIT`], so the waiting write is
+/// still served.
+const SETTLING: Duration = Duration::from_secs(20);
+const YIELD_SETTLING: Duration = Duration::from_secs(4);
 
 fn parse_tag(v: Option<Vec<u8>>) -> Option<u16> {
     v.and_then(|b| String::from_utf8(b).ok())
@@ -110,6 +117,8 @@ impl View {
         for m in members {
             self.seen.insert(m.tag, now);
             if m.holds_lock {
+                // A lock has one holder: whoever held it before does no longer.
+                self.holding.clear();
                 self.holding.insert(m.tag, now);
             } else {
                 self.holding.remove(&m.tag);
@@ -142,6 +151,8 @@ pub struct Ownership {
     view: Mutex<View>,
     /// When this gateway last asked for its LU back.
     failback_at: Mutex<Option<Instant>>,
+    /// When the ALUA owner last changed, as seen here.
+    owner_changed_at: Mutex<Option<Instant>>,
 }
 
 /// Held by a write while it runs on the owner.
@@ -185,6 +196,7 @@ impl Ownership {
             orphan_since: Mutex::new(None),
             view: Mutex::new(View::default()),
             failback_at: Mutex::new(None),
+            owner_changed_at: Mutex::new(None),
         });
         let dev = o.lu.device();
         if let Err(e) = dev.heartbeat(my_tag).await {
@@ -197,6 +209,9 @@ impl Ownership {
         {
             o.set_alua_owner(my_tag).await;
         }
+        // The first ping goes out from the background loop: a LU starts without waiting
+        // for the answers.
+        lock(&o.view).pinged = Some(Instant::now());
         o.refresh().await;
         if recorded.is_none() && !o.is_owner() {
             o.lu.set_owner_tpg(configured_owner);
@@ -228,6 +243,7 @@ impl Ownership {
         match dev.try_acquire_ownership().await {
             Ok(true) => {
                 self.owned.store(true, Ordering::Release);
+                lock(&self.view).holding.clear();
                 self.asked.store(false, Ordering::Release);
                 *lock(&self.orphan_since) = None;
                 // Our request is answered; one another gateway posted since stays for us to
@@ -264,7 +280,7 @@ impl Ownership {
                 "cannot record the ALUA owner: {e}"
             );
         }
-        self.lu.set_owner_tpg(Some(tag));
+        self.note_owner(tag);
         info!(
             lun = self.lu.config().lun,
             tpg = tag,
@@ -308,7 +324,7 @@ impl Ownership {
         let generation = dev.metadata_generation();
         if self.seen_generation.swap(generation, Ordering::AcqRel) != generation {
             if let Some(owner) = parse_tag(dev.metadata_get(OWNER_KEY).await.ok().flatten()) {
-                self.lu.set_owner_tpg(Some(owner));
+                self.note_owner(owner);
             }
             let request = parse_tag(dev.metadata_get(REQUEST_KEY).await.ok().flatten())
                 .filter(|t| *t != self.my_tag);
@@ -348,11 +364,24 @@ impl Ownership {
         }
     }
 
+    /// Sets the LU's ALUA owner, remembering when it changed.
+    fn note_owner(&self, tag: u16) {
+        // (Learning the owner at start is no change initiators must follow.)
+        if self.lu.owner_tpg().is_some_and(|o| o != tag) {
+            *lock(&self.owner_changed_at) = Some(Instant::now());
+        }
+        self.lu.set_owner_tpg(Some(tag));
+    }
+
     /// Whether the holder (this gateway) gives the lock to TPG `to`, which asked at `since`.
     fn should_yield(&self, to: u16, since: Instant) -> bool {
         let owner = self.lu.owner_tpg();
         if owner == Some(to) || owner != Some(self.my_tag) {
             return true;
+        }
+        let settling = lock(&self.owner_changed_at).is_some_and(|t| t.elapsed() < SETTLING);
+        if settling {
+            return since.elapsed() >= YIELD_SETTLING;
         }
         let idle = self.writes_in_flight.load(Ordering::Acquire) == 0
             && (self.epoch.elapsed().as_millis() as u64)
@@ -389,7 +418,7 @@ impl Ownership {
         let lun = self.lu.config().lun;
         let members = dev.members().await;
         let now = Instant::now();
-        let (desired, holder_alive, recorded_alive, healthy_for) = {
+        let (desired, holder_alive, holder_gone, recorded_alive, healthy_for) = {
             let mut v = lock(&self.view);
             v.pinged = Some(now);
             match &members {
@@ -401,6 +430,11 @@ impl Ownership {
                 .holding
                 .keys()
                 .any(|t| *t != self.my_tag && v.alive(*t, now));
+            // The last gateway known to hold the lock is gone (killed, stopped, cut off).
+            let holder_gone = v
+                .holding
+                .keys()
+                .any(|t| *t != self.my_tag && !v.alive(*t, now));
             let recorded_alive = self
                 .lu
                 .owner_tpg()
@@ -408,6 +442,7 @@ impl Ownership {
             (
                 self.desired(&v, now),
                 holder_alive,
+                holder_gone,
                 recorded_alive,
                 healthy_for,
             )
@@ -417,6 +452,15 @@ impl Ownership {
         let Some(healthy_for) = healthy_for.filter(|h| *h >= ABSENT_AFTER) else {
             return;
         };
+        let gone: Vec<u16> = {
+            let v = lock(&self.view);
+            self.preference
+                .iter()
+                .copied()
+                .filter(|t| *t != self.my_tag && !v.alive(*t, now))
+                .collect()
+        };
+        self.lu.set_gone_tpgs(gone);
         if desired != Some(self.my_tag) || !dev.available() {
             return;
         }
@@ -433,10 +477,11 @@ impl Ownership {
                 self.claim_if_desired().await;
                 return;
             }
-            // Held, and nobody alive says so. A gateway that took it a moment ago says so
-            // in its next answer: only a lock orphaned across two pings is fenced.
+            // Held, and nobody alive says so. If its last known holder is gone, that one
+            // holds it. Otherwise a gateway that took it a moment ago says so in its next
+            // answer: only a lock orphaned across two pings is fenced.
             let orphaned_for = lock(&self.orphan_since).get_or_insert(now).elapsed();
-            if orphaned_for >= ORPHAN_FOR && self.fence_holder().await {
+            if (holder_gone || orphaned_for >= ORPHAN_FOR) && self.fence_holder().await {
                 return;
             }
             // Held by a gateway this engine cannot see or fence (a file's live holder).
@@ -604,5 +649,12 @@ mod tests {
         assert!(v.holding.contains_key(&1));
         v.record(&[m(1, false)], t0 + Duration::from_secs(2));
         assert!(!v.holding.contains_key(&1), "it said it let go");
+        v.record(&[m(1, true)], t0 + Duration::from_secs(3));
+        v.record(&[m(2, true)], t0 + Duration::from_secs(4));
+        assert_eq!(
+            v.holding.keys().collect::<Vec<_>>(),
+            vec![&2],
+            "one holder at a time"
+        );
     }
 }

@@ -232,9 +232,10 @@ fn pending_ua(c: &mut Client) -> Option<(u8, u8, u8)> {
 }
 
 /// Three gateways, one LUN owned by gw1. When gw1 dies, its successor by the rule (gw2, the
-/// next tag) becomes active/optimized at once, on every surviving gateway, and says so on
-/// every nexus — its own included; gw3 stays non-optimized and writes through it do not make
-/// it the owner. When gw1 comes back and an initiator uses it, it takes the LUN back.
+/// next tag) becomes active/optimized at once, on every surviving gateway, gw1's group is
+/// reported unavailable, and every nexus is told — the new owner's own included; gw3 stays
+/// non-optimized and writes through it do not make it the owner. When gw1 comes back and an
+/// initiator uses it, it takes the LUN back.
 #[test]
 fn three_gateways_failover_and_failback() {
     let dir = Scratch::new("three");
@@ -286,9 +287,10 @@ fn three_gateways_failover_and_failback() {
     let t0 = Instant::now();
     drop(gws.remove(0));
     let mut survivors = s.split_off(1);
-    wait_for("gw2 (the successor) to be the owner on gw2 and gw3", || {
-        all_agree(&mut survivors, &[(1, 1), (2, 0), (3, 1)])
-    });
+    wait_for(
+        "gw2 (the successor) to be the owner on gw2 and gw3, gw1 unavailable",
+        || all_agree(&mut survivors, &[(1, 3), (2, 0), (3, 1)]),
+    );
     let took = t0.elapsed();
     println!("failover: gw2 active/optimized on both survivors {took:?} after gw1 died");
     assert!(took < Duration::from_secs(10), "failover took {took:?}");
@@ -315,7 +317,7 @@ fn three_gateways_failover_and_failback() {
         0
     );
     std::thread::sleep(Duration::from_secs(2));
-    assert!(all_agree(&mut survivors, &[(1, 1), (2, 0), (3, 1)]));
+    assert!(all_agree(&mut survivors, &[(1, 3), (2, 0), (3, 1)]));
     let r = survivors[0].scsi_ready(0, &[0x28, 0, 0, 0, 0, 1, 0, 0, 3, 0], &[], 1536);
     assert_eq!(
         r.data,

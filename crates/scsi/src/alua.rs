@@ -33,7 +33,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
         if tag == self.cfg.local_tpg && !self.dev.available() {
             return AccessState::Transitioning;
         }
-        match self.state().owner_tpg {
+        let st = self.state();
+        if tag != self.cfg.local_tpg && st.gone_tpgs.contains(&tag) {
+            return AccessState::Unavailable;
+        }
+        match st.owner_tpg {
             None => AccessState::ActiveOptimized,
             Some(owner) if owner == tag => AccessState::ActiveOptimized,
             Some(_) => AccessState::ActiveNonOptimized,
@@ -54,6 +58,20 @@ impl<B: BlockDevice> LogicalUnit<B> {
         let mut st = self.state();
         if st.owner_tpg != owner {
             st.owner_tpg = owner;
+            st.ua_all(crate::sense::Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, None);
+        }
+    }
+
+    /// Marks the TPGs whose gateways are gone (they stopped answering: killed, hung, cut
+    /// off) as Unavailable (SPC-4 §5.16.2.4.5): an initiator then stops sending to their paths
+    /// at once (Linux fails a path in that state) instead of waiting for its own timeouts. A
+    /// change is announced like an owner change.
+    pub fn set_gone_tpgs(&self, mut gone: Vec<u16>) {
+        gone.sort_unstable();
+        gone.retain(|t| *t != self.cfg.local_tpg);
+        let mut st = self.state();
+        if st.gone_tpgs != gone {
+            st.gone_tpgs = gone;
             st.ua_all(crate::sense::Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, None);
         }
     }

@@ -92,6 +92,8 @@ pub(crate) struct LuState {
     pub prevent: HashSet<ItNexus>,
     /// The owning TPG (ALUA Active/Optimized); None means every TPG is optimized.
     pub owner_tpg: Option<u16>,
+    /// TPGs whose gateways are gone (not answering): Unavailable.
+    pub gone_tpgs: Vec<u16>,
 }
 
 impl LuState {

@@ -430,4 +430,25 @@ async fn alua_owner_changes_reach_every_nexus() {
         Asc::ASYMMETRIC_ACCESS_STATE_CHANGED,
     );
     assert_eq!(rtpg(&lu, &a).await, vec![(1, 1), (2, 1), (3, 0)]);
+    // TPG 1's gateway is gone: Unavailable, announced; this gateway is never "gone" to itself.
+    lu.set_gone_tpgs(vec![1, 2]);
+    check(
+        &run(&lu, &a, &[0x00], &[]).await,
+        SenseKey::UnitAttention,
+        Asc::ASYMMETRIC_ACCESS_STATE_CHANGED,
+    );
+    assert_eq!(rtpg(&lu, &a).await, vec![(1, 3), (2, 1), (3, 0)]);
+    lu.set_gone_tpgs(vec![1]);
+    assert_eq!(
+        run(&lu, &a, &[0x00], &[]).await.status,
+        ScsiStatus::Good,
+        "no change"
+    );
+    lu.set_gone_tpgs(vec![]);
+    check(
+        &run(&lu, &a, &[0x00], &[]).await,
+        SenseKey::UnitAttention,
+        Asc::ASYMMETRIC_ACCESS_STATE_CHANGED,
+    );
+    assert_eq!(rtpg(&lu, &a).await, vec![(1, 1), (2, 1), (3, 0)]);
 }
