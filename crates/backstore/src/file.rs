@@ -76,16 +76,7 @@ impl FileDevice {
         let file = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound && create_size.is_some() => {
-                if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
-                }
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(path)?;
-                f.set_len(create_size.unwrap_or(0))?;
-                f
+                create_sized(path, create_size.unwrap_or(0))?
             }
             Err(e) => {
                 return Err(BackstoreError::Io(std::io::Error::new(
@@ -437,6 +428,50 @@ impl Inner {
     }
 }
 
+/// Creates the missing image `path` with `size` bytes, atomically: the file is sized under a
+/// temporary name and linked into place, so a gateway opening it at the same moment sees it
+/// whole or not at all; when another gateway created it first, its file is opened instead.
+fn create_sized(path: &Path, size: u64) -> Result<File> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".creating.{}.{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let tmp = PathBuf::from(tmp);
+    let made = (|| {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.set_len(size)?;
+        // link(2) fails with EEXIST instead of replacing: never two images at one path.
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), size, "created the missing image file");
+                Ok(f)
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                OpenOptions::new().read(true).write(true).open(path)
+            }
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    made.map_err(|e| {
+        BackstoreError::Io(std::io::Error::new(
+            e.kind(),
+            format!("creating {}: {e}", path.display()),
+        ))
+    })
+}
+
 /// Sets (or clears) an OFD lock on the whole of `file`; false when another holder has it.
 fn ofd_lock(file: &File, kind: libc::c_short) -> std::io::Result<bool> {
     // SAFETY: flock is plain data; zeroed is a valid "whole file" range.
@@ -698,6 +733,33 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// Gateways starting together on a missing image: every one opens it, none sees it short
+    /// (it was `File exists` for the losers, and 0 bytes for a moment).
+    #[test]
+    fn concurrent_creation_of_a_missing_image() {
+        let d = tmpdir();
+        for round in 0..20 {
+            let path = d.join(format!("new-{round}.img"));
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let p = path.clone();
+                    std::thread::spawn(move || {
+                        FileDevice::open(&p, Some(1 << 20)).map(|f| f.size())
+                    })
+                })
+                .collect();
+            for t in threads {
+                assert_eq!(t.join().unwrap().unwrap(), 1 << 20, "round {round}");
+            }
+            let left: Vec<_> = std::fs::read_dir(&d)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains(".creating."))
+                .collect();
+            assert!(left.is_empty(), "no temporary file left");
+        }
     }
 
     async fn exercise(dev: FileDevice) {

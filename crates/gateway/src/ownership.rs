@@ -202,6 +202,13 @@ impl Ownership {
         if let Err(e) = dev.heartbeat(my_tag).await {
             warn!(lun = o.lu.config().lun, "cannot announce this gateway: {e}");
         }
+        if o.alone().await && o.lu.power_loss().await {
+            info!(
+                lun = o.lu.config().lun,
+                "no other gateway serves this LU: as after a power loss, reservations made \
+                 without APTPL are dropped (SPC-4 §5.9.5)"
+            );
+        }
         let recorded = parse_tag(dev.metadata_get(OWNER_KEY).await.ok().flatten());
         if configured_owner == Some(my_tag)
             && (recorded.is_none() || recorded == Some(my_tag))
@@ -231,6 +238,22 @@ impl Ownership {
             }
         });
         o
+    }
+
+    /// Whether no other gateway is present on the LU now (asked twice, a second apart, when
+    /// nobody answers the first time); false when this gateway cannot tell.
+    async fn alone(&self) -> bool {
+        let dev = self.lu.device();
+        for i in 0..2 {
+            if i > 0 {
+                tokio::time::sleep(PING_EVERY).await;
+            }
+            match dev.members().await {
+                Ok(m) if m.iter().all(|m| m.tag == self.my_tag) => {}
+                _ => return false,
+            }
+        }
+        true
     }
 
     pub fn is_owner(&self) -> bool {
@@ -512,6 +535,9 @@ impl Ownership {
                 "failback: the configured owner is back; asking the holder to hand over"
             );
             *lock(&self.failback_at) = Some(Instant::now());
+            // The owner first (the initiator is told and moves its I/O here), then the lock,
+            // which the holder, no longer the owner, hands over at once.
+            self.set_alua_owner(self.my_tag).await;
             self.ask_for_lock().await;
         }
     }

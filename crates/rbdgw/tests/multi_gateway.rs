@@ -351,3 +351,74 @@ fn three_gateways_failover_and_failback() {
         assert!(!g.log_text().contains("panicked"), "{}", g.log_text());
     }
 }
+
+/// READ KEYS through `c`: the registered keys.
+fn read_keys(c: &mut Client) -> Vec<u64> {
+    let o = c.scsi_ready(0, &[0x5e, 0, 0, 0, 0, 0, 0, 1, 0, 0], &[], 256);
+    assert_eq!(o.status, 0, "{o:?}");
+    let n = u32::from_be_bytes([o.data[4], o.data[5], o.data[6], o.data[7]]) as usize / 8;
+    (0..n)
+        .map(|i| u64::from_be_bytes(o.data[8 + i * 8..16 + i * 8].try_into().unwrap()))
+        .collect()
+}
+
+/// SPC-4 §5.9.5: registrations made without APTPL do not survive a power loss — for a LU
+/// served by several gateways, every one of them going down; they do survive one gateway's
+/// restart while another serves on. With APTPL they survive all of it.
+#[test]
+fn reservations_without_aptpl_end_with_the_last_gateway() {
+    let dir = Scratch::new("aptpl");
+    let port = free_port();
+    let (a1, a2) = (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"));
+    let image = dir.0.join("pr.img");
+    let config = serde_json::json!({
+        "auth": [{"target": TARGET, "authentication": "none"}],
+        "targets": [{"target": TARGET, "hosts": [{"host": "gw1", "portal": "p1"}, {"host": "gw2", "portal": "p2"}]}],
+        "portals": [{"name": "p1", "addresses": [a1]}, {"name": "p2", "addresses": [a2]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": TARGET, "tpg": [
+            {"image": "pr", "backstore": "file", "path": image.display().to_string(), "size": "16M", "owner": "gw1"}]}]}]
+    })
+    .to_string();
+    let start = |host: &str, a: &str| Gateway::start(&dir.0, &config, host, a.parse().unwrap());
+    let login = |a: &str, who: &str| {
+        let mut c = Client::connect(a.parse().unwrap());
+        c.login(&format!("iqn.2026-11.org.rbdgw:{who}"), Some(TARGET), "");
+        c
+    };
+    let register = |c: &mut Client, key: u64, aptpl: bool| {
+        let (cdb, mut p) = prout(0, 0, 0, key);
+        p[20] = u8::from(aptpl);
+        assert_eq!(c.scsi_ready(0, &cdb, &p, 0).status, 0);
+        let (cdb, p) = prout(1, 1, key, 0);
+        assert_eq!(c.scsi_ready(0, &cdb, &p, 0).status, 0, "reserve");
+    };
+    for aptpl in [false, true] {
+        let mut gw1 = start("gw1", &a1);
+        let gw2 = start("gw2", &a2);
+        register(&mut login(&a1, "node-a"), 0xa1, aptpl);
+        // One gateway restarts while the other serves on: nothing is lost.
+        drop(gw1);
+        gw1 = start("gw1", &a1);
+        assert_eq!(
+            read_keys(&mut login(&a1, "node-b")),
+            vec![0xa1],
+            "aptpl={aptpl}"
+        );
+        // Every gateway goes down: a power loss of the LU.
+        drop((gw1, gw2));
+        let (_gw1, _gw2) = (start("gw1", &a1), start("gw2", &a2));
+        let want = if aptpl { vec![0xa1] } else { vec![] };
+        for a in [&a1, &a2] {
+            let mut c = login(a, "node-b");
+            assert_eq!(read_keys(&mut c), want, "aptpl={aptpl} through {a}");
+            // READ RESERVATION: additional length 16 with a reservation, 0 without.
+            let o = c.scsi_ready(0, &[0x5e, 1, 0, 0, 0, 0, 0, 0, 64, 0], &[], 64);
+            let len = u32::from_be_bytes([o.data[4], o.data[5], o.data[6], o.data[7]]);
+            assert_eq!(len, if aptpl { 16 } else { 0 }, "aptpl={aptpl} through {a}");
+        }
+        if !aptpl {
+            // The state starts afresh: the next round registers on a clean LU.
+            assert_eq!(read_keys(&mut login(&a2, "node-b")), Vec::<u64>::new());
+        }
+    }
+}

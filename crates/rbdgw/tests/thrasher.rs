@@ -207,6 +207,45 @@ fn blocklisted(cluster: &ceph::Cluster) -> Vec<usize> {
     v
 }
 
+/// Seconds since midnight UTC, now.
+fn day_secs_now() -> f64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    t % 86_400.0
+}
+
+/// When (seconds since midnight UTC, from the gateways' own log lines) each LU got an ALUA
+/// owner outside `victims` after `since`: the gateways' side of a failover, to the
+/// millisecond (the cluster's tools are too slow to time it).
+fn owner_moved_at(gws: &[NsGateway], victims: &[usize], since: f64) -> Option<f64> {
+    let mut at: HashMap<String, f64> = HashMap::new();
+    for g in gws {
+        for l in g.log_text().lines() {
+            let Some(rest) = l.split("ALUA owner (active/optimized) is now TPG ").nth(1) else {
+                continue;
+            };
+            let tag: usize = rest.split_whitespace().next()?.parse().ok()?;
+            let lun = l
+                .split("lun=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .to_string();
+            // 2026-12-03T07:39:13.114400Z
+            let t = l.split('T').nth(1)?.split('Z').next()?;
+            let mut hms = t.split(':').map(|x| x.parse::<f64>().unwrap_or(0.0));
+            let secs = hms.next()? * 3600.0 + hms.next()? * 60.0 + hms.next()?;
+            if secs >= since && !victims.contains(&(tag - 1)) {
+                let e = at.entry(lun).or_insert(secs);
+                *e = e.min(secs);
+            }
+        }
+    }
+    at.values().copied().reduce(f64::max)
+}
+
 /// Lock takeovers so far (every gateway's log).
 fn lock_takes(gws: &[NsGateway]) -> usize {
     gws.iter()
@@ -225,8 +264,11 @@ struct Round {
     takeover_after: Option<Duration>,
     optimized_after: Option<Duration>,
     longest_stall_ms: u64,
+    /// Lock moves from the failure to the revival, and from the revival to the failback.
     lock_moves: usize,
+    failback_moves: usize,
     revived_after: Option<Duration>,
+    failback_after: Duration,
 }
 
 #[test]
@@ -365,6 +407,7 @@ fn thrash_three_gateways_on_rbd() {
         ever_failed.extend(&victims);
         let takes_before = lock_takes(&gws);
         let t_f = Instant::now();
+        let day_f = day_secs_now();
         for &v in &victims {
             match fault {
                 Fault::Kill => gws[v].kill(),
@@ -392,6 +435,11 @@ fn thrash_three_gateways_on_rbd() {
                 optimized_after = Some(t_f.elapsed());
             }
             c.pump(Duration::from_millis(200));
+        }
+        // From the gateways' logs when an owner moved (none does when the victims owned
+        // nothing; the cluster's view above says so then).
+        if let Some(t) = owner_moved_at(&gws, &victims, day_f) {
+            takeover_after = Some(Duration::from_secs_f64(t - day_f));
         }
         println!(
             "round {r}: ALUA owners on live gateways after {takeover_after:?}, one optimized \
@@ -424,6 +472,7 @@ fn thrash_three_gateways_on_rbd() {
             c.pump(left);
         }
         let t_r = Instant::now();
+        let takes_at_revival = lock_takes(&gws);
         for &v in &victims {
             match fault {
                 Fault::Kill => gws[v] = start(v),
@@ -435,15 +484,29 @@ fn thrash_three_gateways_on_rbd() {
             c.all_paths_up() && c.optimized().is_some()
         });
         println!("round {r}: every path back after {revived_after:?}");
+        // The owners agree with the lock holders, and the VM's optimized paths are the
+        // owners' (an ex-owner back from a cut must not stay optimized in its eyes).
         let mut agreed = false;
         for _ in 0..60 {
             let o = owners(&cluster, &ids);
-            if o.iter().all(|(a, h)| a.is_some() && a == h) && c.optimized().is_some() {
+            let mut alua: Vec<usize> = o.iter().filter_map(|(a, _)| *a).collect();
+            alua.sort_unstable();
+            let vm = c.optimized().map(|mut v| {
+                v.sort_unstable();
+                v
+            });
+            // Every gateway is back: the configured owners have their images again.
+            let failed_back = o[0].0 == Some(0) && o[1].0 == Some(1);
+            if failed_back && o.iter().all(|(a, h)| a.is_some() && a == h) && vm == Some(alua) {
                 agreed = true;
                 break;
             }
             c.pump(Duration::from_millis(500));
         }
+        let failback_after = t_r.elapsed();
+        println!(
+            "round {r}: configured owners back, seen by the VM, {failback_after:.1?} after revival"
+        );
         assert!(
             agreed,
             "round {r} after revival: owners {:?}, paths {:?}\n{}",
@@ -477,10 +540,11 @@ fn thrash_three_gateways_on_rbd() {
             takeover_after,
             optimized_after,
             longest_stall_ms,
-            lock_moves: lock_takes(&gws) - takes_before,
+            lock_moves: takes_at_revival - takes_before,
+            failback_moves: lock_takes(&gws) - takes_at_revival,
             revived_after,
+            failback_after,
         });
-        let _ = t_r;
         assert!(
             c.errors.is_empty(),
             "round {r}: {:?}\n{}",
@@ -496,8 +560,8 @@ fn thrash_three_gateways_on_rbd() {
     println!("thrasher seed {seed}:");
     for (i, r) in report.iter().enumerate() {
         println!(
-            "  round {i}: {:?} gw{:?}: owners moved after {:.1?}, one optimized path per map after {:.1?}, longest write {} ms, lock moves {}, every path back {:.1?} after revival",
-            r.fault, r.victims, r.takeover_after, r.optimized_after, r.longest_stall_ms, r.lock_moves, r.revived_after
+            "  round {i}: {:?} gw{:?}: owners moved after {:.1?}, one optimized path per map after {:.1?}, longest write {} ms, lock moves {} (failback {}), every path back {:.1?} and the configured owners {:.1?} after revival",
+            r.fault, r.victims, r.takeover_after, r.optimized_after, r.longest_stall_ms, r.lock_moves, r.failback_moves, r.revived_after, r.failback_after
         );
     }
     // The issue's targets, reported (the machine is shared: the suite asserts what must hold,

@@ -378,6 +378,33 @@ impl<B: BlockDevice> LogicalUnit<B> {
         ))
     }
 
+    /// The LU lost power as a whole (every gateway serving it was down): registrations made
+    /// without APTPL, their reservation and an SPC-2 reservation do not survive that (SPC-4
+    /// §5.9.5; the shared state outlives the gateways, so it is dropped here). With APTPL they
+    /// persist. True when something was dropped.
+    pub async fn power_loss(&self) -> bool {
+        let dropped = std::sync::atomic::AtomicBool::new(false);
+        let r = self
+            .update_shared(|st| {
+                let pr = &mut st.pr;
+                let drop_pr =
+                    !pr.aptpl && (!pr.registrations.is_empty() || pr.reservation.is_some());
+                if drop_pr {
+                    pr.registrations.clear();
+                    pr.reservation = None;
+                    // SPC-4 §6.16.2: PRgeneration is zero after a power on.
+                    pr.generation = 0;
+                }
+                let drop_legacy = pr.legacy_holder.take().is_some();
+                if drop_pr || drop_legacy {
+                    dropped.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(ScsiResponse::good())
+            })
+            .await;
+        r.is_ok() && dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn metadata_error(&self, e: backstore::BackstoreError) -> SenseData {
         tracing::warn!(lun = self.cfg.lun, "reservation state unavailable: {e}");
         SenseData::illegal(Asc::INSUFFICIENT_REGISTRATION_RESOURCES)

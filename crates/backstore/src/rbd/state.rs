@@ -25,8 +25,9 @@ const PING_TIMEOUT_MS: u64 = 1000;
 /// A gateway whose control loop has not beaten for this long leaves pings unanswered.
 const BEAT_STALE_MS: u64 = 3000;
 /// The OSD drops a watch it has not heard from for this long (a dead gateway's watch would
-/// otherwise make every notify wait for it for the default 30 s).
-const WATCH_TIMEOUT_S: u32 = 10;
+/// otherwise make every notify wait for it for the default 30 s); pinged every 2 s (the
+/// objecter tick set in `connect_cluster`).
+const WATCH_TIMEOUT_S: u32 = 6;
 
 /// What this gateway answers pings with; shared by every connection of one image.
 #[derive(Default)]
