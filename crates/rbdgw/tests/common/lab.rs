@@ -115,9 +115,14 @@ impl NsGateway {
             .expect("start rbdgw");
         let g = NsGateway { child, log };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while g.log_text().matches("listening").count()
-            < 1 + g.log_text().matches("stopped").count()
-        {
+        // The log is appended to across restarts: this start is up once the server has said
+        // "listening" more often than it said "stopped" (only the server's own lines count:
+        // other messages say "stopped" too).
+        let count = |t: &str, what: &str| t.matches(&format!("gateway::server: {what}")).count();
+        while {
+            let t = g.log_text();
+            count(&t, "listening") < 1 + count(&t, "stopped")
+        } {
             assert!(
                 Instant::now() < deadline,
                 "gateway {host} did not start:\n{}",
@@ -128,8 +133,24 @@ impl NsGateway {
         g
     }
 
+    /// The log, without colour codes.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut it = raw.chars();
+        while let Some(c) = it.next() {
+            if c == '\x1b' {
+                // CSI ... final byte in '@'..='~'
+                for d in it.by_ref() {
+                    if ('@'..='~').contains(&d) && d != '[' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// Whether the process still runs (false: it exited or died, on its own or killed).
