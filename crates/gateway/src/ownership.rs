@@ -153,6 +153,8 @@ pub struct Ownership {
     failback_at: Mutex<Option<Instant>>,
     /// When the ALUA owner last changed, as seen here.
     owner_changed_at: Mutex<Option<Instant>>,
+    /// When a command last came through this gateway for the LU (seen by `refresh`).
+    served_at: Mutex<Option<Instant>>,
 }
 
 /// Held by a write while it runs on the owner.
@@ -197,6 +199,7 @@ impl Ownership {
             view: Mutex::new(View::default()),
             failback_at: Mutex::new(None),
             owner_changed_at: Mutex::new(None),
+            served_at: Mutex::new(None),
         });
         let dev = o.lu.device();
         if let Err(e) = dev.heartbeat(my_tag).await {
@@ -336,6 +339,9 @@ impl Ownership {
         let dev = self.lu.device();
         let lun = self.lu.config().lun;
         let _ = dev.heartbeat(self.my_tag).await;
+        if self.lu.take_served() {
+            *lock(&self.served_at) = Some(Instant::now());
+        }
         if self.is_owner() && !dev.holds_ownership() {
             self.owned.store(false, Ordering::Release);
             warn!(
@@ -526,7 +532,7 @@ impl Ownership {
         if configured
             && self.lu.owner_tpg() != Some(self.my_tag)
             && healthy_for >= ABSENT_AFTER + FAILBACK_AFTER
-            && self.lu.served_within(SERVED_WITHIN)
+            && lock(&self.served_at).is_some_and(|t| t.elapsed() <= SERVED_WITHIN)
             && backoff_over
         {
             info!(

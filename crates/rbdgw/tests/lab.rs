@@ -17,7 +17,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::time::Instant;
 
-use common::lab::{ip, Lab, NsGateway};
+use common::lab::{Lab, NsGateway};
 use common::{require, Scratch};
 
 const TARGET: &str = "iqn.1994-05.com.redhat:37d4cea93db4";
@@ -54,16 +54,7 @@ fn run_lab(fault: Fault, backing: Backing) {
     let seed = include_str!("../../../examples/seed-config.json");
     let mut doc: serde_json::Value = serde_json::from_str(seed).unwrap();
     let cluster = (backing == Backing::Rbd).then(|| {
-        ip(&[
-            "-n",
-            &lab.br,
-            "addr",
-            "add",
-            "192.168.0.10/24",
-            "dev",
-            "br0",
-        ]);
-        let c = ceph::Cluster::start_in(Some(&lab.br), "192.168.0.10");
+        let c = ceph::Cluster::start_in(Some(&lab.br), lab.ceph_address());
         c.rbd(&["create", "wuxingyi", "--size", "256M"]);
         c
     });

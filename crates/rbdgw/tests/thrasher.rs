@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::lab::{ip, Lab, NsGateway};
+use common::lab::{Lab, NsGateway};
 use common::{require, Scratch};
 
 const TARGET: &str = "iqn.2026-11.org.rbdgw:thrash";
@@ -298,16 +298,7 @@ fn thrash_three_gateways_on_rbd() {
     let dir = Scratch::new("thrash");
     let cidrs: Vec<String> = ADDRS.iter().map(|a| format!("{a}/24")).collect();
     let lab = Lab::new("t", &cidrs.iter().map(String::as_str).collect::<Vec<_>>());
-    ip(&[
-        "-n",
-        &lab.br,
-        "addr",
-        "add",
-        "192.168.0.10/24",
-        "dev",
-        "br0",
-    ]);
-    let cluster = ceph::Cluster::start_in(Some(&lab.br), "192.168.0.10");
+    let cluster = ceph::Cluster::start_in(Some(&lab.br), lab.ceph_address());
     let mut ids = Vec::new();
     for img in IMAGES {
         cluster.rbd(&["create", img, "--size", "64M"]);

@@ -127,9 +127,8 @@ pub struct LogicalUnit<B> {
     known_size: std::sync::atomic::AtomicU64,
     /// Whether the device was reachable at the last command (see `notice_access_state`).
     was_available: std::sync::atomic::AtomicBool,
-    /// When a command last came (ms since `created`): whether initiators use this path.
-    served_ms: std::sync::atomic::AtomicU64,
-    created: std::time::Instant,
+    /// A command came since the last [`LogicalUnit::take_served`]: initiators use this path.
+    served: std::sync::atomic::AtomicBool,
 }
 
 /// Kinds of reset a task management function causes (SAM-5 §6.3).
@@ -149,8 +148,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
         LogicalUnit {
             known_size: std::sync::atomic::AtomicU64::new(dev.size()),
             was_available: std::sync::atomic::AtomicBool::new(dev.available()),
-            served_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
-            created: std::time::Instant::now(),
+            served: std::sync::atomic::AtomicBool::new(false),
             cfg,
             dev,
             state: Mutex::new(state),
@@ -248,21 +246,17 @@ impl<B: BlockDevice> LogicalUnit<B> {
         self.reservation_conflict(cmd).is_some()
     }
 
-    /// Whether a command came through this gateway within `within`.
-    pub fn served_within(&self, within: std::time::Duration) -> bool {
-        use std::sync::atomic::Ordering;
-        let at = self.served_ms.load(Ordering::Relaxed);
-        at != u64::MAX
-            && (self.created.elapsed().as_millis() as u64).saturating_sub(at)
-                <= within.as_millis() as u64
+    /// Whether a command came through this gateway since the last call (the caller keeps
+    /// the time: no clock is read per command).
+    pub fn take_served(&self) -> bool {
+        self.served
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs one command.
     pub async fn execute(&self, cmd: &ScsiCommand<'_>) -> ScsiResponse {
-        self.served_ms.store(
-            self.created.elapsed().as_millis() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.served
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         match self.execute_inner(cmd).await {
             Ok(r) => r,
             Err(sense) => ScsiResponse::check(sense),

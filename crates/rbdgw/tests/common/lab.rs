@@ -15,6 +15,9 @@ pub fn ip(args: &[&str]) {
     );
 }
 
+/// Where a lab's Ceph cluster listens.
+pub const CEPH_ADDR: &str = "192.168.0.10";
+
 /// Namespaces and links of one lab, removed on drop.
 pub struct Lab {
     /// The bridge's namespace (the VM's tap, and the Ceph cluster if any, live there).
@@ -52,6 +55,21 @@ impl Lab {
         ip(&["-n", &lab.br, "tuntap", "add", "dev", "tap0", "mode", "tap"]);
         ip(&["-n", &lab.br, "link", "set", "tap0", "master", "br0", "up"]);
         lab
+    }
+
+    /// Puts the address a lab's Ceph cluster listens on, [`CEPH_ADDR`], on the bridge (the
+    /// cluster runs in the bridge's namespace, which every gateway reaches); returns it.
+    pub fn ceph_address(&self) -> &'static str {
+        ip(&[
+            "-n",
+            &self.br,
+            "addr",
+            "add",
+            &format!("{CEPH_ADDR}/24"),
+            "dev",
+            "br0",
+        ]);
+        CEPH_ADDR
     }
 
     /// Cuts or restores gateway `i`'s link (0-based; its bridge port).
