@@ -595,6 +595,13 @@ fn thrash_three_gateways_on_rbd() {
         }
     );
     let all = logs(&gws);
+    // scripts/thrash keeps every run's gateway logs beside its summary.
+    if let Some(keep) = std::env::var_os("RBDGW_THRASH_LOGS") {
+        let _ = std::fs::write(
+            std::path::Path::new(&keep).join(format!("gateways-{seed}.log")),
+            &all,
+        );
+    }
     assert!(
         !all.contains("panicked") && !all.contains("ceph_assert") && !all.contains("corrupted"),
         "a gateway crashed:\n{all}"
