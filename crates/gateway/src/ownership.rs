@@ -339,6 +339,9 @@ impl Ownership {
         let dev = self.lu.device();
         let lun = self.lu.config().lun;
         let _ = dev.heartbeat(self.my_tag).await;
+        // A reservation change or reset through another gateway acts here without waiting
+        // for a command (PREEMPT AND ABORT of a write waiting for its data).
+        self.lu.poll_shared().await;
         if self.lu.take_served() {
             *lock(&self.served_at) = Some(Instant::now());
         }

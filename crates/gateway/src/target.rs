@@ -79,7 +79,15 @@ pub struct Gateway {
     ceph: CephOptions,
     pub sessions: SessionRegistry,
     next_tsih: AtomicU16,
+    /// Orders from the LUs to abort tasks of other nexuses, for every session to look at.
+    pub aborts: TaskAborts,
 }
+
+/// Where LUs send their abort orders (PREEMPT AND ABORT, CLEAR TASK SET, LOGICAL UNIT RESET)
+/// to the sessions, which hold the tasks. Orders are rare; a session that falls this far
+/// behind says so and aborts nothing it missed.
+pub type TaskAborts = tokio::sync::broadcast::Sender<Arc<scsi::TaskAbort>>;
+const TASK_ABORTS_QUEUED: usize = 256;
 
 /// What applying a new config changed here.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -195,6 +203,7 @@ async fn open_target(
     local: &crate::config::Tpg,
     ceph: &CephOptions,
     prev: Option<&TargetRuntime>,
+    aborts: &TaskAborts,
 ) -> anyhow::Result<TargetRuntime> {
     let port_groups: Vec<TargetPortGroup> = t
         .tpgs
@@ -254,6 +263,11 @@ async fn open_target(
         c.max_write_same_blocks = a.max_write_same_len.unwrap_or(c.max_write_same_blocks);
         c.optimal_unmap_granularity = a.unmap_granularity.unwrap_or(c.optimal_unmap_granularity);
         let lu = Arc::new(LogicalUnit::new(c, dev));
+        let to_sessions = aborts.clone();
+        lu.on_task_abort(Box::new(move |a| {
+            // (No receiver: no session here has tasks to abort.)
+            let _ = to_sessions.send(Arc::new(a));
+        }));
         lu.load_persistent_state().await;
         let owner_tag = t.tpgs.iter().find(|g| g.host == l.owner).map(|g| g.tag);
         owners.insert(
@@ -273,12 +287,13 @@ async fn open_target(
 impl Gateway {
     /// Opens the backstores of every LUN that `host` serves.
     pub async fn open(config: Config, host: &str, ceph: &CephOptions) -> anyhow::Result<Gateway> {
+        let aborts = tokio::sync::broadcast::channel(TASK_ABORTS_QUEUED).0;
         let mut targets = Vec::new();
         for t in &config.targets {
             let Some(local) = t.tpgs_of(host).next() else {
                 continue;
             };
-            targets.push(Arc::new(open_target(t, local, ceph, None).await?));
+            targets.push(Arc::new(open_target(t, local, ceph, None, &aborts).await?));
         }
         if targets.is_empty() {
             bail!("host {host} serves no target in {}", config.source_name);
@@ -291,6 +306,7 @@ impl Gateway {
             ceph: ceph.clone(),
             sessions: SessionRegistry::default(),
             next_tsih: AtomicU16::new(1),
+            aborts,
         })
     }
 
@@ -310,7 +326,7 @@ impl Gateway {
                 .targets
                 .iter()
                 .find(|p| p.cfg.iqn.eq_ignore_ascii_case(&t.iqn));
-            let rt = open_target(t, local, &self.ceph, prev.map(|p| &**p)).await?;
+            let rt = open_target(t, local, &self.ceph, prev.map(|p| &**p), &self.aborts).await?;
             match prev {
                 None => report.targets_added.push(t.iqn.clone()),
                 Some(p) => {

@@ -2,7 +2,8 @@
 //! `rbd/wuxingyi` (every RBD feature on, exclusive-lock included) from a throwaway cluster on
 //! loopback, both reading the shared config from RADOS (`rbdgw config store`). libiscsi's
 //! SCSI family runs against one gateway while the other runs, and MultipathIO across both; a
-//! reservation taken through one gateway binds the other. Then: an online resize reaches a
+//! reservation taken through one gateway binds the other, and a PREEMPT AND ABORT through one
+//! aborts a write waiting behind the other. Then: an online resize reaches a
 //! live session, a config change adds a LUN (auto-created) without dropping it, and the owner
 //! is partitioned (SIGSTOP): the other gateway fences it, and its late write is refused.
 
@@ -183,6 +184,11 @@ fn seed_scenario_on_ceph() {
     assert_eq!(s1.scsi_ready(0, &c, &p, 0).status, 0);
     assert_eq!(s2.scsi_ready(0, &read, &[], 512).status, 0);
     drop((s1, s2));
+    // PREEMPT AND ABORT through gw1 aborts node-b's write waiting behind gw2, on RBD.
+    common::reservations::preempt_and_abort_across_gateways(&a1, &a2, TARGET);
+    // Windows cluster validation's reservation sequence, each node on either gateway.
+    common::reservations::cluster_validation_sequence(&a1, &a2, TARGET);
+    common::reservations::cluster_validation_sequence(&a2, &a1, TARGET);
 
     let url = |a: &str| format!("iscsi://{a}/{TARGET}/0");
     let (text, w) = summary(&["-t".into(), "SCSI.MultipathIO".into(), url(&a1), url(&a2)]);

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::client::Client;
+use common::reservations::{prout, read_keys, write10};
 use common::{free_port, require, Gateway, Scratch};
 
 const TARGET: &str = "iqn.2026-11.org.rbdgw:ha";
@@ -57,19 +58,6 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) -> Duration {
         std::thread::sleep(Duration::from_millis(100));
     }
     t0.elapsed()
-}
-
-fn write10(lba: u32) -> [u8; 10] {
-    let mut c = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c
-}
-
-fn prout(sa: u8, kind: u8, key: u64, sark: u64) -> ([u8; 10], Vec<u8>) {
-    let mut p = vec![0u8; 24];
-    p[..8].copy_from_slice(&key.to_be_bytes());
-    p[8..16].copy_from_slice(&sark.to_be_bytes());
-    ([0x5f, sa, kind, 0, 0, 0, 0, 0, 24, 0], p)
 }
 
 #[test]
@@ -352,14 +340,43 @@ fn three_gateways_failover_and_failback() {
     }
 }
 
-/// READ KEYS through `c`: the registered keys.
-fn read_keys(c: &mut Client) -> Vec<u64> {
-    let o = c.scsi_ready(0, &[0x5e, 0, 0, 0, 0, 0, 0, 1, 0, 0], &[], 256);
-    assert_eq!(o.status, 0, "{o:?}");
-    let n = u32::from_be_bytes([o.data[4], o.data[5], o.data[6], o.data[7]]) as usize / 8;
-    (0..n)
-        .map(|i| u64::from_be_bytes(o.data[8 + i * 8..16 + i * 8].try_into().unwrap()))
-        .collect()
+/// Two gateways on 127.0.0.1 (gw1, TPG 1, the owner) and 127.0.0.2 (gw2) serving one 16 MiB
+/// file image as LUN 0.
+struct FilePair {
+    dir: Scratch,
+    config: String,
+    a1: String,
+    a2: String,
+}
+
+impl FilePair {
+    fn new(name: &str) -> FilePair {
+        let dir = Scratch::new(name);
+        let port = free_port();
+        let (a1, a2) = (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"));
+        let image = dir.0.join(format!("{name}.img"));
+        let config = serde_json::json!({
+            "auth": [{"target": TARGET, "authentication": "none"}],
+            "targets": [{"target": TARGET, "hosts": [{"host": "gw1", "portal": "p1"}, {"host": "gw2", "portal": "p2"}]}],
+            "portals": [{"name": "p1", "addresses": [a1]}, {"name": "p2", "addresses": [a2]}],
+            "pools": [{"pool": "rbd", "gateways": [{"target": TARGET, "tpg": [
+                {"image": name, "backstore": "file", "path": image.display().to_string(), "size": "16M", "owner": "gw1"}]}]}]
+        })
+        .to_string();
+        FilePair {
+            dir,
+            config,
+            a1,
+            a2,
+        }
+    }
+
+    fn start(&self) -> (Gateway, Gateway) {
+        (
+            Gateway::start(&self.dir.0, &self.config, "gw1", self.a1.parse().unwrap()),
+            Gateway::start(&self.dir.0, &self.config, "gw2", self.a2.parse().unwrap()),
+        )
+    }
 }
 
 /// SPC-4 §5.9.5: registrations made without APTPL do not survive a power loss — for a LU
@@ -367,18 +384,12 @@ fn read_keys(c: &mut Client) -> Vec<u64> {
 /// restart while another serves on. With APTPL they survive all of it.
 #[test]
 fn reservations_without_aptpl_end_with_the_last_gateway() {
-    let dir = Scratch::new("aptpl");
-    let port = free_port();
-    let (a1, a2) = (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"));
-    let image = dir.0.join("pr.img");
-    let config = serde_json::json!({
-        "auth": [{"target": TARGET, "authentication": "none"}],
-        "targets": [{"target": TARGET, "hosts": [{"host": "gw1", "portal": "p1"}, {"host": "gw2", "portal": "p2"}]}],
-        "portals": [{"name": "p1", "addresses": [a1]}, {"name": "p2", "addresses": [a2]}],
-        "pools": [{"pool": "rbd", "gateways": [{"target": TARGET, "tpg": [
-            {"image": "pr", "backstore": "file", "path": image.display().to_string(), "size": "16M", "owner": "gw1"}]}]}]
-    })
-    .to_string();
+    let FilePair {
+        dir,
+        config,
+        a1,
+        a2,
+    } = FilePair::new("aptpl");
     let start = |host: &str, a: &str| Gateway::start(&dir.0, &config, host, a.parse().unwrap());
     let login = |a: &str, who: &str| {
         let mut c = Client::connect(a.parse().unwrap());
@@ -400,7 +411,7 @@ fn reservations_without_aptpl_end_with_the_last_gateway() {
         drop(gw1);
         gw1 = start("gw1", &a1);
         assert_eq!(
-            read_keys(&mut login(&a1, "node-b")),
+            read_keys(&mut login(&a1, "node-b")).1,
             vec![0xa1],
             "aptpl={aptpl}"
         );
@@ -410,7 +421,7 @@ fn reservations_without_aptpl_end_with_the_last_gateway() {
         let want = if aptpl { vec![0xa1] } else { vec![] };
         for a in [&a1, &a2] {
             let mut c = login(a, "node-b");
-            assert_eq!(read_keys(&mut c), want, "aptpl={aptpl} through {a}");
+            assert_eq!(read_keys(&mut c).1, want, "aptpl={aptpl} through {a}");
             // READ RESERVATION: additional length 16 with a reservation, 0 without.
             let o = c.scsi_ready(0, &[0x5e, 1, 0, 0, 0, 0, 0, 0, 64, 0], &[], 64);
             let len = u32::from_be_bytes([o.data[4], o.data[5], o.data[6], o.data[7]]);
@@ -418,7 +429,23 @@ fn reservations_without_aptpl_end_with_the_last_gateway() {
         }
         if !aptpl {
             // The state starts afresh: the next round registers on a clean LU.
-            assert_eq!(read_keys(&mut login(&a2, "node-b")), Vec::<u64>::new());
+            assert_eq!(read_keys(&mut login(&a2, "node-b")).1, Vec::<u64>::new());
         }
     }
+}
+
+#[test]
+fn preempt_and_abort_aborts_a_write_waiting_behind_the_other_gateway() {
+    let pair = FilePair::new("pra");
+    let _gws = pair.start();
+    common::reservations::preempt_and_abort_across_gateways(&pair.a1, &pair.a2, TARGET);
+}
+
+/// The MS-CSVP reservation sequence through two gateways, each node on either.
+#[test]
+fn cluster_validation_reservations_alike_through_every_gateway() {
+    let pair = FilePair::new("csvp");
+    let _gws = pair.start();
+    common::reservations::cluster_validation_sequence(&pair.a1, &pair.a2, TARGET);
+    common::reservations::cluster_validation_sequence(&pair.a2, &pair.a1, TARGET);
 }

@@ -7,12 +7,14 @@
 //! Modules, one command family each (mini-redis' `cmd/` layout): [`sbc`] (block I/O and
 //! capacity), [`inquiry`] (standard INQUIRY and VPD pages), [`mode`] (MODE SENSE/SELECT),
 //! [`reports`] (REPORT LUNS, supported opcodes and task management functions), [`pr`]
-//! (persistent reservations and RESERVE/RELEASE), [`alua`] (target port groups).
+//! (persistent reservations and RESERVE/RELEASE), [`alua`] (target port groups), [`abort`]
+//! (tasks aborted on behalf of another nexus).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub mod abort;
 pub mod alua;
 mod cdb;
 pub mod inquiry;
@@ -23,6 +25,7 @@ pub mod reports;
 pub mod sbc;
 pub mod sense;
 
+pub use abort::{AbortScope, TaskAbort};
 pub use alua::{AccessState, TargetPortGroup};
 pub use lu::{LogicalUnit, LuConfig};
 pub use sense::{Asc, ScsiStatus, SenseData, SenseKey};

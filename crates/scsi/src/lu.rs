@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use backstore::{BackstoreError, BlockDevice};
 use tracing::warn;
 
+use crate::abort::{AbortHook, AbortScope, TaskAbort};
 use crate::alua::TargetPortGroup;
 use crate::cdb::{cdb_len, get};
 use crate::pr::PrState;
@@ -94,6 +95,8 @@ pub(crate) struct LuState {
     pub owner_tpg: Option<u16>,
     /// TPGs whose gateways are gone (not answering): Unavailable.
     pub gone_tpgs: Vec<u16>,
+    /// Abort orders for the transport, not yet handed over (see [`LogicalUnit::on_task_abort`]).
+    pub aborts: Vec<(AbortScope, Option<ItNexus>)>,
 }
 
 impl LuState {
@@ -129,6 +132,8 @@ pub struct LogicalUnit<B> {
     was_available: std::sync::atomic::AtomicBool,
     /// A command came since the last [`LogicalUnit::take_served`]: initiators use this path.
     served: std::sync::atomic::AtomicBool,
+    /// Where abort orders go ([`LogicalUnit::on_task_abort`]).
+    abort_hook: std::sync::OnceLock<AbortHook>,
 }
 
 /// Kinds of reset a task management function causes (SAM-5 §6.3).
@@ -149,6 +154,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
             known_size: std::sync::atomic::AtomicU64::new(dev.size()),
             was_available: std::sync::atomic::AtomicBool::new(dev.available()),
             served: std::sync::atomic::AtomicBool::new(false),
+            abort_hook: std::sync::OnceLock::new(),
             cfg,
             dev,
             state: Mutex::new(state),
@@ -173,6 +179,59 @@ impl<B: BlockDevice> LogicalUnit<B> {
         self.dev.size() / self.cfg.block_size as u64
     }
 
+    /// Sets where the LU sends the orders to abort other nexuses' tasks (PREEMPT AND ABORT,
+    /// CLEAR TASK SET, LOGICAL UNIT RESET, here or through another gateway): the transport,
+    /// which holds the tasks. Without it, orders are dropped. Set once.
+    pub fn on_task_abort(&self, hook: AbortHook) {
+        let _ = self.abort_hook.set(hook);
+    }
+
+    /// Hands the pending abort orders to the transport.
+    pub(crate) fn emit_aborts(&self) {
+        let orders = std::mem::take(&mut self.state().aborts);
+        let mut sent: Vec<&(AbortScope, Option<ItNexus>)> = Vec::new();
+        for o in &orders {
+            // (A change retried against newer state may queue an order twice.)
+            if sent.contains(&o) {
+                continue;
+            }
+            sent.push(o);
+            let order = TaskAbort {
+                target: self.cfg.target_name.clone(),
+                lun: self.cfg.lun,
+                scope: o.0.clone(),
+                except: o.1.clone(),
+            };
+            tracing::info!(
+                lun = self.cfg.lun,
+                scope = ?order.scope,
+                "aborting the tasks of other nexuses (SAM-5 §5.6)"
+            );
+            if let Some(h) = self.abort_hook.get() {
+                h(order);
+            }
+        }
+    }
+
+    /// CLEAR TASK SET (SAM-5 §7.4): every nexus's tasks end, on every gateway (one task set
+    /// per LU). The issuer's own are the transport's to end.
+    pub async fn clear_task_set(&self, issuer: &ItNexus) {
+        let _ = self
+            .update_shared(|st| {
+                st.pr.clears += 1;
+                st.aborts.push((AbortScope::All, Some(issuer.clone())));
+                Ok(ScsiResponse::good())
+            })
+            .await;
+    }
+
+    /// Looks at the state shared with the other gateways (the ownership loop calls it a few
+    /// times a second): a reservation change or reset made through another gateway takes
+    /// effect here even while no command comes, e.g. on a write waiting for its data.
+    pub async fn poll_shared(&self) {
+        self.refresh_shared().await;
+    }
+
     /// Loads the state kept in the backstore (reservations shared by every gateway).
     pub async fn load_persistent_state(&self) {
         self.state().seen_generation = u64::MAX;
@@ -193,6 +252,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 if kind == ResetKind::LogicalUnit {
                     st.pr.resets += 1;
                 }
+                // Every other nexus's tasks end (SAM-5 §6.3.2, §6.3.4); the issuer's are
+                // the transport's to end.
+                st.aborts.push((AbortScope::All, issuer.cloned()));
                 Ok(ScsiResponse::good())
             })
             .await;

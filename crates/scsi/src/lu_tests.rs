@@ -452,3 +452,98 @@ async fn alua_owner_changes_reach_every_nexus() {
     );
     assert_eq!(rtpg(&lu, &a).await, vec![(1, 1), (2, 1), (3, 0)]);
 }
+
+/// The abort orders a LU hands to its transport, collected.
+fn collect_aborts(
+    lu: &LogicalUnit<FileDevice>,
+) -> std::sync::Arc<std::sync::Mutex<Vec<crate::TaskAbort>>> {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    lu.on_task_abort(Box::new(move |a| g.lock().unwrap().push(a)));
+    got
+}
+
+#[tokio::test]
+async fn preempt_and_abort_clear_task_set_and_reset_abort_other_nexuses_on_every_gateway() {
+    use crate::AbortScope;
+    let dir = std::env::temp_dir().join(format!("rbdgw-scsi-abort-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pr.img");
+    // Two gateways serving one image: TPG 1 and TPG 2.
+    let gw = |tpg: u16| {
+        let mut c = LuConfig::new(
+            0,
+            "0123abcd-0000-0000-0000-000000000000",
+            "iqn.2026-11.org.rbdgw:t",
+        );
+        c.local_tpg = tpg;
+        LogicalUnit::new(c, FileDevice::open(&path, Some(1 << 20)).unwrap())
+    };
+    let (a, b) = (gw(1), gw(2));
+    a.load_persistent_state().await;
+    b.load_persistent_state().await;
+    let (on_a, on_b) = (collect_aborts(&a), collect_aborts(&b));
+    let node1 = nexus(1);
+    let node2 = ItNexus {
+        relative_port: 2,
+        ..nexus(2)
+    };
+    ready(&a, &node1).await;
+    ready(&b, &node2).await;
+    for (lu, n, key) in [(&a, &node1, 0xa1u64), (&b, &node2, 0xb2)] {
+        let (cdb, p) = prout(0, 0, 0, key);
+        assert_eq!(run(lu, n, &cdb, &p).await.status, ScsiStatus::Good);
+    }
+    let (cdb, p) = prout(1, 5, 0xb2, 0);
+    assert_eq!(
+        run(&b, &node2, &cdb, &p).await.status,
+        ScsiStatus::Good,
+        "reserve"
+    );
+    assert!(on_a.lock().unwrap().is_empty() && on_b.lock().unwrap().is_empty());
+
+    // PREEMPT (no abort) orders nothing.
+    let (cdb, p) = prout(4, 5, 0xa1, 0xb2);
+    assert_eq!(run(&a, &node1, &cdb, &p).await.status, ScsiStatus::Good);
+    run(&b, &node2, &[0x00], &[]).await; // b loads the change
+    assert!(on_a.lock().unwrap().is_empty() && on_b.lock().unwrap().is_empty());
+
+    // node2 registers again; node1 preempts it AND ABORTs, through gateway a: the order for
+    // node2's registration is given on a (sparing the issuer) and, once b loads the state,
+    // on b, where node2's tasks are.
+    let (cdb, p) = prout(0, 0, 0, 0xb3);
+    assert_eq!(run(&b, &node2, &cdb, &p).await.status, ScsiStatus::Good);
+    let (cdb, p) = prout(5, 5, 0xa1, 0xb3);
+    assert_eq!(run(&a, &node1, &cdb, &p).await.status, ScsiStatus::Good);
+    let orders = std::mem::take(&mut *on_a.lock().unwrap());
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    assert!(matches!(&orders[0].scope, AbortScope::Registrant(r) if r.key == 0xb3));
+    assert_eq!(orders[0].except.as_ref(), Some(&node1));
+    assert!(orders[0].applies_to(&node2) && !orders[0].applies_to(&node1));
+    b.poll_shared().await;
+    let orders = std::mem::take(&mut *on_b.lock().unwrap());
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    assert!(orders[0].applies_to(&node2));
+    assert_eq!(
+        (orders[0].lun, orders[0].target.as_str()),
+        (0, "iqn.2026-11.org.rbdgw:t")
+    );
+    b.poll_shared().await;
+    assert!(on_b.lock().unwrap().is_empty(), "an order is given once");
+
+    // CLEAR TASK SET and LOGICAL UNIT RESET through b: every nexus but the issuer, on both.
+    b.clear_task_set(&node2).await;
+    a.poll_shared().await;
+    b.reset(ResetKind::LogicalUnit, Some(&node2)).await;
+    a.poll_shared().await;
+    let on_b_now = std::mem::take(&mut *on_b.lock().unwrap());
+    assert_eq!(on_b_now.len(), 2, "{on_b_now:?}");
+    assert!(on_b_now
+        .iter()
+        .all(|o| o.scope == AbortScope::All && !o.applies_to(&node2)));
+    let on_a_now = std::mem::take(&mut *on_a.lock().unwrap());
+    assert_eq!(on_a_now.len(), 2, "{on_a_now:?}");
+    assert!(on_a_now.iter().all(|o| o.applies_to(&node1)));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,6 +7,7 @@
 use backstore::BlockDevice;
 use serde::{Deserialize, Serialize};
 
+use crate::abort::AbortScope;
 use crate::cdb::{be16, be32, be64};
 use crate::lu::{LogicalUnit, LuState};
 use crate::sense::{Asc, SenseData};
@@ -73,7 +74,8 @@ pub struct Registration {
 }
 
 impl Registration {
-    fn matches(&self, n: &ItNexus) -> bool {
+    /// Whether `n` is a nexus of this registration.
+    pub fn matches(&self, n: &ItNexus) -> bool {
         self.initiator.eq_ignore_ascii_case(&n.initiator)
             && self.isid == n.isid
             && (self.all_tg_pt || self.relative_port == n.relative_port)
@@ -101,6 +103,10 @@ pub struct PrState {
     /// attention on its own nexuses when it sees the count grow.
     #[serde(default)]
     pub resets: u64,
+    /// CLEAR TASK SETs so far, through any gateway: each aborts the tasks of every nexus, on
+    /// every gateway (one task set per LU).
+    #[serde(default)]
+    pub clears: u64,
     /// Unit attentions owed to registrants by the latest changes (SPC-4 §5.9.11: PREEMPT,
     /// CLEAR and RELEASE tell the other registrants), for every gateway to raise on the
     /// nexuses it serves: the nexus that must hear it may sit on another gateway. Numbered;
@@ -117,6 +123,9 @@ pub struct PrNotice {
     pub seq: u64,
     pub to: Registration,
     pub asc: [u8; 2],
+    /// PREEMPT AND ABORT: the tasks of `to`'s nexuses are aborted too.
+    #[serde(default)]
+    pub abort: bool,
 }
 
 /// Notices kept in the shared state: a gateway that missed more than this many reservation
@@ -124,17 +133,23 @@ pub struct PrNotice {
 const NOTICES_KEPT: usize = 32;
 
 /// Owes `asc` to the nexuses of registration `to`, wherever they are: raised here at once on
-/// the ones this gateway serves, and by every other gateway when it loads the state.
-fn notify(st: &mut LuState, to: &Registration, asc: Asc) {
+/// the ones this gateway serves, and by every other gateway when it loads the state. With
+/// `abort_by` (PREEMPT AND ABORT through that nexus), their tasks are aborted as well.
+fn notify(st: &mut LuState, to: &Registration, asc: Asc, abort_by: Option<&ItNexus>) {
     st.pr.notice_seq += 1;
     st.pr.notices.push(PrNotice {
         seq: st.pr.notice_seq,
         to: to.clone(),
         asc: [asc.0, asc.1],
+        abort: abort_by.is_some(),
     });
     let excess = st.pr.notices.len().saturating_sub(NOTICES_KEPT);
     st.pr.notices.drain(..excess);
     raise_local(st, to, asc);
+    if let Some(by) = abort_by {
+        st.aborts
+            .push((AbortScope::Registrant(to.clone()), Some(by.clone())));
+    }
     st.applied_notice = st.pr.notice_seq;
 }
 
@@ -153,10 +168,18 @@ pub(crate) fn install(st: &mut LuState, new: PrState) {
     if !first_load && new.resets > st.pr.resets {
         st.ua_all(Asc::BUS_DEVICE_RESET, None);
     }
+    // A reset or CLEAR TASK SET through another gateway aborts the tasks here too (SAM-5
+    // §7.3, §7.6: one task set per LU).
+    if !first_load && (new.resets > st.pr.resets || new.clears > st.pr.clears) {
+        st.aborts.push((AbortScope::All, None));
+    }
     if !first_load {
         let applied = st.applied_notice;
         for n in new.notices.iter().filter(|n| n.seq > applied) {
             raise_local(st, &n.to, Asc(n.asc[0], n.asc[1]));
+            if n.abort {
+                st.aborts.push((AbortScope::Registrant(n.to.clone()), None));
+            }
         }
     }
     st.applied_notice = st.applied_notice.max(new.notice_seq);
@@ -333,6 +356,12 @@ impl<B: BlockDevice> LogicalUnit<B> {
     /// compare-and-set it back, again if another gateway changed it meanwhile. Only a GOOD
     /// outcome is written.
     pub(crate) async fn update_shared(&self, f: impl Fn(&mut LuState) -> CmdResult) -> CmdResult {
+        let r = self.update_shared_once(f).await;
+        self.emit_aborts();
+        r
+    }
+
+    async fn update_shared_once(&self, f: impl Fn(&mut LuState) -> CmdResult) -> CmdResult {
         for _ in 0..64 {
             // A try that loses the race must not count its notices as raised: the winner's
             // notices may carry the same numbers.
@@ -343,7 +372,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 .metadata_get(METADATA_KEY)
                 .await
                 .map_err(|e| self.metadata_error(e))?;
-            let (result, new) = {
+            let (result, new, orders) = {
                 let mut st = self.state();
                 install(
                     &mut st,
@@ -352,11 +381,14 @@ impl<B: BlockDevice> LogicalUnit<B> {
                         .unwrap_or_default(),
                 );
                 st.seen_generation = generation;
+                // Abort orders stand only if the change is written.
+                let orders = st.aborts.len();
                 let r = f(&mut st);
                 if !matches!(r, Ok(ref r) if r.status == crate::ScsiStatus::Good) {
+                    st.aborts.truncate(orders);
                     return r;
                 }
-                (r, st.pr.encode())
+                (r, st.pr.encode(), orders)
             };
             if old.as_deref() == Some(&new[..]) {
                 return result;
@@ -370,7 +402,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 self.state().seen_generation = self.dev.metadata_generation();
                 return result;
             }
-            self.state().applied_notice = applied;
+            let mut st = self.state();
+            st.applied_notice = applied;
+            st.aborts.truncate(orders);
         }
         Err(SenseData::new(
             crate::sense::SenseKey::AbortedCommand,
@@ -428,6 +462,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
             }
             Err(e) => tracing::warn!(lun = self.cfg.lun, "cannot reload reservation state: {e}"),
         }
+        self.emit_aborts();
     }
 
     pub(crate) fn persistent_reserve_in(&self, cmd: &ScsiCommand<'_>) -> CmdResult {
@@ -545,7 +580,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 1 => reserve(st, n, key, pr_type),
                 2 => release(st, n, key, pr_type),
                 3 => clear(st, n, key),
-                4 | 5 => preempt(st, n, key, sark, pr_type),
+                4 | 5 => preempt(st, n, key, sark, pr_type, sa == 5),
                 _ => register_and_move(st, n, key, sark, p),
             };
             // Every successful PR OUT but RESERVE and RELEASE advances PRgeneration
@@ -636,7 +671,7 @@ fn ua_registrants(st: &mut LuState, asc: Asc, except: Option<&ItNexus>) {
         .cloned()
         .collect();
     for r in to {
-        notify(st, &r, asc);
+        notify(st, &r, asc, None);
     }
 }
 
@@ -696,8 +731,16 @@ fn clear(st: &mut LuState, n: &ItNexus, key: u64) -> CmdResult {
     Ok(ScsiResponse::good())
 }
 
-/// PREEMPT and PREEMPT AND ABORT (SPC-4 §5.9.11.4).
-fn preempt(st: &mut LuState, n: &ItNexus, key: u64, sark: u64, kind: Option<PrType>) -> CmdResult {
+/// PREEMPT and PREEMPT AND ABORT (SPC-4 §5.9.11.4; §5.12.11.2.6: with ABORT, every task of
+/// the preempted nexuses, on whatever gateway, is aborted too).
+fn preempt(
+    st: &mut LuState,
+    n: &ItNexus,
+    key: u64,
+    sark: u64,
+    kind: Option<PrType>,
+    abort: bool,
+) -> CmdResult {
     let Some(me) = st.pr.registration(n).cloned() else {
         return pr_conflict();
     };
@@ -714,7 +757,7 @@ fn preempt(st: &mut LuState, n: &ItNexus, key: u64, sark: u64, kind: Option<PrTy
             .cloned()
             .collect();
         for g in &gone {
-            notify(st, g, Asc::REGISTRATIONS_PREEMPTED);
+            notify(st, g, Asc::REGISTRATIONS_PREEMPTED, abort.then_some(n));
         }
         st.pr.registrations.retain(|r| !pred(r));
         gone.len()

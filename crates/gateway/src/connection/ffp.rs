@@ -59,8 +59,17 @@ struct PendingWrite {
     transfer: WriteTransfer,
 }
 
-/// Running commands by ITT: their LUN and, once spawned, the handle that aborts them.
-type Tasks = Arc<Mutex<HashMap<u32, (u64, Option<AbortHandle>)>>>;
+/// A running command: its LUN, what its response needs, and once spawned, the handle that
+/// aborts it.
+struct RunningTask {
+    lun: u64,
+    edtl: u32,
+    read: bool,
+    handle: Option<AbortHandle>,
+}
+
+/// Running commands by ITT.
+type Tasks = Arc<Mutex<HashMap<u32, RunningTask>>>;
 
 /// Largest data-out buffer one command may make us hold.
 const MAX_COMMAND_BUFFER: u64 = 32 << 20;
@@ -173,6 +182,7 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
     } else {
         None
     };
+    let mut aborts = gw.aborts.subscribe();
     let mut kill = handle
         .as_ref()
         .map(|h| h.kill.clone())
@@ -239,6 +249,14 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
                 c.send_ping().await;
                 idle.as_mut().reset(Instant::now() + nopin_response);
             }
+            order = aborts.recv(), if c.scsi.is_some() => match order {
+                Ok(a) => c.on_task_abort(&a).await,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(?peer, missed = n, "too many task abort orders at once: some were not applied here");
+                }
+                // (The gateway outlives its sessions.)
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+            },
             Ok(()) = kill.changed() => {
                 info!(?peer, "session replaced by a reinstating login");
                 break Ok(());
@@ -628,10 +646,15 @@ impl Conn {
         };
         // Registered before it runs, so an abort always finds it; the lock is not held across
         // the spawn, where a task that finishes at once would wait for it.
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(itt, (lun, None));
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            itt,
+            RunningTask {
+                lun,
+                edtl,
+                read,
+                handle: None,
+            },
+        );
         let mut task = Box::pin(async move {
             let (resp, read, edtl, residual, r2ts) = fut.await;
             let owned = tasks
@@ -674,7 +697,7 @@ impl Conn {
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(&itt)
         {
-            entry.1 = Some(task.abort_handle());
+            entry.handle = Some(task.abort_handle());
         }
     }
 
@@ -691,12 +714,12 @@ impl Conn {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let victims: Vec<u32> = tasks
             .iter()
-            .filter(|(itt, (lun, _))| pred(**itt, *lun))
+            .filter(|(itt, t)| pred(**itt, t.lun))
             .map(|(i, _)| *i)
             .collect();
         for itt in victims {
-            if let Some((_, h)) = tasks.remove(&itt) {
-                if let Some(h) = h {
+            if let Some(t) = tasks.remove(&itt) {
+                if let Some(h) = t.handle {
                     h.abort();
                 }
                 self.window.complete();
@@ -704,6 +727,70 @@ impl Conn {
             }
         }
         n
+    }
+
+    /// Another nexus's PREEMPT AND ABORT, CLEAR TASK SET or LOGICAL UNIT RESET, through
+    /// this gateway or another, ends this nexus's tasks on one LU: each is answered TASK
+    /// ABORTED (the control mode page has TAS=1, SAM-5 §5.3.1), a write waiting for its
+    /// data writes nothing and its late Data-Out is dropped.
+    async fn on_task_abort(&mut self, a: &scsi::TaskAbort) {
+        let Some(s) = &self.scsi else { return };
+        if !s.target.cfg.iqn.eq_ignore_ascii_case(&a.target)
+            || !s.luns.contains(&a.lun)
+            || !a.applies_to(&s.nexus)
+        {
+            return;
+        }
+        let on_lun = |raw: u64| scsi::decode_lun(raw) == Some(a.lun);
+        let waiting: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(_, pw)| on_lun(pw.lun_raw))
+            .map(|(itt, _)| *itt)
+            .collect();
+        let mut ended = Vec::new();
+        for itt in waiting {
+            if let Some(pw) = self.pending.remove(&itt) {
+                self.failed.insert(itt);
+                ended.push((itt, pw.edtl, pw.read, pw.transfer.r2t_count()));
+            }
+        }
+        {
+            let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            let running: Vec<u32> = tasks
+                .iter()
+                .filter(|(_, t)| t.lun == a.lun)
+                .map(|(itt, _)| *itt)
+                .collect();
+            for itt in running {
+                if let Some(t) = tasks.remove(&itt) {
+                    if let Some(h) = t.handle {
+                        h.abort();
+                    }
+                    ended.push((itt, t.edtl, t.read, 0));
+                }
+            }
+        }
+        if ended.is_empty() {
+            return;
+        }
+        info!(
+            initiator = %self.initiator,
+            lun = a.lun,
+            tasks = ended.len(),
+            "tasks aborted by another nexus: answered TASK ABORTED"
+        );
+        for (itt, edtl, read, r2ts) in ended {
+            self.finish(ScsiDone {
+                itt,
+                resp: ScsiResponse::status(scsi::ScsiStatus::TaskAborted),
+                edtl,
+                read,
+                write_residual: None,
+                r2ts,
+            })
+            .await;
+        }
     }
 
     /// Task management (RFC 7143 §11.5, SAM-5 §7).
@@ -739,10 +826,21 @@ impl Conn {
                     }
                 }
             }
-            2 | 4 => match lu {
+            2 => match lu {
                 None => 2,
                 Some(_) => {
                     self.abort_where(|_, l| l == lun);
+                    0
+                }
+            },
+            // CLEAR TASK SET: the one task set of the LU, every nexus's tasks (SAM-5 §7.4).
+            4 => match lu {
+                None => 2,
+                Some(lu) => {
+                    self.abort_where(|_, l| l == lun);
+                    if let Some(s) = &self.scsi {
+                        lu.clear_task_set(&s.nexus).await;
+                    }
                     0
                 }
             },

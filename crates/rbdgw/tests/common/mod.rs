@@ -135,4 +135,5 @@ pub fn lines(r: impl std::io::Read) -> Vec<String> {
 
 pub mod client;
 pub mod lab;
+pub mod reservations;
 pub mod vm;
