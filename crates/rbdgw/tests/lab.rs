@@ -38,44 +38,74 @@ enum Backing {
 /// The labs run one at a time: two VMs under TCG on two cores would only slow each other.
 static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The seed's two gateways in their namespaces, on a file or on the seed's RBD image.
+struct SeedLab {
+    dir: Scratch,
+    lab: Lab,
+    /// The Ceph cluster of an RBD lab, running as long as the lab.
+    _cluster: Option<ceph::Cluster>,
+    cfg: std::path::PathBuf,
+    conf: Option<String>,
+}
+
+impl SeedLab {
+    fn new(name: &str, tag: &str, backing: Backing) -> SeedLab {
+        let dir = Scratch::new(name);
+        let lab = Lab::new(tag, &["192.168.0.27/24", "192.168.0.32/24"]);
+        let seed = include_str!("../../../examples/seed-config.json");
+        let mut doc: serde_json::Value = serde_json::from_str(seed).unwrap();
+        let cluster = (backing == Backing::Rbd).then(|| {
+            let c = ceph::Cluster::start_in(Some(&lab.br), lab.ceph_address());
+            c.rbd(&["create", "wuxingyi", "--size", "256M"]);
+            c
+        });
+        let conf = cluster.as_ref().map(|c| c.conf());
+        if backing == Backing::File {
+            // The seed's config, with the image on a file both gateways open.
+            let image = dir.0.join("wuxingyi.img");
+            doc["pools"][0]["gateways"][0]["tpg"][0] = serde_json::json!({
+                "image": "wuxingyi", "backstore": "file", "path": image.display().to_string(), "size": "256M"});
+        }
+        let cfg = dir.0.join("config.json");
+        std::fs::write(&cfg, doc.to_string()).unwrap();
+        SeedLab {
+            dir,
+            lab,
+            _cluster: cluster,
+            cfg,
+            conf,
+        }
+    }
+
+    /// Starts gateway `i` (0: "testscsi.novalocal" on .27, 1: "scsifirst" on .32).
+    fn start(&self, i: usize) -> NsGateway {
+        let host = ["testscsi.novalocal", "scsifirst"][i];
+        NsGateway::start(
+            &self.lab.gws[i],
+            &self.cfg,
+            host,
+            self.conf.as_deref(),
+            self.dir.0.join(format!("gw{}.log", i + 1)),
+        )
+    }
+}
+
 fn run_lab(fault: Fault, backing: Backing) {
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     require("qemu-system-x86_64", "qemu-system-x86");
     require("multipathd", "multipath-tools");
-    let dir = Scratch::new(&format!("lab-{fault:?}-{backing:?}").to_lowercase());
-    let lab = Lab::new(
+    let seed_lab = SeedLab::new(
+        &format!("lab-{fault:?}-{backing:?}").to_lowercase(),
         &format!(
             "{}{}",
             if fault == Fault::Kill { "k" } else { "c" },
             if backing == Backing::Rbd { "r" } else { "" }
         ),
-        &["192.168.0.27/24", "192.168.0.32/24"],
+        backing,
     );
-    let seed = include_str!("../../../examples/seed-config.json");
-    let mut doc: serde_json::Value = serde_json::from_str(seed).unwrap();
-    let cluster = (backing == Backing::Rbd).then(|| {
-        let c = ceph::Cluster::start_in(Some(&lab.br), lab.ceph_address());
-        c.rbd(&["create", "wuxingyi", "--size", "256M"]);
-        c
-    });
-    let ceph_conf = cluster.as_ref().map(|c| c.conf());
-    if backing == Backing::File {
-        // The seed's config, with the image on a file both gateways open.
-        let image = dir.0.join("wuxingyi.img");
-        doc["pools"][0]["gateways"][0]["tpg"][0] = serde_json::json!({
-            "image": "wuxingyi", "backstore": "file", "path": image.display().to_string(), "size": "256M"});
-    }
-    let cfg = dir.0.join("config.json");
-    std::fs::write(&cfg, doc.to_string()).unwrap();
-    let conf = ceph_conf.as_deref();
-    let mut gw1 = NsGateway::start(
-        &lab.gws[0],
-        &cfg,
-        "testscsi.novalocal",
-        conf,
-        dir.0.join("gw1.log"),
-    );
-    let gw2 = NsGateway::start(&lab.gws[1], &cfg, "scsifirst", conf, dir.0.join("gw2.log"));
+    let (dir, lab) = (&seed_lab.dir, &seed_lab.lab);
+    let mut gw1 = seed_lab.start(0);
+    let gw2 = seed_lab.start(1);
 
     let action = match fault {
         Fault::Kill => "KILL",
@@ -100,15 +130,7 @@ fn run_lab(fault: Fault, backing: Backing) {
             }
         } else if line.contains("RBDGW-LAB: RESTORE-NOW") {
             match fault {
-                Fault::Kill => {
-                    gw1 = NsGateway::start(
-                        &lab.gws[0],
-                        &cfg,
-                        "testscsi.novalocal",
-                        conf,
-                        dir.0.join("gw1.log"),
-                    )
-                }
+                Fault::Kill => gw1 = seed_lab.start(0),
                 Fault::Cut => lab.link(0, true),
             }
         } else if line.contains("RBDGW-LAB: WRITTEN") {
@@ -170,7 +192,6 @@ fn run_lab(fault: Fault, backing: Backing) {
         _ => {}
     }
     assert!(!logs.contains("panicked"), "{logs}");
-    drop(cluster);
 }
 
 #[test]
@@ -188,4 +209,45 @@ fn seed_lab_owner_partitioned_under_io() {
 #[test]
 fn seed_lab_on_rbd_owner_partitioned_under_io() {
     run_lab(Fault::Cut, Backing::Rbd);
+}
+
+/// fence_mpath and fence_scsi's sequences (their exact mpathpersist and sg_persist command
+/// lines) from two nodes in the VM, each logged in to both gateways: register, reserve,
+/// fence by PREEMPT AND ABORT, unfence, and a node that logs in again under new ISIDs.
+fn fence_agents(backing: Backing) {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    require("qemu-system-x86_64", "qemu-system-x86");
+    require("mpathpersist", "multipath-tools");
+    let tag = if backing == Backing::Rbd { "fr" } else { "f" };
+    let seed_lab = SeedLab::new(&format!("fence-{backing:?}").to_lowercase(), tag, backing);
+    let (gw1, gw2) = (seed_lab.start(0), seed_lab.start(1));
+    let guest = common::vm::lab_guest(include_str!("../../../tests/lab/guest-fence.sh"));
+    let (kernel, initrd) = common::vm::build_vm(&seed_lab.dir.0, &guest);
+    let mut vm = common::vm::spawn_on_tap(&seed_lab.lab.br, &kernel, &initrd, false);
+    let console = BufReader::new(vm.stdout.take().expect("console"));
+    let mut seen = Vec::new();
+    for line in console.lines().map_while(Result::ok) {
+        if line.contains("RBDGW-FENCE") {
+            println!("vm| {line}");
+        }
+        seen.push(line);
+    }
+    let _ = vm.wait();
+    let logs = format!("gw1 log:\n{}\ngw2 log:\n{}", gw1.log_text(), gw2.log_text());
+    let tail = seen[seen.len().saturating_sub(60)..].join("\n");
+    assert!(
+        seen.iter().any(|l| l.contains("RBDGW-FENCE: OK")),
+        "fence sequences ({backing:?}):\n{tail}\n{logs}"
+    );
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
+#[test]
+fn fence_agents_through_both_gateways_on_a_file() {
+    fence_agents(Backing::File);
+}
+
+#[test]
+fn fence_agents_through_both_gateways_on_rbd() {
+    fence_agents(Backing::Rbd);
 }
