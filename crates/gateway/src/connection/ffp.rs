@@ -71,6 +71,16 @@ struct RunningTask {
 /// Running commands by ITT.
 type Tasks = Arc<Mutex<HashMap<u32, RunningTask>>>;
 
+/// A task taken out by an abort: what its response would need.
+struct EndedTask {
+    itt: u32,
+    edtl: u32,
+    read: bool,
+    r2ts: u32,
+    /// It was still waiting for its Data-Out.
+    waited_for_data: bool,
+}
+
 /// Largest data-out buffer one command may make us hold.
 const MAX_COMMAND_BUFFER: u64 = 32 << 20;
 
@@ -701,32 +711,58 @@ impl Conn {
         }
     }
 
-    /// Aborts matching tasks (pending data-out or running); returns how many.
-    fn abort_where(&mut self, pred: impl Fn(u32, u64) -> bool) -> usize {
-        let mut n = 0;
-        let before = self.pending.len();
-        self.pending
-            .retain(|itt, pw| !pred(*itt, scsi::decode_lun(pw.lun_raw).unwrap_or(u64::MAX)));
-        for _ in self.pending.len()..before {
-            self.window.complete();
-            n += 1;
-        }
+    /// Takes matching tasks out (waiting for data-out or running; a running one's task is
+    /// aborted): what their responses would need, and whether they waited for data.
+    fn take_tasks_where(&mut self, pred: impl Fn(u32, u64) -> bool) -> Vec<EndedTask> {
+        let on = |itt: u32, raw: u64| pred(itt, scsi::decode_lun(raw).unwrap_or(u64::MAX));
+        let waiting: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(itt, pw)| on(**itt, pw.lun_raw))
+            .map(|(itt, _)| *itt)
+            .collect();
+        let mut ended: Vec<EndedTask> = waiting
+            .into_iter()
+            .filter_map(|itt| self.pending.remove(&itt).map(|pw| (itt, pw)))
+            .map(|(itt, pw)| EndedTask {
+                itt,
+                edtl: pw.edtl,
+                read: pw.read,
+                r2ts: pw.transfer.r2t_count(),
+                waited_for_data: true,
+            })
+            .collect();
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        let victims: Vec<u32> = tasks
+        let running: Vec<u32> = tasks
             .iter()
             .filter(|(itt, t)| pred(**itt, t.lun))
-            .map(|(i, _)| *i)
+            .map(|(itt, _)| *itt)
             .collect();
-        for itt in victims {
+        for itt in running {
             if let Some(t) = tasks.remove(&itt) {
                 if let Some(h) = t.handle {
                     h.abort();
                 }
-                self.window.complete();
-                n += 1;
+                ended.push(EndedTask {
+                    itt,
+                    edtl: t.edtl,
+                    read: t.read,
+                    r2ts: 0,
+                    waited_for_data: false,
+                });
             }
         }
-        n
+        ended
+    }
+
+    /// Aborts matching tasks of this nexus's own task management: they end without a
+    /// response (SAM-5); returns how many.
+    fn abort_where(&mut self, pred: impl Fn(u32, u64) -> bool) -> usize {
+        let ended = self.take_tasks_where(pred);
+        for _ in &ended {
+            self.window.complete();
+        }
+        ended.len()
     }
 
     /// Another nexus's PREEMPT AND ABORT, CLEAR TASK SET or LOGICAL UNIT RESET, through
@@ -741,36 +777,7 @@ impl Conn {
         {
             return;
         }
-        let on_lun = |raw: u64| scsi::decode_lun(raw) == Some(a.lun);
-        let waiting: Vec<u32> = self
-            .pending
-            .iter()
-            .filter(|(_, pw)| on_lun(pw.lun_raw))
-            .map(|(itt, _)| *itt)
-            .collect();
-        let mut ended = Vec::new();
-        for itt in waiting {
-            if let Some(pw) = self.pending.remove(&itt) {
-                self.failed.insert(itt);
-                ended.push((itt, pw.edtl, pw.read, pw.transfer.r2t_count()));
-            }
-        }
-        {
-            let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            let running: Vec<u32> = tasks
-                .iter()
-                .filter(|(_, t)| t.lun == a.lun)
-                .map(|(itt, _)| *itt)
-                .collect();
-            for itt in running {
-                if let Some(t) = tasks.remove(&itt) {
-                    if let Some(h) = t.handle {
-                        h.abort();
-                    }
-                    ended.push((itt, t.edtl, t.read, 0));
-                }
-            }
-        }
+        let ended = self.take_tasks_where(|_, lun| lun == a.lun);
         if ended.is_empty() {
             return;
         }
@@ -780,14 +787,17 @@ impl Conn {
             tasks = ended.len(),
             "tasks aborted by another nexus: answered TASK ABORTED"
         );
-        for (itt, edtl, read, r2ts) in ended {
+        for t in ended {
+            if t.waited_for_data {
+                self.failed.insert(t.itt);
+            }
             self.finish(ScsiDone {
-                itt,
+                itt: t.itt,
                 resp: ScsiResponse::status(scsi::ScsiStatus::TaskAborted),
-                edtl,
-                read,
+                edtl: t.edtl,
+                read: t.read,
                 write_residual: None,
-                r2ts,
+                r2ts: t.r2ts,
             })
             .await;
         }
