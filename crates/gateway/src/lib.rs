@@ -1,6 +1,7 @@
 //! The rbdgw gateway: the shared config model and the tokio iSCSI server around the sans-I/O
 //! protocol crates.
 
+pub mod admission;
 pub mod config;
 pub mod connection;
 pub mod discovery;

@@ -12,20 +12,19 @@ use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{error, info, warn};
 
+use crate::admission::{Admission, Limits};
 use crate::target::Gateway;
-
-/// Upper bound on concurrent connections per gateway.
-const MAX_CONNECTIONS: usize = 1024;
 
 /// Bound listeners, ready to serve.
 pub struct Server {
     gateway: Arc<Gateway>,
+    admission: Arc<Admission>,
     listeners: Vec<(SocketAddr, TcpListener)>,
 }
 
 impl Server {
     /// Binds every portal address; any failure is reported before anything is served.
-    pub async fn bind(gateway: Gateway) -> anyhow::Result<Server> {
+    pub async fn bind(gateway: Gateway, limits: Limits) -> anyhow::Result<Server> {
         let mut listeners = Vec::new();
         for addr in gateway.listen_addresses() {
             let l = TcpListener::bind(addr)
@@ -35,6 +34,7 @@ impl Server {
         }
         Ok(Server {
             gateway: Arc::new(gateway),
+            admission: Arc::new(Admission::new(limits)),
             listeners,
         })
     }
@@ -50,6 +50,10 @@ impl Server {
         &self.gateway
     }
 
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
     /// Serves until `stop` resolves; then asks initiators to log out and waits up to `grace`.
     /// A config change that adds portal addresses here starts listening on them; one that
     /// drops addresses stops listening there (connections made through them go on).
@@ -58,7 +62,7 @@ impl Server {
         let accept = Accept {
             gateway: self.gateway.clone(),
             shutdown: shutdown_rx,
-            limit: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            admission: self.admission.clone(),
             connections: Arc::new(tokio::sync::Mutex::new(JoinSet::new())),
         };
         let connections = accept.connections.clone();
@@ -100,7 +104,7 @@ impl Server {
 struct Accept {
     gateway: Arc<Gateway>,
     shutdown: watch::Receiver<bool>,
-    limit: Arc<tokio::sync::Semaphore>,
+    admission: Arc<Admission>,
     connections: Arc<tokio::sync::Mutex<JoinSet<()>>>,
 }
 
@@ -110,7 +114,7 @@ impl Accept {
         info!(portal = %addr, host = %self.gateway.host, "listening");
         let gw = self.gateway.clone();
         let rx = self.shutdown.clone();
-        let limit = self.limit.clone();
+        let admission = self.admission.clone();
         let conns = self.connections.clone();
         tokio::spawn(async move {
             loop {
@@ -122,15 +126,19 @@ impl Accept {
                         continue;
                     }
                 };
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    warn!(%peer, "too many connections; refusing");
+                // (Refusals are logged and counted there.)
+                let Some(slot) = admission.connect(peer.ip()) else {
                     continue;
                 };
                 let gw = gw.clone();
                 let rx = rx.clone();
-                conns.lock().await.spawn(async move {
-                    crate::connection::serve(stream, gw, addr, rx).await;
-                    drop(permit);
+                let admission = admission.clone();
+                let mut set = conns.lock().await;
+                // Finished connections' entries go now, not at shutdown: a long-lived
+                // gateway accepts without end.
+                while set.try_join_next().is_some() {}
+                set.spawn(async move {
+                    crate::connection::serve(stream, gw, addr, rx, admission, slot).await;
                 });
             }
         })

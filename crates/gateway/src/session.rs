@@ -80,6 +80,11 @@ impl SessionRegistry {
         }
     }
 
+    /// Is a session with this identity live (a login with it reinstates it)?
+    pub fn contains(&self, key: &SessionKey) -> bool {
+        self.lock().contains_key(key)
+    }
+
     pub fn count(&self) -> usize {
         self.lock().len()
     }

@@ -6,6 +6,8 @@
 //! [`WriteTransfer`] is a state machine: the driver feeds it Data-Out PDUs and sends the R2Ts
 //! it asks for; it never touches a socket.
 
+use std::collections::BTreeMap;
+
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
@@ -46,6 +48,8 @@ pub enum DataOutError {
     },
     #[error("unsolicited Data-Out that was not allowed")]
     Unsolicited,
+    #[error("R2T burst {ttt:#x} ended (F bit) after {received} of its {len} bytes")]
+    ShortBurst { ttt: u32, received: u32, len: u32 },
 }
 
 #[derive(Debug, Clone)]
@@ -61,14 +65,13 @@ struct Burst {
 #[derive(Debug)]
 pub struct WriteTransfer {
     /// The data kept for the command (the rest, beyond what the command needs, is discarded)
-    /// while it arrives in order from offset 0 (DataPDUInOrder, DataSequenceInOrder): the
-    /// PDUs' data segments themselves, not copied.
+    /// as it arrives in order from offset 0: the PDUs' data segments themselves, not copied.
     parts: Vec<Bytes>,
     /// Bytes in `parts`.
     filled: usize,
-    /// Once data arrives out of order or overlaps: one buffer instead, where a gap is zeroes
-    /// until its data comes.
-    flat: Option<BytesMut>,
+    /// Data of a later burst that came before an earlier one was complete, by offset: kept
+    /// as received (never a buffer allocated ahead of its data) until the gap before it fills.
+    ahead: BTreeMap<usize, Bytes>,
     /// How many bytes the command needs.
     keep: usize,
     /// We solicit data up to this offset.
@@ -95,7 +98,7 @@ impl WriteTransfer {
         let mut t = WriteTransfer {
             parts: Vec::new(),
             filled: 0,
-            flat: None,
+            ahead: BTreeMap::new(),
             keep: keep as usize,
             solicit_end: keep,
             unsolicited: None,
@@ -125,31 +128,29 @@ impl WriteTransfer {
     fn store(&mut self, offset: u32, data: Bytes) {
         self.received += data.len() as u64;
         let start = offset as usize;
-        if start >= self.keep {
+        if start >= self.keep || data.is_empty() {
             return;
         }
         let data = data.slice(..data.len().min(self.keep - start));
-        if self.flat.is_none() && start == self.filled {
-            self.filled += data.len();
-            if !data.is_empty() {
-                self.parts.push(data);
-            }
+        if start > self.filled {
+            self.ahead.insert(start, data);
             return;
         }
-        let (parts, keep) = (&mut self.parts, self.keep);
-        let buf = self.flat.get_or_insert_with(|| {
-            let mut b = BytesMut::with_capacity(keep);
-            for p in parts.drain(..) {
-                b.extend_from_slice(&p);
-            }
-            b
-        });
-        if start > buf.len() {
-            buf.resize(start, 0);
+        // (Bursts never overlap and a burst's PDUs are contiguous: nothing before `filled`
+        // comes twice, but a stray repeat is dropped rather than trusted.)
+        let data = data.slice((self.filled - start).min(data.len())..);
+        self.filled += data.len();
+        if !data.is_empty() {
+            self.parts.push(data);
         }
-        let overlap = (buf.len() - start).min(data.len());
-        buf[start..start + overlap].copy_from_slice(&data[..overlap]);
-        buf.extend_from_slice(&data[overlap..]);
+        while let Some(next) = self.ahead.first_entry().filter(|e| *e.key() <= self.filled) {
+            let (at, d) = next.remove_entry();
+            let d = d.slice((self.filled - at).min(d.len())..);
+            self.filled += d.len();
+            if !d.is_empty() {
+                self.parts.push(d);
+            }
+        }
     }
 
     /// The R2Ts to send now; `next_ttt` hands out target transfer tags.
@@ -214,16 +215,28 @@ impl WriteTransfer {
         }
         let len = data.len() as u32;
         let end = offset as u64 + len as u64;
-        if offset < burst.offset || end > burst.offset as u64 + burst.len as u64 {
+        // DataPDUInOrder=Yes (the only value rbdgw negotiates, RFC 7143 §13.19): a burst's PDUs
+        // come at continuously increasing offsets with no gaps, so each one starts where the
+        // last ended.
+        if offset != burst.offset + burst.received || end > burst.offset as u64 + burst.len as u64 {
             return Err(DataOutError::Offset {
                 offset,
                 len,
-                start: burst.offset,
-                burst: burst.len,
+                start: burst.offset + burst.received,
+                burst: burst.len - burst.received,
             });
         }
         burst.next_sn += 1;
         burst.received += len;
+        // An R2T asks for exactly its length (RFC 7143 §11.8.5); only unsolicited data may end
+        // early, the rest being solicited.
+        if final_bit && !unsolicited && burst.received < burst.len {
+            return Err(DataOutError::ShortBurst {
+                ttt,
+                received: burst.received,
+                len: burst.len,
+            });
+        }
         let done = final_bit || burst.received >= burst.len;
         let (b_ttt, b_end) = (burst.ttt, burst.offset + burst.received);
         self.store(offset, data);
@@ -253,15 +266,17 @@ impl WriteTransfer {
     /// came out of order. What never came (a short transfer) reads as zeroes, never as
     /// whatever memory held before.
     pub fn into_data(mut self) -> Vec<Bytes> {
-        if let Some(mut buf) = self.flat.take() {
-            buf.resize(self.keep, 0);
-            return vec![buf.freeze()];
+        if self.ahead.is_empty() && self.filled == self.keep {
+            return self.parts;
         }
-        if self.filled < self.keep {
-            self.parts
-                .push(Bytes::from(vec![0; self.keep - self.filled]));
+        // Gaps (data that never came: unsolicited data ended early and nothing solicited the
+        // rest) read as zeroes, never as whatever memory held before.
+        let mut buf = BytesMut::zeroed(self.keep);
+        buf[..self.filled].copy_from_slice(&self.parts.concat());
+        for (at, d) in std::mem::take(&mut self.ahead) {
+            buf[at..at + d.len()].copy_from_slice(&d);
         }
-        self.parts
+        vec![buf.freeze()]
     }
 }
 
@@ -286,33 +301,67 @@ mod tests {
         }
     }
 
-    /// Data out of order lands where its offset says; what never came reads as zeroes (never
-    /// as whatever the buffer's memory held before).
+    /// Within a burst, data comes in order (DataPDUInOrder=Yes): a PDU anywhere but where the
+    /// last ended is a sequence error, and nothing is allocated for it. A later burst's data
+    /// may come before an earlier burst is complete; it lands where its offset says.
     #[test]
-    fn out_of_order_and_missing_data() {
+    fn data_in_order_within_a_burst_any_order_across_bursts() {
         let p = params(false);
         let mut t = WriteTransfer::new(12, 12, Bytes::new(), false, &p);
-        t.on_data_out(RESERVED_TAG, 0, 8, b(3, 4), false).unwrap();
-        t.on_data_out(RESERVED_TAG, 1, 0, b(1, 4), false).unwrap();
-        t.on_data_out(RESERVED_TAG, 2, 4, b(2, 4), true).unwrap();
+        assert!(matches!(
+            t.on_data_out(RESERVED_TAG, 0, 8, b(3, 4), false),
+            Err(DataOutError::Offset { start: 0, .. })
+        ));
+        let p = params(true);
+        let mut t = WriteTransfer::new(4096, 4096, Bytes::new(), true, &p);
+        let r = t.next_r2ts(&p, &mut || 1);
+        assert_eq!(r.len(), 2);
+        // The sparse write of an attacker: one small PDU far into the burst.
+        assert!(matches!(
+            t.on_data_out(r[0].ttt, 0, 1500, b(9, 16), true),
+            Err(DataOutError::Offset { .. })
+        ));
+        let mut t = WriteTransfer::new(4096, 4096, Bytes::new(), true, &p);
+        let mut tag = 0;
+        let r = t.next_r2ts(&p, &mut || {
+            tag += 1;
+            tag
+        });
+        t.on_data_out(r[1].ttt, 0, 2048, b(2, 2048), true).unwrap();
+        t.on_data_out(r[0].ttt, 0, 0, b(1, 1024), false).unwrap();
+        t.on_data_out(r[0].ttt, 1, 1024, b(1, 1024), true).unwrap();
+        assert!(t.is_complete());
+        let d = flat(t.into_data());
         assert_eq!(
-            &flat(t.into_data())[..],
-            &[1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+            (d[0], d[2047], d[2048], d[4095], d.len()),
+            (1, 1, 2, 2, 4096)
         );
-        let mut t = WriteTransfer::new(12, 12, Bytes::new(), false, &p);
-        t.on_data_out(RESERVED_TAG, 0, 4, b(5, 4), true).unwrap();
+    }
+
+    /// An R2T's burst ended early by its F bit is an error; unsolicited data may end early,
+    /// the rest is solicited, and what never came reads as zeroes.
+    #[test]
+    fn short_bursts() {
+        let p = params(true);
+        let mut t = WriteTransfer::new(1024, 1024, Bytes::new(), true, &p);
+        t.next_r2ts(&p, &mut || 3);
         assert_eq!(
-            &flat(t.into_data())[..],
-            &[0, 0, 0, 0, 5, 5, 5, 5, 0, 0, 0, 0]
+            t.on_data_out(3, 0, 0, b(1, 512), true),
+            Err(DataOutError::ShortBurst {
+                ttt: 3,
+                received: 512,
+                len: 1024
+            })
         );
-        // In order first, then out of order: what came in order is kept.
-        let mut t = WriteTransfer::new(12, 12, b(7, 4), false, &p);
-        t.on_data_out(RESERVED_TAG, 0, 8, b(9, 4), false).unwrap();
-        t.on_data_out(RESERVED_TAG, 1, 4, b(8, 4), true).unwrap();
-        assert_eq!(
-            &flat(t.into_data())[..],
-            &[7, 7, 7, 7, 8, 8, 8, 8, 9, 9, 9, 9]
-        );
+        let p = params(false);
+        let mut t = WriteTransfer::new(2048, 2048, Bytes::new(), false, &p);
+        t.on_data_out(RESERVED_TAG, 0, 0, b(5, 512), true).unwrap();
+        let r = t.next_r2ts(&p, &mut || 4);
+        assert_eq!((r[0].offset, r[0].len), (512, 1536));
+        t.on_data_out(4, 0, 512, b(6, 1536), true).unwrap();
+        assert!(t.is_complete());
+        let d = flat(t.into_data());
+        assert_eq!((d[511], d[512], d.len()), (5, 6, 2048));
     }
 
     /// Data in order is handed on as the PDUs' own segments: no copy.

@@ -172,7 +172,29 @@ pub struct Login {
     params: Negotiated,
     declared: bool,
     tpgt_sent: bool,
+    /// A response too long for one PDU: what is left to send, one PDU per empty request.
+    out: Option<Deferred>,
 }
+
+/// The rest of a long login response (RFC 7143 §11.13.3: the target sends it in PDUs with
+/// C=1 and T=0, each answered by an empty Login Request, the last with the real T bit).
+#[derive(Debug)]
+struct Deferred {
+    rest: Bytes,
+    transit: bool,
+    next: Stage,
+    result: Option<LoginResult>,
+}
+
+/// Login PDUs carry at most this much data (RFC 7143 §6.1: 8192 bytes until the
+/// full-feature phase).
+pub const LOGIN_SEGMENT_MAX: usize = 8192;
+/// RFC 7143 §4.2.7.1: iSCSI names are at most 223 bytes.
+pub const MAX_NAME_LEN: usize = 223;
+/// RFC 7143 §6.1: a simple value is at most 255 bytes unless a key says otherwise.
+pub const MAX_VALUE_LEN: usize = 255;
+/// RFC 7143 §12.1.3: CHAP_C and CHAP_R are at most 1024 bytes (binary).
+pub const MAX_CHAP_BINARY: usize = 1024;
 
 /// Largest text a login may accumulate over continued PDUs: generous for any real initiator,
 /// small enough that a hostile one cannot grow us without bound.
@@ -201,6 +223,7 @@ impl Login {
             params: Negotiated::default(),
             declared: false,
             tpgt_sent: false,
+            out: None,
         }
     }
 
@@ -246,6 +269,15 @@ impl Login {
         Pdu::with_data(bhs, Bytes::from(text.encode()))
     }
 
+    /// A failure response with `status` in place of the one a completed login produced:
+    /// the caller found it cannot take the session after all (out of resources).
+    pub fn refuse(&mut self, status: LoginStatus) -> Pdu {
+        match self.fail(status) {
+            LoginStep::Fail(pdu, _) => pdu,
+            _ => unreachable!("fail() always fails"),
+        }
+    }
+
     fn fail(&mut self, status: LoginStatus) -> LoginStep {
         let pdu = self.response(false, self.stage, status, &TextPairs::new());
         LoginStep::Fail(pdu, status)
@@ -279,6 +311,13 @@ impl Login {
             return self.fail(LoginStatus::INITIATOR_ERROR);
         }
         self.itt = bhs.itt();
+        if let Some(d) = self.out.take() {
+            // Only an empty request may ask for the rest of a long response.
+            if cont || transit || !pdu.data.is_empty() {
+                return self.fail(LoginStatus::INITIATOR_ERROR);
+            }
+            return self.send_part(d);
+        }
         if csg == Stage::FullFeature || (transit && (cont || nsg <= csg)) {
             return self.fail(LoginStatus::INITIATOR_ERROR);
         }
@@ -293,8 +332,8 @@ impl Login {
         }
         let text = std::mem::take(&mut self.pending_text);
         let keys = match TextPairs::parse(&text) {
-            Ok(k) => k,
-            Err(_) => return self.fail(LoginStatus::INITIATOR_ERROR),
+            Ok(k) if within_bounds(&k) => k,
+            _ => return self.fail(LoginStatus::INITIATOR_ERROR),
         };
         let mut answer = TextPairs::new();
         if let Err(status) = self.declarations(&keys, dir) {
@@ -346,8 +385,7 @@ impl Login {
         }
         let agree = transit && (csg != Stage::Security || self.auth == AuthState::Done);
         if !agree {
-            let r = self.response(false, nsg, LoginStatus::SUCCESS, &answer);
-            return LoginStep::Continue(r);
+            return self.reply(false, nsg, &answer, None);
         }
         if nsg == Stage::FullFeature && csg == Stage::Security && !self.declared {
             // Straight from security to full feature: declare our receive limit anyway.
@@ -358,7 +396,6 @@ impl Login {
                 grant.limits.max_recv_data_segment_length.to_string(),
             );
         }
-        let r = self.response(true, nsg, LoginStatus::SUCCESS, &answer);
         if nsg == Stage::FullFeature {
             let result = LoginResult {
                 session_type: self.session_type,
@@ -372,10 +409,53 @@ impl Login {
                 stat_sn: self.stat_sn,
                 params: self.params.clone(),
             };
-            return LoginStep::Complete(r, Box::new(result));
+            return self.reply(true, nsg, &answer, Some(result));
         }
-        self.stage = nsg;
-        LoginStep::Continue(r)
+        self.reply(true, nsg, &answer, None)
+    }
+
+    /// Answers with `answer`, in several PDUs when it is longer than one may carry.
+    fn reply(
+        &mut self,
+        transit: bool,
+        next: Stage,
+        answer: &TextPairs,
+        result: Option<LoginResult>,
+    ) -> LoginStep {
+        self.send_part(Deferred {
+            rest: Bytes::from(answer.encode()),
+            transit,
+            next,
+            result,
+        })
+    }
+
+    /// The next PDU of a response: C=1 and T=0 while more follows; the last one carries the
+    /// transit and completes the stage (or the login).
+    fn send_part(&mut self, mut d: Deferred) -> LoginStep {
+        if d.rest.len() > LOGIN_SEGMENT_MAX {
+            let part = d.rest.split_to(LOGIN_SEGMENT_MAX);
+            let pdu = self.response(false, self.stage, LoginStatus::SUCCESS, &TextPairs::new());
+            let mut bhs = pdu.bhs;
+            bhs.set_flags(bhs.flags() | 0x40);
+            self.out = Some(d);
+            return LoginStep::Continue(Pdu::with_data(bhs, part));
+        }
+        let head = self.response(d.transit, d.next, LoginStatus::SUCCESS, &TextPairs::new());
+        let pdu = Pdu::with_data(head.bhs, d.rest);
+        match d.result {
+            Some(mut result) => {
+                // The next StatSN is the one after this last response.
+                result.stat_sn = self.stat_sn;
+                LoginStep::Complete(pdu, Box::new(result))
+            }
+            None => {
+                if d.transit {
+                    self.stage = d.next;
+                }
+                LoginStep::Continue(pdu)
+            }
+        }
     }
 
     /// Declarative keys: who is logging in to what. The first PDU must name the initiator
@@ -507,6 +587,28 @@ impl Login {
     }
 }
 
+/// Values within RFC 7143's bounds: iSCSI names within §4.2.7.1 (at most 223 bytes, no
+/// spaces or control characters), CHAP binaries within §12.1.3 (1024 bytes, in hex or
+/// base64 with its prefix), every other value within §6.1's 255 bytes, and no control
+/// characters anywhere (they would only serve to forge log lines).
+fn within_bounds(keys: &TextPairs) -> bool {
+    keys.0.iter().all(|(k, v)| {
+        let printable = !v.chars().any(char::is_control);
+        let max = match k.as_str() {
+            "InitiatorName" | "TargetName" => {
+                if v.chars().any(char::is_whitespace) {
+                    return false;
+                }
+                MAX_NAME_LEN
+            }
+            // 0x + two hex digits per byte; 0b + base64.
+            "CHAP_C" | "CHAP_R" => 2 + 2 * MAX_CHAP_BINARY,
+            _ => MAX_VALUE_LEN,
+        };
+        printable && v.len() <= max
+    })
+}
+
 fn is_declarative(k: &str) -> bool {
     matches!(
         k,
@@ -595,6 +697,93 @@ mod tests {
         assert!(t.get("MaxRecvDataSegmentLength").is_some());
         assert_eq!(res.stat_sn, 101);
         assert_eq!(res.target_name.as_deref(), Some("iqn.t"));
+    }
+
+    #[test]
+    fn long_responses_go_out_in_several_pdus() {
+        let dir = Dir(AuthPolicy::None);
+        let mut l = Login::new(portal());
+        let mut t = String::from("InitiatorName=iqn.i|TargetName=iqn.t|");
+        for i in 0..2000 {
+            t.push_str(&format!("X-k{i}=v|"));
+        }
+        let mut step = l.on_pdu(&req(1, Some(3), &t), &dir);
+        let mut got = Vec::new();
+        let mut parts = 0;
+        let res = loop {
+            parts += 1;
+            match step {
+                LoginStep::Continue(r) => {
+                    assert_eq!(r.bhs.flags() & 0xc0, 0x40, "C=1, T=0 while more follows");
+                    assert!(r.data.len() <= LOGIN_SEGMENT_MAX);
+                    got.extend_from_slice(&r.data);
+                    let mut ack = req(1, None, "");
+                    ack.bhs.set_data_segment_len(0);
+                    step = l.on_pdu(&ack, &dir);
+                }
+                LoginStep::Complete(r, res) => {
+                    assert_eq!(r.bhs.flags() & 0xc0, 0x80, "the last one transits");
+                    got.extend_from_slice(&r.data);
+                    break res;
+                }
+                LoginStep::Fail(..) => panic!("{step:?}"),
+            }
+        };
+        assert!(parts > 4, "{parts} PDUs");
+        let t = TextPairs::parse(&got).unwrap();
+        assert_eq!(t.get("X-k1999"), Some("NotUnderstood"));
+        assert_eq!(t.get("TargetPortalGroupTag"), Some("2"));
+        assert_eq!(res.stat_sn, 100 + parts);
+        // Anything but an empty request in the middle of a long response is an error.
+        let mut l = Login::new(portal());
+        let LoginStep::Continue(_) = l.on_pdu(&req(1, Some(3), &t_keys(2000)), &dir) else {
+            panic!()
+        };
+        let step = l.on_pdu(&req(1, Some(3), "HeaderDigest=None|"), &dir);
+        assert!(matches!(
+            step,
+            LoginStep::Fail(_, LoginStatus::INITIATOR_ERROR)
+        ));
+    }
+
+    fn t_keys(n: usize) -> String {
+        let mut t = String::from("InitiatorName=iqn.i|TargetName=iqn.t|");
+        for i in 0..n {
+            t.push_str(&format!("X-k{i}=v|"));
+        }
+        t
+    }
+
+    #[test]
+    fn values_beyond_the_rfc_are_refused() {
+        let dir = Dir(AuthPolicy::None);
+        let long_name = format!("iqn.{}", "a".repeat(MAX_NAME_LEN));
+        let cases = [
+            format!("InitiatorName={long_name}|TargetName=iqn.t|"),
+            "InitiatorName=iqn.i\nlogin complete|TargetName=iqn.t|".to_string(),
+            "InitiatorName=iqn.i\u{1b}[31m|TargetName=iqn.t|".to_string(),
+            "InitiatorName=iqn.i x|TargetName=iqn.t|".to_string(),
+            format!(
+                "InitiatorName=iqn.i|InitiatorAlias={}|TargetName=iqn.t|",
+                "a".repeat(4000)
+            ),
+            format!(
+                "InitiatorName=iqn.i|TargetName=iqn.t|CHAP_C=0x{}|",
+                "ab".repeat(1025)
+            ),
+        ];
+        for c in &cases {
+            let step = Login::new(portal()).on_pdu(&req(1, Some(3), c), &dir);
+            assert!(
+                matches!(step, LoginStep::Fail(_, LoginStatus::INITIATOR_ERROR)),
+                "{:?}: {step:?}",
+                &c[..c.len().min(60)]
+            );
+        }
+        let name = format!("iqn.{}", "a".repeat(MAX_NAME_LEN - 4));
+        let ok = format!("InitiatorName={name}|TargetName=iqn.t|");
+        let step = Login::new(portal()).on_pdu(&req(1, Some(3), &ok), &dir);
+        assert!(matches!(step, LoginStep::Complete(..)), "{step:?}");
     }
 
     #[test]

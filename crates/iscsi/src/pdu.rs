@@ -385,10 +385,17 @@ pub enum PduError {
     /// The PDU was consumed; answer with Reject (reason Data Digest Error) and discard it.
     #[error("data digest mismatch on {bhs:?}")]
     DataDigest { bhs: Bhs },
-    /// The PDU was consumed; its data segment exceeds what we declared we can receive
-    /// (MaxRecvDataSegmentLength, RFC 7143 §13.12): answer with Reject (Protocol Error).
+    /// The data segment exceeds what we declared we can receive (MaxRecvDataSegmentLength,
+    /// RFC 7143 §13.12), refused from the header before any of it is buffered: the caller
+    /// discards the next `skip` bytes of the stream (the rest of the PDU) and answers with
+    /// Reject (Protocol Error), or ends the connection.
     #[error("data segment of {len} bytes exceeds MaxRecvDataSegmentLength {max}")]
-    DataSegmentTooLong { bhs: Bhs, len: usize, max: usize },
+    DataSegmentTooLong {
+        bhs: Bhs,
+        len: usize,
+        max: usize,
+        skip: usize,
+    },
 }
 
 impl PduError {
@@ -427,28 +434,31 @@ pub fn pad_segment(out: &mut BytesMut, len: usize) -> usize {
 }
 
 impl PduDecoder {
-    /// How many bytes the PDU at the front of `buf` needs in all, if its header is buffered.
+    /// How many bytes the PDU at the front of `buf` needs buffered before [`Self::decode`]
+    /// can act on it, if its BHS is buffered: the whole PDU, or just its header when the data
+    /// segment is too long to accept (the buffer never grows to what a header claims).
     pub fn needed(&self, buf: &[u8]) -> Option<usize> {
         if buf.len() < BHS_LEN {
             return None;
         }
         let bhs = Bhs(buf[..BHS_LEN].try_into().expect("48 bytes"));
-        Some(bhs.wire_len(self.header_digest, self.data_digest))
+        Some(
+            if bhs.data_segment_len() > self.max_recv_data_segment_length {
+                self.header_len(&bhs)
+            } else {
+                bhs.wire_len(self.header_digest, self.data_digest)
+            },
+        )
     }
 
-    /// Takes one PDU off the front of `buf`: `Ok(None)` means "read more".
-    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Pdu>, PduError> {
-        let Some(total) = self.needed(buf) else {
-            return Ok(None);
-        };
-        if buf.len() < total {
-            buf.reserve(total - buf.len());
-            return Ok(None);
-        }
-        let mut raw = buf.split_to(total).freeze();
-        let bhs = Bhs(raw[..BHS_LEN].try_into().expect("48 bytes"));
-        let ahs_len = bhs.total_ahs_len();
-        let header = raw.split_to(BHS_LEN + ahs_len);
+    /// BHS, AHS and header digest.
+    fn header_len(&self, bhs: &Bhs) -> usize {
+        BHS_LEN + bhs.total_ahs_len() + if self.header_digest { 4 } else { 0 }
+    }
+
+    /// Checks the header digest of the header at the front of `raw` (consumed with it).
+    fn check_header(&self, raw: &mut Bytes, bhs: &Bhs) -> Result<Bytes, PduError> {
+        let header = raw.split_to(BHS_LEN + bhs.total_ahs_len());
         if self.header_digest {
             let received = raw.get_u32_le();
             let computed = crc32c(&[&header]);
@@ -456,20 +466,43 @@ impl PduDecoder {
                 return Err(PduError::HeaderDigest { received, computed });
             }
         }
+        Ok(header)
+    }
+
+    /// Takes one PDU off the front of `buf`: `Ok(None)` means "read more".
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Pdu>, PduError> {
+        let Some(need) = self.needed(buf) else {
+            return Ok(None);
+        };
+        if buf.len() < need {
+            buf.reserve(need - buf.len());
+            return Ok(None);
+        }
+        let bhs = Bhs(buf[..BHS_LEN].try_into().expect("48 bytes"));
         let len = bhs.data_segment_len();
+        if len > self.max_recv_data_segment_length {
+            // Refused from its (digest-checked) header: the framing is sound, the data is
+            // never buffered. What of it is here already goes; the caller skips the rest.
+            let total = bhs.wire_len(self.header_digest, self.data_digest);
+            let mut header = buf.split_to(need).freeze();
+            self.check_header(&mut header, &bhs)?;
+            let here = buf.len().min(total - need);
+            let _ = buf.split_to(here);
+            return Err(PduError::DataSegmentTooLong {
+                bhs,
+                len,
+                max: self.max_recv_data_segment_length,
+                skip: total - need - here,
+            });
+        }
+        let mut raw = buf.split_to(need).freeze();
+        let header = self.check_header(&mut raw, &bhs)?;
         let mut data = raw.split_to(pad4(len));
         if self.data_digest && len > 0 {
             let received = raw.get_u32_le();
             if received != crc32c(&[&data]) {
                 return Err(PduError::DataDigest { bhs });
             }
-        }
-        if len > self.max_recv_data_segment_length {
-            return Err(PduError::DataSegmentTooLong {
-                bhs,
-                len,
-                max: self.max_recv_data_segment_length,
-            });
         }
         data.truncate(len);
         Ok(Some(Pdu {
@@ -579,16 +612,36 @@ mod tests {
     }
 
     #[test]
-    fn oversized_data_segment_is_reported_after_consuming() {
+    fn oversized_data_segment_is_refused_from_the_header() {
         let pdu = sample(Opcode::ScsiCommand, &[1u8; 9000]);
-        let mut wire = BytesMut::from(&pdu.to_bytes(false, false)[..]);
-        let dec = PduDecoder::default();
-        let err = dec.decode(&mut wire).unwrap_err();
+        let bytes = pdu.to_bytes(true, false);
+        let dec = PduDecoder {
+            header_digest: true,
+            ..Default::default()
+        };
+        // The whole PDU buffered: all of it consumed, nothing left to skip.
+        let mut wire = BytesMut::from(&bytes[..]);
         assert!(matches!(
-            err,
-            PduError::DataSegmentTooLong { len: 9000, .. }
+            dec.decode(&mut wire).unwrap_err(),
+            PduError::DataSegmentTooLong {
+                len: 9000,
+                skip: 0,
+                ..
+            }
         ));
         assert!(wire.is_empty());
+        // Only the header (and its digest) is needed to refuse it: the rest is skipped as it
+        // comes, never buffered. A 16 MiB claim asks for no more than the header either.
+        let mut wire = BytesMut::from(&bytes[..52 + 100]);
+        assert_eq!(dec.needed(&wire), Some(52));
+        assert!(matches!(
+            dec.decode(&mut wire).unwrap_err(),
+            PduError::DataSegmentTooLong { skip, .. } if skip == 9000 - 100
+        ));
+        assert!(wire.is_empty());
+        let mut big = Bhs::new(Opcode::LoginRequest);
+        big.set_data_segment_len(MAX_DATA_SEGMENT);
+        assert_eq!(PduDecoder::default().needed(&big.0), Some(48));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use gateway::admission::Limits;
 use gateway::config::store::{self, ConfigSource};
 use gateway::config::{local_addresses, local_hostname, Config};
 use gateway::server::Server;
@@ -41,6 +42,53 @@ impl CephArgs {
     }
 }
 
+/// What one gateway admits (each refusal is logged and counted).
+#[derive(clap::Args, Clone)]
+struct LimitArgs {
+    /// Open connections of every kind.
+    #[arg(long, default_value_t = Limits::default().connections)]
+    max_connections: usize,
+    /// Connections still logging in, in total.
+    #[arg(long, default_value_t = Limits::default().logins)]
+    max_logins: usize,
+    /// Connections still logging in from one source address.
+    #[arg(long, default_value_t = Limits::default().logins_per_source)]
+    max_logins_per_source: usize,
+    /// Discovery sessions; beyond it the oldest one is closed.
+    #[arg(long, default_value_t = Limits::default().discovery_sessions)]
+    max_discovery_sessions: usize,
+    /// Discovery sessions from one source address; beyond it its oldest one is closed.
+    #[arg(long, default_value_t = Limits::default().discovery_per_source)]
+    max_discovery_per_source: usize,
+    /// Normal sessions, in total; a login beyond it is refused (out of resources).
+    #[arg(long, default_value_t = Limits::default().sessions)]
+    max_sessions: usize,
+    /// Normal sessions of one initiator name, over all targets.
+    #[arg(long, default_value_t = Limits::default().sessions_per_initiator)]
+    max_sessions_per_initiator: usize,
+    /// MiB that all commands together may hold (data-out, data read, queued responses);
+    /// beyond it commands are answered TASK SET FULL. At least 64.
+    #[arg(long, default_value_t = Limits::default().command_memory >> 20,
+          value_parser = clap::value_parser!(u64).range(64..))]
+    command_memory_mib: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            connections: self.max_connections,
+            logins: self.max_logins,
+            logins_per_source: self.max_logins_per_source,
+            discovery_sessions: self.max_discovery_sessions,
+            discovery_per_source: self.max_discovery_per_source,
+            sessions: self.max_sessions,
+            sessions_per_initiator: self.max_sessions_per_initiator,
+            command_memory: self.command_memory_mib << 20,
+            ..Limits::default()
+        }
+    }
+}
+
 fn parse_source(s: &str) -> Result<ConfigSource, String> {
     ConfigSource::parse(s)
 }
@@ -59,6 +107,8 @@ enum Command {
         host: Option<String>,
         #[command(flatten)]
         ceph: CephArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Print what a host would serve: targets, TPGs, portals, LUNs, auth.
     Plan {
@@ -186,9 +236,14 @@ async fn config_command(
 fn init_logging() {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Colours only for a person at a terminal: journald and log files get plain text
+    // (https://no-color.org for the rest).
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 
@@ -331,13 +386,14 @@ async fn serve(
     config: &ConfigSource,
     host: Option<&str>,
     ceph: &CephOptions,
+    limits: Limits,
 ) -> anyhow::Result<()> {
     let (cfg, host, text) = load(config, host, ceph).await?;
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
     let gw = Gateway::open(cfg, &host, ceph).await?;
-    let server = Server::bind(gw).await?;
+    let server = Server::bind(gw, limits).await?;
     tracing::info!(host = %host, config = %config.name(), "serving");
     tokio::spawn(follow_config(
         server.gateway().clone(),
@@ -372,7 +428,7 @@ async fn demo(dir: &Path, port: u16) -> anyhow::Result<()> {
     let mut servers = Vec::new();
     for host in ["gw1", "gw2"] {
         let gw = Gateway::open(cfg.clone(), host, &CephOptions::default()).await?;
-        servers.push(Server::bind(gw).await?);
+        servers.push(Server::bind(gw, Limits::default()).await?);
     }
     println!(
         "rbdgw demo: target iqn.2026-11.org.rbdgw:demo, LUN 0 = {} (1 GiB, sparse)\n\
@@ -432,9 +488,12 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Serve { config, host, ceph } => {
-                serve(&config, host.as_deref(), &ceph.options()).await
-            }
+            Command::Serve {
+                config,
+                host,
+                ceph,
+                limits,
+            } => serve(&config, host.as_deref(), &ceph.options(), limits.limits()).await,
             Command::Plan { config, host, ceph } => {
                 let (cfg, host, _) = load(&config, host.as_deref(), &ceph.options()).await?;
                 print!("{}", gateway::plan::render(&cfg, &host));

@@ -150,14 +150,18 @@ fn seed_scenario_on_ceph() {
     for key in ["auth", "targets", "portals", "pools"] {
         assert_eq!(imported[key], doc[key], "imported {key}");
     }
-    let g1 = Serve::start(
-        at,
-        "testscsi.novalocal",
-        &cluster.conf(),
-        &a1,
-        dir.0.join("gw1.log"),
-    );
-    let _g2 = Serve::start(at, "scsifirst", &cluster.conf(), &a2, dir.0.join("gw2.log"));
+    let start = |i: usize| {
+        let (host, addr) = [("testscsi.novalocal", &a1), ("scsifirst", &a2)][i];
+        Serve::start(
+            at,
+            host,
+            &cluster.conf(),
+            addr,
+            dir.0.join(format!("gw{}.log", i + 1)),
+        )
+    };
+    let mut g1 = start(0);
+    let mut g2 = start(1);
 
     // A reservation through gw1 binds gw2.
     let mut s1 = Client::connect(a1.parse().unwrap());
@@ -363,4 +367,33 @@ fn seed_scenario_on_ceph() {
         late.data.get(4).map(|k| k & 0x0f),
         t1.elapsed().as_secs_f64()
     );
+
+    // Reservations across the loss of every gateway, on RBD (SPC-4 §5.9.5): without APTPL a
+    // registration and its reservation are gone, with APTPL both stay.
+    drop((s1, s2));
+    use common::reservations::{read_keys, read_reservation};
+    let login = |a: &str| {
+        let mut c = Client::connect(a.parse().unwrap());
+        c.login("iqn.2026-11.org.rbdgw:ceph-pr", Some(TARGET), "");
+        c
+    };
+    for aptpl in [false, true] {
+        let mut c = login(&a1);
+        let (cdb, mut p) = prout(0, 0, 0, 0xc1);
+        p[20] = u8::from(aptpl);
+        assert_eq!(c.scsi_ready(0, &cdb, &p, 0).status, 0, "register");
+        let (cdb, p) = prout(1, 5, 0xc1, 0);
+        assert_eq!(c.scsi_ready(0, &cdb, &p, 0).status, 0, "reserve");
+        drop(c);
+        drop((g1, g2));
+        (g1, g2) = (start(0), start(1));
+        for a in [&a1, &a2] {
+            let mut c = login(a);
+            let want = if aptpl { vec![0xc1] } else { vec![] };
+            assert_eq!(read_keys(&mut c).1, want, "aptpl={aptpl} through {a}");
+            let held = read_reservation(&mut c);
+            assert_eq!(held.is_some(), aptpl, "aptpl={aptpl} through {a}: {held:?}");
+        }
+    }
+    println!("reservations on RBD: gone after every gateway went down without APTPL, kept with it");
 }

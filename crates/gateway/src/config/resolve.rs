@@ -76,7 +76,7 @@ fn enable_flag(ctx: &Ctx, path: &str, v: &Option<String>) -> Result<bool, Config
 }
 
 fn chap(
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     path: &str,
     user: &Option<String>,
     pass: &Option<String>,
@@ -100,11 +100,61 @@ fn chap(
     } else {
         None
     };
+    check_secret(
+        ctx,
+        &format!("{path}.userid"),
+        &format!("{path}.password"),
+        user,
+        secret,
+    )?;
+    if let Some((u, p)) = &mutual {
+        check_secret(
+            ctx,
+            &format!("{path}.userid_mutual"),
+            &format!("{path}.password_mutual"),
+            u,
+            p,
+        )?;
+        // RFC 7143 §12.1.3: one secret for both directions lets an attacker answer the
+        // target's challenge with the target's own response (a reflection attack).
+        if p == secret {
+            return Err(ctx.err(
+                format!("{path}.password_mutual"),
+                "the mutual secret must differ from the initiator's (RFC 7143 §12.1.3)",
+            ));
+        }
+    }
     Ok(Chap {
         user: user.clone(),
         secret: secret.clone(),
         mutual,
     })
+}
+
+/// A CHAP name and secret: neither empty (an empty secret authenticates nobody, RFC 7143
+/// §12.1.3 wants secrets hard to guess); a secret outside 12 to 16 characters is allowed
+/// but Microsoft's initiator refuses it, which an administrator should hear of now.
+fn check_secret(
+    ctx: &mut Ctx,
+    user_path: &str,
+    path: &str,
+    user: &str,
+    secret: &str,
+) -> Result<(), ConfigError> {
+    if user.is_empty() {
+        return Err(ctx.err(user_path, "the CHAP user name is empty"));
+    }
+    if secret.is_empty() {
+        return Err(ctx.err(path, "the CHAP secret is empty"));
+    }
+    let n = secret.chars().count();
+    if !(12..=16).contains(&n) {
+        ctx.warn(
+            path,
+            format!("a CHAP secret of {n} characters: Windows initiators accept only 12 to 16"),
+        );
+    }
+    Ok(())
 }
 
 fn scalar(v: &Value) -> String {
@@ -402,7 +452,7 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
         };
         let tpg_chap = match (&a.tpg, mode) {
             (Some(c), _) => Some(chap(
-                &ctx,
+                &mut ctx,
                 &format!("{path}.tpg"),
                 &Some(c.userid.clone()),
                 &Some(c.password.clone()),
@@ -437,7 +487,7 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
         let discovery = match &a.discovery {
             Some(d) if enable_flag(&ctx, &format!("{path}.discovery.auth"), &d.auth)? => {
                 Some(chap(
-                    &ctx,
+                    &mut ctx,
                     &format!("{path}.discovery"),
                     &d.userid,
                     &d.password,

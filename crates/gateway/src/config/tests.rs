@@ -191,3 +191,49 @@ fn sizes_and_addresses() {
     assert_eq!(p("[fe80::1]").unwrap().port(), 3260);
     assert!(p("10.0.0.1:x").is_none());
 }
+
+#[test]
+fn chap_secrets_are_checked() {
+    for (from, to, path, what) in [
+        (
+            "\"password\": \"p\",",
+            "\"password\": \"\",",
+            "auth[0].acls[0].password",
+            "empty",
+        ),
+        (
+            "\"userid\": \"u\",",
+            "\"userid\": \"\",",
+            "auth[0].acls[0].userid",
+            "empty",
+        ),
+        (
+            "\"password_mutual\": \"tp\"",
+            "\"password_mutual\": \"p2\"",
+            "auth[0].acls[1].password_mutual",
+            "must differ",
+        ),
+    ] {
+        let e = err(&FULL.replace(from, to));
+        assert_eq!(e.path, path, "{e}");
+        assert!(e.to_string().contains(what), "{e}");
+    }
+    // Short secrets load, with a warning naming the secret's place (never the secret).
+    let c = Config::parse("full", FULL).unwrap();
+    let w: Vec<&String> = c
+        .warnings
+        .iter()
+        .filter(|w| w.contains("Windows initiators accept only 12 to 16"))
+        .collect();
+    assert!(
+        w.iter().any(|w| w.starts_with("auth[0].acls[0].password:")),
+        "{w:?}"
+    );
+    assert!(w.iter().all(|w| !w.contains("\"p\"")));
+    let ok = FULL.replace("\"password\": \"p\",", "\"password\": \"twelve-chars\",");
+    let c = Config::parse("full", &ok).unwrap();
+    assert!(!c
+        .warnings
+        .iter()
+        .any(|w| w.starts_with("auth[0].acls[0].password:")));
+}

@@ -24,6 +24,7 @@ const INLINE_MAX: u32 = 64 * 1024;
 
 use super::writer::{Acceptance, Out, Residual, ScsiDone, Window, Writer, WriterParams};
 use super::{reject, PduReader};
+use crate::admission::{Admission, MemoryCharge, SessionSlot};
 use crate::config::{Acl, DEFAULT_NOPIN_RESPONSE_TIMEOUT, DEFAULT_NOPIN_TIMEOUT};
 use crate::session::SessionKey;
 use crate::target::{Gateway, Lu, TargetRuntime};
@@ -37,6 +38,8 @@ pub(super) struct Setup {
     pub local: SocketAddr,
     pub peer: Option<SocketAddr>,
     pub shutdown: watch::Receiver<bool>,
+    /// Its place among the gateway's sessions, freed when it ends.
+    pub slot: SessionSlot,
 }
 
 /// The normal session's SCSI side.
@@ -57,6 +60,7 @@ struct PendingWrite {
     read: bool,
     residual: Option<Residual>,
     transfer: WriteTransfer,
+    memory: Option<MemoryCharge>,
 }
 
 /// A running command: its LUN, what its response needs, and once spawned, the handle that
@@ -86,6 +90,8 @@ const MAX_COMMAND_BUFFER: u64 = 32 << 20;
 
 struct Conn {
     gw: Arc<Gateway>,
+    admission: Arc<Admission>,
+    source: std::net::IpAddr,
     initiator: String,
     local: SocketAddr,
     params: Negotiated,
@@ -122,6 +128,7 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
         local,
         peer,
         mut shutdown,
+        mut slot,
     } = setup;
     let p = login.params.clone();
     reader.decoder.header_digest = p.header_digest == Digest::Crc32c;
@@ -152,6 +159,8 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
             data_digest: reader.decoder.data_digest,
             max_xmit_data_segment_length: p.max_xmit_data_segment_length,
             max_burst_length: p.max_burst_length,
+            // What a NOP-In may wait for its answer is what a peer may leave us waiting.
+            send_stall: nopin_response.max(Duration::from_secs(1)),
         },
         stat_sn: login.stat_sn,
         window: window.clone(),
@@ -200,6 +209,8 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
 
     let mut c = Conn {
         gw: gw.clone(),
+        admission: slot.admission().clone(),
+        source: slot.source(),
         initiator: login.initiator_name.clone(),
         local,
         params: p,
@@ -271,6 +282,14 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
                 info!(?peer, "session replaced by a reinstating login");
                 break Ok(());
             }
+            _ = tx.closed() => {
+                // The writer gave up (the initiator stopped reading, or the socket failed).
+                break Ok(());
+            }
+            Ok(()) = slot.evicted.changed() => {
+                info!(?peer, "discovery session closed to make room for a newer one");
+                break Ok(());
+            }
             Ok(()) = shutdown.changed(), if !asked_logout => {
                 asked_logout = true;
                 c.request_logout().await;
@@ -325,7 +344,7 @@ impl Conn {
 
     /// A framing error: recoverable ones get a Reject, the rest end the connection.
     async fn on_pdu_error(&mut self, e: PduError) -> bool {
-        warn!(initiator = %self.initiator, "bad PDU: {e}");
+        warn!(initiator = ?self.initiator, "bad PDU: {e}");
         match e {
             PduError::DataDigest { bhs } => {
                 self.send_reject(RejectReason::DataDigestError, &bhs).await;
@@ -392,7 +411,7 @@ impl Conn {
         let Some(target) = self.gw.target(&s.target.cfg.iqn) else {
             info!(
                 target = %s.target.cfg.iqn,
-                initiator = %self.initiator,
+                initiator = ?self.initiator,
                 "the target was removed from the config: ending its session"
             );
             return false;
@@ -425,16 +444,41 @@ impl Conn {
         if !self.accept_cmd_sn(&bhs, true) {
             return Ok(true);
         }
-        if bhs.immediate() {
-            // Immediate commands also hold a response slot until they finish.
-            self.window.hold();
-        }
         let itt = bhs.itt();
-        self.failed.remove(&itt);
-        let lun_raw = bhs.lun_raw();
         let flags = bhs.flags();
         let (read, write) = (flags & 0x40 != 0, flags & 0x20 != 0);
         let edtl = bhs.expected_data_transfer_length();
+        // Immediate commands also hold a response slot until they finish, within a bound;
+        // every command holds the memory its data may take, within the gateway's budget.
+        let held = !bhs.immediate() || self.window.hold();
+        if !held {
+            self.admission.immediate_refused(self.source);
+        }
+        let memory = match held {
+            true => self
+                .admission
+                .charge(self.source, (edtl as u64).min(MAX_COMMAND_BUFFER)),
+            false => Err(crate::admission::Refusal::ImmediateCommands),
+        };
+        let Ok(memory) = memory else {
+            debug!(initiator = ?self.initiator, itt, outstanding = self.window.outstanding(),
+                "TASK SET FULL");
+            // (Its Data-Out, if any, is dropped quietly.)
+            self.failed.insert(itt);
+            self.finish(ScsiDone {
+                itt,
+                resp: ScsiResponse::status(scsi::ScsiStatus::TaskSetFull),
+                edtl,
+                read,
+                write_residual: None,
+                r2ts: 0,
+                memory: None,
+            })
+            .await;
+            return Ok(true);
+        };
+        self.failed.remove(&itt);
+        let lun_raw = bhs.lun_raw();
         let mut cdb = [0u8; 16];
         cdb.copy_from_slice(bhs.cdb());
         if !self.follow_config() {
@@ -451,6 +495,7 @@ impl Conn {
                 read,
                 write_residual: None,
                 r2ts: 0,
+                memory: None,
             })
             .await;
             return Ok(true);
@@ -501,6 +546,7 @@ impl Conn {
             read,
             residual,
             transfer,
+            memory,
         };
         if pw.transfer.is_complete() {
             self.dispatch(itt, pw).await;
@@ -543,7 +589,7 @@ impl Conn {
             // At error recovery level 0 the target cannot ask for the data again (RFC 7143
             // §7.1.4.1): the command ends with a data phase error and writes nothing; its
             // further Data-Out PDUs are dropped.
-            warn!(initiator = %self.initiator, itt, "Data-Out sequence error: {e}; failing the command");
+            warn!(initiator = ?self.initiator, itt, "Data-Out sequence error: {e}; failing the command");
             let asc = match e {
                 iscsi::dataout::DataOutError::UnknownTtt(_) => Asc(0x4b, 0x01),
                 iscsi::dataout::DataOutError::Offset { .. } => Asc(0x4b, 0x05),
@@ -560,6 +606,7 @@ impl Conn {
                     read: pw.read,
                     write_residual: None,
                     r2ts,
+                    memory: None,
                 })
                 .await;
             }
@@ -604,6 +651,7 @@ impl Conn {
             read,
             residual,
             transfer,
+            memory,
         } = pw;
         let r2ts = transfer.r2t_count();
         let data_out = backstore::DataOutBuffer::from_parts(transfer.into_data());
@@ -652,7 +700,7 @@ impl Conn {
             } else {
                 scsi::no_such_lun(&cdb)
             };
-            (resp, read, edtl, residual, r2ts)
+            (resp, read, edtl, residual, r2ts, memory)
         };
         // Registered before it runs, so an abort always finds it; the lock is not held across
         // the spawn, where a task that finishes at once would wait for it.
@@ -666,7 +714,7 @@ impl Conn {
             },
         );
         let mut task = Box::pin(async move {
-            let (resp, read, edtl, residual, r2ts) = fut.await;
+            let (resp, read, edtl, residual, r2ts, memory) = fut.await;
             let owned = tasks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -680,6 +728,7 @@ impl Conn {
                     read,
                     write_residual: residual,
                     r2ts,
+                    memory,
                 };
                 let _ = tx.send(Out::Scsi(Box::new(done))).await;
             }
@@ -782,7 +831,7 @@ impl Conn {
             return;
         }
         info!(
-            initiator = %self.initiator,
+            initiator = ?self.initiator,
             lun = a.lun,
             tasks = ended.len(),
             "tasks aborted by another nexus: answered TASK ABORTED"
@@ -798,6 +847,7 @@ impl Conn {
                 read: t.read,
                 write_residual: None,
                 r2ts: t.r2ts,
+                memory: None,
             })
             .await;
         }
@@ -814,7 +864,8 @@ impl Conn {
         let lu = self.scsi.as_ref().and_then(|s| lookup_lun(s, lun_raw));
         let lun = scsi::decode_lun(lun_raw).unwrap_or(u64::MAX);
         // Responses (RFC 7143 §11.6.1): 0 complete, 1 no such task, 2 no such LUN,
-        // 4 reassignment unsupported, 5 function unsupported.
+        // 4 reassignment unsupported, 5 function unsupported, 6 authorization failed. The
+        // LU functions reach only LUNs this initiator may access (others: no such LUN).
         let response: u8 = match function {
             1 => {
                 let reference = bhs.ttt();
@@ -863,25 +914,39 @@ impl Conn {
                         self.scsi.as_ref().map(|s| &s.nexus),
                     )
                     .await;
-                    info!(initiator = %self.initiator, lun, "LOGICAL UNIT RESET");
+                    info!(initiator = ?self.initiator, lun, "LOGICAL UNIT RESET");
                     0
                 }
             },
-            6 | 7 => {
-                self.abort_where(|_, _| true);
-                if let Some(s) = &self.scsi {
+            // RFC 7143 §11.5.1: a target reset acts on the logical units known to the
+            // issuing initiator, which are those it may access: another initiator's LUNs
+            // (and their reservations) are not its to reset. With none: 6, function
+            // authorization failed.
+            6 | 7 => match &self.scsi {
+                Some(s) if !s.luns.is_empty() => {
                     let kind = if function == 6 {
                         scsi::lu::ResetKind::TargetWarm
                     } else {
                         scsi::lu::ResetKind::TargetCold
                     };
-                    for lu in s.target.luns.values() {
-                        lu.reset(kind, Some(&s.nexus)).await;
+                    let luns: Vec<Arc<Lu>> = s
+                        .luns
+                        .iter()
+                        .filter_map(|l| s.target.luns.get(l).cloned())
+                        .collect();
+                    let nexus = s.nexus.clone();
+                    self.abort_where(|_, _| true);
+                    for lu in luns {
+                        lu.reset(kind, Some(&nexus)).await;
                     }
+                    info!(initiator = ?self.initiator, "TARGET {} RESET", if function == 6 { "WARM" } else { "COLD" });
+                    0
                 }
-                info!(initiator = %self.initiator, "TARGET {} RESET", if function == 6 { "WARM" } else { "COLD" });
-                0
-            }
+                _ => {
+                    warn!(initiator = ?self.initiator, function, "target reset from an initiator without LUNs here: function authorization failed");
+                    6
+                }
+            },
             8 => 4,
             _ => 5,
         };
@@ -1023,7 +1088,7 @@ impl Conn {
             return Ok(true);
         }
         self.logged_out = true;
-        info!(initiator = %self.initiator, "logout");
+        info!(initiator = ?self.initiator, "logout");
         Ok(false)
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use iscsi::login::{Login, LoginStep, PortalInfo, SessionType};
+use iscsi::login::{Login, LoginResult, LoginStatus, LoginStep, PortalInfo, SessionType};
 use iscsi::pdu::{Bhs, Opcode, Pdu, PduDecoder, PduError, RejectReason, RESERVED_TAG};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -18,6 +18,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, LoginSlot, SessionSlot};
+use crate::session::SessionKey;
 use crate::target::{Gateway, LoginDirectory};
 
 /// Receive buffers are this large unless a PDU needs more.
@@ -30,16 +32,39 @@ pub(crate) struct PduReader {
     rd: OwnedReadHalf,
     buf: BytesMut,
     pub decoder: PduDecoder,
+    /// Bytes still to discard: the rest of a PDU refused from its header.
+    skip: usize,
 }
 
 impl PduReader {
+    pub fn new(rd: OwnedReadHalf) -> Self {
+        PduReader {
+            rd,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            decoder: PduDecoder::default(),
+            skip: 0,
+        }
+    }
+
     /// The next PDU; `Ok(None)` at end of stream. Cancel-safe: partial input stays buffered.
     pub async fn next(&mut self) -> std::io::Result<Option<Result<Pdu, PduError>>> {
         loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(p)) => return Ok(Some(Ok(p))),
-                Ok(None) => {}
-                Err(e) => return Ok(Some(Err(e))),
+            if self.skip > 0 {
+                let n = self.skip.min(self.buf.len());
+                let _ = self.buf.split_to(n);
+                self.skip -= n;
+            }
+            if self.skip == 0 {
+                match self.decoder.decode(&mut self.buf) {
+                    Ok(Some(p)) => return Ok(Some(Ok(p))),
+                    Ok(None) => {}
+                    Err(e) => {
+                        if let PduError::DataSegmentTooLong { skip, .. } = e {
+                            self.skip = skip;
+                        }
+                        return Ok(Some(Err(e)));
+                    }
+                }
             }
             // Room for all of the PDU being received (its header says how long it is), or for
             // a chunk of small ones. A fresh buffer rather than `BytesMut::reserve`: PDUs taken
@@ -73,22 +98,42 @@ pub(crate) fn reject(reason: RejectReason, bad: &Bhs) -> Pdu {
     Pdu::with_data(bhs, Bytes::copy_from_slice(&bad.0))
 }
 
+/// Trades a completed login's slot for a session's; None when the session is beyond a
+/// bound (the login slot stays in `slot`).
+fn admit(gw: &Gateway, slot: &mut Option<LoginSlot>, res: &LoginResult) -> Option<SessionSlot> {
+    let s = slot.take()?;
+    match res.session_type {
+        SessionType::Discovery => Some(s.discovery()),
+        SessionType::Normal => {
+            let reinstating = res.target_name.as_deref().is_some_and(|t| {
+                gw.sessions
+                    .contains(&SessionKey::new(&res.initiator_name, res.isid, t))
+            });
+            match s.session(&res.initiator_name, reinstating) {
+                Ok(s) => Some(s),
+                Err((_, s)) => {
+                    *slot = Some(s);
+                    None
+                }
+            }
+        }
+    }
+}
+
 /// Serves one accepted TCP connection until it ends.
 pub async fn serve(
     stream: TcpStream,
     gw: Arc<Gateway>,
     listen: SocketAddr,
     shutdown: watch::Receiver<bool>,
+    admission: Arc<Admission>,
+    slot: LoginSlot,
 ) {
     let peer = stream.peer_addr().ok();
     let local = stream.local_addr().unwrap_or(listen);
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
-    let mut reader = PduReader {
-        rd,
-        buf: BytesMut::with_capacity(READ_CHUNK),
-        decoder: PduDecoder::default(),
-    };
+    let mut reader = PduReader::new(rd);
     let served = gw.served();
     let login_timeout = served
         .targets
@@ -102,11 +147,14 @@ pub async fn serve(
             .try_into()
             .unwrap_or([0, 0, 0, 1]),
     );
+    // The login response's MaxCmdSN is a promise the initiator keeps (it never takes one
+    // back): the smallest depth of any target, since the target is not known yet; the
+    // session's own window opens to its target's depth with its first responses.
     let cmd_window = served
         .targets
         .iter()
         .map(|t| t.cfg.attributes.cmdsn_depth)
-        .max()
+        .min()
         .unwrap_or(128);
     let mut login = Login::new(PortalInfo {
         tpg_tag: 0,
@@ -119,7 +167,11 @@ pub async fn serve(
         listen,
     };
 
-    let result = tokio::time::timeout(Duration::from_secs(login_timeout as u64), async {
+    let source = slot.source();
+    let mut closed = slot.closed.clone();
+    let mut slot = Some(slot);
+    let mut session_slot = None;
+    let login_phase = async {
         loop {
             let pdu = match reader.next().await {
                 Ok(Some(Ok(p))) => p,
@@ -139,11 +191,29 @@ pub async fn serve(
                 }
             }
             let step = login.on_pdu(&pdu, &dir);
-            let (resp, done) = match step {
+            let (mut resp, mut done) = match step {
                 LoginStep::Continue(r) => (r, None),
                 LoginStep::Complete(r, res) => (r, Some(Ok(res))),
                 LoginStep::Fail(r, status) => (r, Some(Err(status))),
             };
+            if let Some(Ok(res)) = &done {
+                // The session needs a slot of its own before the initiator is told yes.
+                match admit(&gw, &mut slot, res) {
+                    Some(s) => session_slot = Some(s),
+                    None => {
+                        let status = LoginStatus::OUT_OF_RESOURCES;
+                        resp = login.refuse(status);
+                        done = Some(Err(status));
+                    }
+                }
+            }
+            if matches!(done, Some(Err(_))) {
+                // Guessing is slowed down, for this source only.
+                let delay = admission.login_failed(source);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
             if wr.write_all(&resp.to_bytes(false, false)).await.is_err() {
                 return None;
             }
@@ -160,20 +230,29 @@ pub async fn serve(
                 }
             }
         }
+    };
+    let result = tokio::time::timeout(Duration::from_secs(login_timeout as u64), async {
+        tokio::select! {
+            r = login_phase => r,
+            _ = closed.wait_for(|c| *c) => {
+                debug!(?peer, "login closed to make room for newer connections");
+                None
+            }
+        }
     })
     .await;
-    let res = match result {
-        Ok(Some(res)) => res,
-        Ok(None) => return,
-        Err(_) => {
+    let (res, session_slot) = match (result, session_slot) {
+        (Ok(Some(res)), Some(s)) => (res, s),
+        (Ok(_), _) => return,
+        (Err(_), _) => {
             info!(?peer, "login timed out after {login_timeout}s");
             return;
         }
     };
     info!(
         ?peer,
-        initiator = %res.initiator_name,
-        target = res.target_name.as_deref().unwrap_or("-"),
+        initiator = ?res.initiator_name,
+        target = ?res.target_name.as_deref().unwrap_or("-"),
         session = if res.session_type == SessionType::Discovery { "discovery" } else { "normal" },
         tsih = res.tsih,
         "login complete"
@@ -188,6 +267,7 @@ pub async fn serve(
         local,
         peer,
         shutdown,
+        slot: session_slot,
     })
     .await
     {

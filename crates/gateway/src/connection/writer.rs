@@ -5,6 +5,7 @@
 use std::io::IoSlice;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use backstore::FileExtent;
 use bytes::{Buf, Bytes, BytesMut};
@@ -105,7 +106,8 @@ impl Wire {
 
     /// Writes everything with as few system calls as the socket allows: runs of buffers with
     /// one sendmsg, file extents with sendfile.
-    async fn write_to(&mut self, sock: &TcpStream) -> std::io::Result<()> {
+    /// Writes everything; fails when the peer takes no byte for `stall`.
+    async fn write_to(&mut self, sock: &TcpStream, stall: Duration) -> std::io::Result<()> {
         self.seal();
         let fd = sock.as_raw_fd();
         let mut first = 0;
@@ -114,7 +116,10 @@ impl Wire {
                 let mut off = f.offset as libc::off_t;
                 let (src, len) = (f.fd(), f.len);
                 // SAFETY: plain syscall on descriptors we hold open.
-                let n = send_io(sock, || unsafe { libc::sendfile(fd, src, &mut off, len) }).await?;
+                let n = send_io(sock, stall, || unsafe {
+                    libc::sendfile(fd, src, &mut off, len)
+                })
+                .await?;
                 if n == 0 {
                     // The file ended before the extent did (cut short meanwhile).
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -143,7 +148,7 @@ impl Wire {
                 }
             }
             let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
-            let mut n = send_io(sock, || {
+            let mut n = send_io(sock, stall, || {
                 // SAFETY: IoSlice is ABI-compatible with iovec; the buffers outlive the call.
                 let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
                 msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
@@ -174,10 +179,22 @@ impl Wire {
     }
 }
 
-/// Runs a non-blocking send until the socket takes some bytes; how many.
-async fn send_io(sock: &TcpStream, mut f: impl FnMut() -> isize) -> std::io::Result<usize> {
+/// Runs a non-blocking send until the socket takes some bytes; how many. A peer that takes
+/// nothing for `stall` (it stopped reading) fails the connection: its queue would only grow.
+async fn send_io(
+    sock: &TcpStream,
+    stall: Duration,
+    mut f: impl FnMut() -> isize,
+) -> std::io::Result<usize> {
     loop {
-        sock.writable().await?;
+        tokio::time::timeout(stall, sock.writable())
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the initiator read nothing for {}s", stall.as_secs()),
+                )
+            })??;
         let r = sock.try_io(Interest::WRITABLE, || match f() {
             n if n >= 0 => Ok(n as usize),
             _ => Err(std::io::Error::last_os_error()),
@@ -214,6 +231,8 @@ pub struct ScsiDone {
     pub write_residual: Option<Residual>,
     /// R2Ts sent for the command (ExpDataSN of the response counts them).
     pub r2ts: u32,
+    /// The command memory it held, given back once its response is encoded.
+    pub memory: Option<crate::admission::MemoryCharge>,
 }
 
 /// What the connection sends.
@@ -241,6 +260,22 @@ struct WindowState {
     exp_cmd_sn: u32,
     depth: u32,
     inflight: u32,
+    /// The highest MaxCmdSN sent. Initiators never take a MaxCmdSN back (RFC 7143 §4.2.2.1
+    /// updates it only forward), so commands up to it stay acceptable even after immediate
+    /// commands took slots since.
+    promised: u32,
+}
+
+impl WindowState {
+    fn max_cmd_sn(&self) -> u32 {
+        let room = self.depth.saturating_sub(self.inflight);
+        let now = self.exp_cmd_sn.wrapping_add(room).wrapping_sub(1);
+        if iscsi::seq::sn_lt(self.promised, now) {
+            now
+        } else {
+            self.promised
+        }
+    }
 }
 
 impl Window {
@@ -250,6 +285,8 @@ impl Window {
                 exp_cmd_sn,
                 depth: depth.max(1),
                 inflight: 0,
+                // What the login response gave (iscsi::login: ExpCmdSN + depth - 1).
+                promised: exp_cmd_sn.wrapping_add(depth.max(1)).wrapping_sub(1),
             }),
         }
     }
@@ -258,19 +295,26 @@ impl Window {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// (ExpCmdSN, MaxCmdSN) to stamp on a PDU now.
+    /// (ExpCmdSN, MaxCmdSN) to stamp on a PDU now. With `depth` commands outstanding the
+    /// window is closed: MaxCmdSN = ExpCmdSN - 1 (RFC 7143 §4.2.2.1). MaxCmdSN never goes
+    /// back: a command taken advances ExpCmdSN and fills a slot, a response frees one, and
+    /// an immediate command's slot only holds MaxCmdSN where it was.
     pub fn stamp(&self) -> (u32, u32) {
-        let w = self.lock();
-        let room = w.depth.saturating_sub(w.inflight).max(1);
-        (w.exp_cmd_sn, w.exp_cmd_sn.wrapping_add(room - 1))
+        let mut w = self.lock();
+        let max = w.max_cmd_sn();
+        w.promised = max;
+        (w.exp_cmd_sn, max)
     }
 
-    /// Checks a non-immediate command's CmdSN and accepts it when it is the next one;
-    /// `counts` when the command stays outstanding until its response.
+    /// Checks a non-immediate command's CmdSN and accepts it when it is within the window;
+    /// `counts` when the command stays outstanding until its response. Beyond MaxCmdSN (the
+    /// window closed included) it is ignored, as RFC 7143 §4.2.2.1 says.
     pub fn accept(&self, cmd_sn: u32, counts: bool) -> Acceptance {
         let mut w = self.lock();
-        let room = w.depth.saturating_sub(w.inflight).max(1);
-        let max = w.exp_cmd_sn.wrapping_add(room - 1);
+        let max = w.max_cmd_sn();
+        if !iscsi::seq::sn_le(cmd_sn, max) || !iscsi::seq::sn_le(w.exp_cmd_sn, cmd_sn) {
+            return Acceptance::Ignore;
+        }
         if cmd_sn == w.exp_cmd_sn {
             w.exp_cmd_sn = w.exp_cmd_sn.wrapping_add(1);
         } else if iscsi::seq::sn_lt(w.exp_cmd_sn, cmd_sn) && iscsi::seq::sn_le(cmd_sn, max) {
@@ -291,9 +335,19 @@ impl Window {
         Acceptance::Accepted
     }
 
-    /// An immediate command holds a response slot too, without a CmdSN of its own.
-    pub fn hold(&self) {
-        self.lock().inflight += 1;
+    /// An immediate command holds a response slot too, without a CmdSN of its own. Immediate
+    /// commands may come whatever the window, but not without bound: beyond twice the depth
+    /// outstanding one is to be refused (false: answer TASK SET FULL at once, SAM-5 §5.3.1;
+    /// its slot is freed when that answer goes).
+    pub fn hold(&self) -> bool {
+        let mut w = self.lock();
+        w.inflight += 1;
+        w.inflight <= w.depth.saturating_mul(2)
+    }
+
+    /// Commands outstanding now.
+    pub fn outstanding(&self) -> u32 {
+        self.lock().inflight
     }
 
     /// An outstanding command completed (its response is being sent, or it was aborted).
@@ -317,6 +371,8 @@ pub struct WriterParams {
     pub data_digest: bool,
     pub max_xmit_data_segment_length: u32,
     pub max_burst_length: u32,
+    /// How long the peer may take no data before the connection is dropped.
+    pub send_stall: Duration,
 }
 
 pub struct Writer {
@@ -482,8 +538,12 @@ impl Writer {
                 }
             }
             if !out.is_empty() {
-                if let Err(e) = out.write_to(wr.as_ref()).await {
-                    tracing::debug!("connection write failed: {e}");
+                if let Err(e) = out.write_to(wr.as_ref(), self.params.send_stall).await {
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        tracing::warn!("dropping the connection: {e}");
+                    } else {
+                        tracing::debug!("connection write failed: {e}");
+                    }
                     break 'outer;
                 }
             }
@@ -508,6 +568,7 @@ mod tests {
                 data_digest: false,
                 max_xmit_data_segment_length: seg,
                 max_burst_length: burst,
+                send_stall: Duration::from_secs(5),
             },
             stat_sn: 10,
             window: Arc::new(Window::new(1, 8)),
@@ -537,6 +598,7 @@ mod tests {
             read: true,
             write_residual: None,
             r2ts: 0,
+            memory: None,
         };
         w.encode(Out::Scsi(Box::new(done)), &mut out);
         let pdus = decode_all(out.to_bytes());
@@ -569,6 +631,7 @@ mod tests {
             read: true,
             write_residual: None,
             r2ts: 0,
+            memory: None,
         };
         w.encode(Out::Scsi(Box::new(done)), &mut out);
         assert!(out.parts.len() >= 3, "data segments kept apart");
@@ -624,6 +687,7 @@ mod tests {
                 read: true,
                 write_residual: None,
                 r2ts: 0,
+                memory: None,
             };
             w.encode(Out::Scsi(Box::new(done)), &mut out);
             assert_eq!(
@@ -631,7 +695,7 @@ mod tests {
                 !dd,
                 "sent from the file unless a data digest must see the data"
             );
-            out.write_to(&server).await.unwrap();
+            out.write_to(&server, Duration::from_secs(5)).await.unwrap();
         }
         drop(server);
         let mut wire = BytesMut::from(&client.await.unwrap()[..]);
@@ -669,6 +733,7 @@ mod tests {
             read: true,
             write_residual: None,
             r2ts: 0,
+            memory: None,
         };
         w.encode(Out::Scsi(Box::new(done)), &mut out);
         let p = decode_all(out.to_bytes());
@@ -684,6 +749,7 @@ mod tests {
             read: true,
             write_residual: None,
             r2ts: 0,
+            memory: None,
         };
         w.encode(Out::Scsi(Box::new(done)), &mut out);
         let p = decode_all(out.to_bytes());
@@ -704,5 +770,31 @@ mod tests {
         w.complete();
         assert_eq!(w.stamp(), (2, 3));
         assert_eq!(w.accept(1, false), Acceptance::Ignore, "duplicate");
+        // Full: the window closes (MaxCmdSN = ExpCmdSN - 1) and even CmdSN = ExpCmdSN waits.
+        assert_eq!(w.accept(2, true), Acceptance::Accepted);
+        assert_eq!(w.accept(3, true), Acceptance::Accepted);
+        assert_eq!(w.stamp(), (4, 3));
+        assert_eq!(w.accept(4, true), Acceptance::Ignore, "window closed");
+        assert_eq!(w.outstanding(), 2);
+        // Immediate commands beyond twice the depth are refused.
+        assert!(w.hold() && w.hold());
+        assert!(!w.hold());
+        w.complete(); // (its TASK SET FULL went out)
+        assert_eq!(w.outstanding(), 4);
+        for _ in 0..4 {
+            w.complete();
+        }
+        assert_eq!(w.stamp(), (4, 5));
+        assert_eq!(w.accept(4, true), Acceptance::Accepted);
+        // An immediate command taking a slot never takes back a MaxCmdSN already sent.
+        assert_eq!(w.stamp(), (5, 5));
+        assert!(w.hold());
+        assert_eq!(w.stamp(), (5, 5), "MaxCmdSN holds");
+        assert_eq!(
+            w.accept(5, true),
+            Acceptance::Accepted,
+            "within what was promised"
+        );
+        assert_eq!(w.stamp(), (6, 5));
     }
 }
