@@ -316,7 +316,19 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
     result
 }
 
+/// ITTs whose late Data-Out is dropped quietly, at most; beyond,
+/// the set starts over (their Data-Out would then get a Reject, which is also correct).
+const MAX_FAILED_ITTS: usize = 4096;
+
 impl Conn {
+    /// The command `itt` ended before its data: its late Data-Out is to be dropped quietly.
+    fn forget_data_of(&mut self, itt: u32) {
+        if self.failed.len() >= MAX_FAILED_ITTS {
+            self.failed.clear();
+        }
+        self.failed.insert(itt);
+    }
+
     async fn send(&self, pdu: Pdu, advances: bool) {
         let _ = self.tx.send(Out::Pdu { pdu, advances }).await;
     }
@@ -464,7 +476,7 @@ impl Conn {
             debug!(initiator = ?self.initiator, itt, outstanding = self.window.outstanding(),
                 "TASK SET FULL");
             // (Its Data-Out, if any, is dropped quietly.)
-            self.failed.insert(itt);
+            self.forget_data_of(itt);
             self.finish(ScsiDone {
                 itt,
                 resp: ScsiResponse::status(scsi::ScsiStatus::TaskSetFull),
@@ -598,7 +610,7 @@ impl Conn {
             if let Some(pw) = self.pending.remove(&itt) {
                 let resp = ScsiResponse::check(SenseData::new(scsi::SenseKey::AbortedCommand, asc));
                 let r2ts = pw.transfer.r2t_count();
-                self.failed.insert(itt);
+                self.forget_data_of(itt);
                 self.finish(ScsiDone {
                     itt,
                     resp,
@@ -838,7 +850,7 @@ impl Conn {
         );
         for t in ended {
             if t.waited_for_data {
-                self.failed.insert(t.itt);
+                self.forget_data_of(t.itt);
             }
             self.finish(ScsiDone {
                 itt: t.itt,

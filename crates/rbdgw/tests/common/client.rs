@@ -24,11 +24,27 @@ pub struct Client {
     pub target_max_recv: usize,
 }
 
+/// A TCP connection to `addr` from `source` (bound before connecting).
+pub fn tcp_from(addr: SocketAddr, source: std::net::IpAddr) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(source, 0).into())?;
+    sock.connect_timeout(&addr.into(), Duration::from_secs(2))?;
+    Ok(sock.into())
+}
+
 static NEXT_ISID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Self::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A client whose connection comes from `source` (another loopback address).
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
+        Self::over(tcp_from(addr, source).expect("connect"))
+    }
+
+    fn over(stream: TcpStream) -> Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();

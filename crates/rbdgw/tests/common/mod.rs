@@ -51,6 +51,17 @@ pub struct Gateway {
 impl Gateway {
     /// Starts `rbdgw serve --config <config> --host <host>` and waits until `addr` accepts.
     pub fn start(dir: &std::path::Path, config: &str, host: &str, addr: SocketAddr) -> Gateway {
+        Self::start_with(dir, config, host, addr, &[])
+    }
+
+    /// Like [`Gateway::start`], with more `serve` arguments.
+    pub fn start_with(
+        dir: &std::path::Path,
+        config: &str,
+        host: &str,
+        addr: SocketAddr,
+        args: &[&str],
+    ) -> Gateway {
         let cfg = dir.join(format!("config-{host}.json"));
         std::fs::write(&cfg, config).expect("write config");
         let log = dir.join(format!("{host}.log"));
@@ -58,6 +69,7 @@ impl Gateway {
             .args(["serve", "--config"])
             .arg(&cfg)
             .args(["--host", host])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -78,6 +90,18 @@ impl Gateway {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its resident set size, KiB (`VmRSS` of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
     }
 
     /// Sends SIGTERM and waits for the exit status.
