@@ -462,31 +462,21 @@ impl Conn {
         let edtl = bhs.expected_data_transfer_length();
         // Immediate commands also hold a response slot until they finish, within a bound;
         // every command holds the memory its data may take, within the gateway's budget.
-        let held = !bhs.immediate() || self.window.hold();
-        if !held {
+        let memory = if bhs.immediate() && !self.window.hold() {
             self.admission.immediate_refused(self.source);
-        }
-        let memory = match held {
-            true => self
-                .admission
-                .charge(self.source, (edtl as u64).min(MAX_COMMAND_BUFFER)),
-            false => Err(crate::admission::Refusal::ImmediateCommands),
+            Err(crate::admission::Refusal::ImmediateCommands)
+        } else {
+            self.admission
+                .charge(self.source, (edtl as u64).min(MAX_COMMAND_BUFFER))
         };
         let Ok(memory) = memory else {
             debug!(initiator = ?self.initiator, itt, outstanding = self.window.outstanding(),
                 "TASK SET FULL");
             // (Its Data-Out, if any, is dropped quietly.)
             self.forget_data_of(itt);
-            self.finish(ScsiDone {
-                itt,
-                resp: ScsiResponse::status(scsi::ScsiStatus::TaskSetFull),
-                edtl,
-                read,
-                write_residual: None,
-                r2ts: 0,
-                memory: None,
-            })
-            .await;
+            let resp = ScsiResponse::status(scsi::ScsiStatus::TaskSetFull);
+            self.finish(ScsiDone::before_data(itt, resp, edtl, read))
+                .await;
             return Ok(true);
         };
         self.failed.remove(&itt);
@@ -500,16 +490,8 @@ impl Conn {
         if !pdu.ahs.is_empty() || (read && write) {
             // Extended CDBs and bidirectional commands: none of our commands use them.
             let resp = ScsiResponse::check(SenseData::invalid_opcode());
-            self.finish(ScsiDone {
-                itt,
-                resp,
-                edtl,
-                read,
-                write_residual: None,
-                r2ts: 0,
-                memory: None,
-            })
-            .await;
+            self.finish(ScsiDone::before_data(itt, resp, edtl, read))
+                .await;
             return Ok(true);
         }
         let lu = lookup_lun(s, lun_raw);

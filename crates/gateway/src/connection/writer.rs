@@ -235,6 +235,22 @@ pub struct ScsiDone {
     pub memory: Option<crate::admission::MemoryCharge>,
 }
 
+impl ScsiDone {
+    /// A command answered before any data moved (no R2T sent, no residual decided, no
+    /// memory held).
+    pub fn before_data(itt: u32, resp: ScsiResponse, edtl: u32, read: bool) -> Self {
+        ScsiDone {
+            itt,
+            resp,
+            edtl,
+            read,
+            write_residual: None,
+            r2ts: 0,
+            memory: None,
+        }
+    }
+}
+
 /// What the connection sends.
 #[derive(Debug)]
 pub enum Out {
