@@ -3,7 +3,10 @@
 #![no_main]
 
 use bytes::Bytes;
-use iscsi::login::{AuthPolicy, ChapSecrets, Directory, Grant, Login, LoginStatus, LoginStep, PortalInfo, SessionType};
+use iscsi::login::{
+    AuthPolicy, ChapSecrets, Directory, Grant, Login, LoginStatus, LoginStep, PortalInfo,
+    SessionType,
+};
 use iscsi::params::TargetLimits;
 use iscsi::pdu::{Bhs, Pdu};
 use libfuzzer_sys::fuzz_target;
@@ -13,18 +16,33 @@ struct Dir(bool);
 impl Directory for Dir {
     fn grant(&self, _: SessionType, _: Option<&str>, _: &str) -> Result<Grant, LoginStatus> {
         let auth = if self.0 {
-            AuthPolicy::Chap(ChapSecrets { user: "u".into(), secret: "secret".into(), mutual: Some(("t".into(), "ts".into())) })
+            AuthPolicy::Chap(ChapSecrets {
+                user: "u".into(),
+                secret: "secret".into(),
+                mutual: Some(("t".into(), "ts".into())),
+            })
         } else {
             AuthPolicy::None
         };
-        Ok(Grant { auth, limits: TargetLimits::default(), alias: None })
+        Ok(Grant {
+            auth,
+            limits: TargetLimits::default(),
+            alias: None,
+        })
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, mut rest)) = data.split_first() else { return };
+    let Some((&mode, mut rest)) = data.split_first() else {
+        return;
+    };
     let dir = Dir(mode & 1 != 0);
-    let mut login = Login::new(PortalInfo { tpg_tag: 1, tsih: 1, initial_stat_sn: 1, cmd_window: 8 });
+    let mut login = Login::new(PortalInfo {
+        tpg_tag: 1,
+        tsih: 1,
+        initial_stat_sn: 1,
+        cmd_window: 8,
+    });
     // Each PDU: 48 header bytes, 1 length byte, then that much text.
     while rest.len() >= 49 {
         let mut bhs = Bhs([0; 48]);

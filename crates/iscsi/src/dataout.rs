@@ -257,6 +257,11 @@ impl WriteTransfer {
         self.unsolicited.is_none() && self.bursts.is_empty() && self.next_offset >= self.solicit_end
     }
 
+    /// Bytes of data-out held for the command: never more than it needs.
+    pub fn buffered(&self) -> u64 {
+        (self.filled + self.ahead.values().map(Bytes::len).sum::<usize>()) as u64
+    }
+
     /// Number of R2Ts sent so far (for ExpDataSN in the SCSI Response).
     pub fn r2t_count(&self) -> u32 {
         self.r2t_sn

@@ -3,6 +3,7 @@
 //! [`writer::Writer`] task sends everything back.
 
 mod ffp;
+pub mod full_feature;
 pub mod writer;
 
 use std::net::SocketAddr;

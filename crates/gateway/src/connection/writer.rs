@@ -89,8 +89,7 @@ impl Wire {
         self.len() == 0
     }
 
-    /// Everything, in one buffer (for tests).
-    #[cfg(test)]
+    /// Everything, in one buffer (for tests and the fuzzer).
     pub fn to_bytes(&mut self) -> BytesMut {
         self.seal();
         let mut b = BytesMut::with_capacity(self.parts_len);

@@ -158,6 +158,7 @@ pub fn lines(r: impl std::io::Read) -> Vec<String> {
 }
 
 pub mod client;
+pub mod diskcheck;
 pub mod lab;
 pub mod reservations;
 pub mod vm;
