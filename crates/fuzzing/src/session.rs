@@ -340,16 +340,7 @@ impl Session {
             flags &= !0x80;
         }
         b.set_flags(flags);
-        // Under an ITT still open (in use, or sent outside the window and ignored) the R2Ts
-        // that follow may be any of the commands': each must fit the largest EDTL.
-        let open = self.open.entry(itt).or_default();
-        let largest = self.edtl.entry(itt).or_default();
-        *largest = if *open == 0 {
-            edtl
-        } else {
-            (*largest).max(edtl)
-        };
-        *open += 1;
+        self.opened(itt, edtl);
         if flags & 0x80 == 0 {
             // Unsolicited data: offered as a pseudo-R2T with the reserved tag.
             self.r2ts.push(Solicited {
@@ -362,6 +353,20 @@ impl Session {
             });
         }
         Pdu::with_data(b, Self::data(inp, imm as usize))
+    }
+
+    /// A command sent under `itt`.
+    fn opened(&mut self, itt: u32, edtl: u32) {
+        // Under an ITT still open (in use, or sent outside the window and ignored) the R2Ts
+        // that follow may be any of the commands': each must fit the largest EDTL.
+        let open = self.open.entry(itt).or_default();
+        let largest = self.edtl.entry(itt).or_default();
+        *largest = if *open == 0 {
+            edtl
+        } else {
+            (*largest).max(edtl)
+        };
+        *open += 1;
     }
 
     fn data_out(&mut self, inp: &mut Input) -> Pdu {
@@ -466,6 +471,10 @@ impl Session {
                 let mut b = Bhs(inp.array());
                 let n = (inp.u8() as u32).min(self.max_recv) as usize;
                 b.set_data_segment_len(n);
+                if b.opcode() == Some(Opcode::ScsiCommand) {
+                    // A command all the same: it may be answered.
+                    self.opened(b.itt(), b.expected_data_transfer_length());
+                }
                 Pdu::with_data(b, Self::data(inp, n))
             }
         }
