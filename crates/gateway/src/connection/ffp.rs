@@ -259,12 +259,11 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
             }
             order = aborts.recv(), if normal => match order {
                 Ok(a) => {
-                    if let Some(s) = view.scsi.as_ref().filter(|s| {
+                    if view.scsi.as_ref().is_some_and(|s| {
                         s.target.cfg.iqn.eq_ignore_ascii_case(&a.target)
                             && s.luns.contains(&a.lun)
                             && a.applies_to(&s.nexus)
                     }) {
-                        let _ = s;
                         phase.on_task_abort(a.lun, &mut actions);
                     }
                 }

@@ -299,6 +299,14 @@ impl<L: Clone> FullFeaturePhase<L> {
         send(out, Pdu::new(r), false);
     }
 
+    /// Answers a command that writes nothing: its Data-Out, if any, still to come or late, is
+    /// dropped quietly. (The command memory it was charged, if any, is freed here: it will
+    /// hold no data.)
+    fn answer_before_data(&mut self, out: &mut Vec<Action<L>>, done: ScsiDone) {
+        self.forget_data_of(done.itt);
+        respond(out, done);
+    }
+
     /// The command `itt` ended before its data: its late Data-Out is to be dropped quietly.
     fn forget_data_of(&mut self, itt: u32) {
         if self.failed.len() >= MAX_FAILED_ITTS {
@@ -403,10 +411,8 @@ impl<L: Clone> FullFeaturePhase<L> {
         let Ok(memory) = memory else {
             debug!(initiator = ?self.p.initiator, itt, outstanding = self.window.outstanding(),
                 "TASK SET FULL");
-            // (Its Data-Out, if any, is dropped quietly.)
-            self.forget_data_of(itt);
             let resp = ScsiResponse::status(ScsiStatus::TaskSetFull);
-            respond(out, ScsiDone::before_data(itt, resp, edtl, read));
+            self.answer_before_data(out, ScsiDone::before_data(itt, resp, edtl, read));
             return;
         };
         self.failed.remove(&itt);
@@ -418,14 +424,7 @@ impl<L: Clone> FullFeaturePhase<L> {
             let aborted = self.abort_where(|_, _| true);
             warn!(initiator = ?self.p.initiator, itt, aborted,
                 "overlapped command (ITT in use): the session's tasks are aborted");
-            respond(
-                out,
-                ScsiDone {
-                    memory,
-                    ..ScsiDone::before_data(itt, overlapped(), edtl, read)
-                },
-            );
-            self.forget_data_of(itt);
+            self.answer_before_data(out, ScsiDone::before_data(itt, overlapped(), edtl, read));
             return;
         }
         if !view.refresh() {
@@ -439,14 +438,7 @@ impl<L: Clone> FullFeaturePhase<L> {
         if !pdu.ahs.is_empty() || (read && write) {
             // Extended CDBs and bidirectional commands: none of our commands use them.
             let resp = ScsiResponse::check(SenseData::invalid_opcode());
-            respond(
-                out,
-                ScsiDone {
-                    memory,
-                    ..ScsiDone::before_data(itt, resp, edtl, read)
-                },
-            );
-            self.forget_data_of(itt);
+            self.answer_before_data(out, ScsiDone::before_data(itt, resp, edtl, read));
             return;
         }
         let lun_raw = bhs.lun_raw();
@@ -553,14 +545,11 @@ impl<L: Clone> FullFeaturePhase<L> {
                 _ => Asc(0x4b, 0x00),
             };
             let resp = ScsiResponse::check(SenseData::new(SenseKey::AbortedCommand, asc));
-            self.forget_data_of(itt);
-            respond(
-                out,
-                ScsiDone {
-                    r2ts: pw.transfer.r2t_count(),
-                    ..ScsiDone::before_data(itt, resp, pw.edtl, pw.read)
-                },
-            );
+            let done = ScsiDone {
+                r2ts: pw.transfer.r2t_count(),
+                ..ScsiDone::before_data(itt, resp, pw.edtl, pw.read)
+            };
+            self.answer_before_data(out, done);
             return;
         }
         self.solicit(&mut pw.transfer, itt, pw.lun_raw, out);
