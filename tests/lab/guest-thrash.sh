@@ -52,7 +52,9 @@ while :; do
   if read -t 1 cmd && [ "$cmd" = stop ]; then break; fi
 done
 touch /tmp/stop
+echo "RBDGW-THRASH: STOPPING"
 i=0; while [ ! -f /tmp/done.mpatha ] || [ ! -f /tmp/done.mpathb ]; do i=$((i+1)); [ $i -gt 300 ] && fail "writers do not stop"; sleep 0.2; done
+echo "RBDGW-THRASH: WRITERS STOPPED, READING BACK"
 for m in mpatha mpathb; do
   n=$(cat /tmp/count.$m); [ $n -gt $N ] && n=$N
   dd if=/dev/mapper/$m of=/tmp/all.$m bs=4096 count=$n iflag=direct 2>/dev/null || echo "RBDGW-THRASH: IOERROR $m final read"

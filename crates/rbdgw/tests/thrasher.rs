@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::lab::{Lab, NsGateway};
-use common::{require, Scratch};
+use common::{ensure, require, Scratch};
 
 const TARGET: &str = "iqn.2026-11.org.rbdgw:thrash";
 const ADDRS: [&str; 3] = ["192.168.0.27", "192.168.0.32", "192.168.0.34"];
@@ -361,12 +361,10 @@ fn thrash_three_gateways_on_rbd() {
     let running = c.wait(Duration::from_secs(600), |c| {
         c.tail.iter().any(|l| l.contains("RBDGW-THRASH: RUNNING")) || !c.errors.is_empty()
     });
-    assert!(
+    ensure(
         running.is_some() && c.errors.is_empty(),
-        "the VM did not start writing: {:?}\n{}\n{}",
-        c.errors,
-        c.tail.join("\n"),
-        logs(&gws)
+        || format!("the VM did not start writing: {:?}", c.errors),
+        || format!("{}\n{}", c.tail.join("\n"), logs(&gws)),
     );
     let settled = c.wait(Duration::from_secs(60), |c| {
         // img1 is gw1's, img2 gw2's (which map is which is the guest's business).
@@ -376,10 +374,10 @@ fn thrash_three_gateways_on_rbd() {
                 o == vec![0, 1]
             })
     });
-    assert!(
+    ensure(
         settled.is_some(),
-        "no optimized path per map at the start:\n{}",
-        c.tail.join("\n")
+        || format!("no optimized path per map at the start: {:?}", c.paths),
+        || c.tail.join("\n"),
     );
 
     let mut ever_failed: Vec<usize> = Vec::new();
@@ -452,15 +450,20 @@ fn thrash_three_gateways_on_rbd() {
             }
             c.pump(Duration::from_millis(500));
         }
-        assert!(
+        ensure(
             agreed.is_some(),
-            "round {r}: lock holders and ALUA owners {:?}\n{}",
-            owners(&cluster, &ids),
-            logs(&gws)
+            || {
+                format!(
+                    "round {r}: lock holders and ALUA owners (gateway index) {:?}",
+                    owners(&cluster, &ids)
+                )
+            },
+            || logs(&gws),
         );
-        for (i, g) in gws.iter_mut().enumerate() {
+        for i in 0..gws.len() {
             if !victims.contains(&i) {
-                assert!(g.running(), "round {r}: gw{} died\n{}", i + 1, logs(&gws));
+                let up = gws[i].running();
+                ensure(up, || format!("round {r}: gw{} died", i + 1), || logs(&gws));
             }
         }
         if let Some(left) = FAULT_FOR.checked_sub(t_f.elapsed()) {
@@ -481,8 +484,10 @@ fn thrash_three_gateways_on_rbd() {
         println!("round {r}: every path back after {revived_after:?}");
         // The owners agree with the lock holders, and the VM's optimized paths are the
         // owners' (an ex-owner back from a cut must not stay optimized in its eyes).
+        // Bounded by time, not by tries: on a slow machine each look at the cluster takes
+        // seconds.
         let mut agreed = false;
-        for _ in 0..60 {
+        while t_r.elapsed() < Duration::from_secs(90) {
             let o = owners(&cluster, &ids);
             let mut alua: Vec<usize> = o.iter().filter_map(|(a, _)| *a).collect();
             alua.sort_unstable();
@@ -502,19 +507,24 @@ fn thrash_three_gateways_on_rbd() {
         println!(
             "round {r}: configured owners back, seen by the VM, {failback_after:.1?} after revival"
         );
-        assert!(
+        ensure(
             agreed,
-            "round {r} after revival: owners {:?}, paths {:?}\n{}",
-            owners(&cluster, &ids),
-            c.paths,
-            logs(&gws)
+            || {
+                format!(
+                    "round {r}, {failback_after:.1?} after revival: lock holders and ALUA \
+                     owners (gateway index) {:?}, paths {:?}",
+                    owners(&cluster, &ids),
+                    c.paths
+                )
+            },
+            || format!("{}\n{}", c.tail.join("\n"), logs(&gws)),
         );
-        for (i, g) in gws.iter_mut().enumerate() {
-            assert!(
-                g.running(),
-                "round {r}: gw{} is not running after revival\n{}",
-                i + 1,
-                logs(&gws)
+        for i in 0..gws.len() {
+            let up = gws[i].running();
+            ensure(
+                up,
+                || format!("round {r}: gw{} is not running after revival", i + 1),
+                || logs(&gws),
             );
         }
         let fenced = blocklisted(&cluster);
@@ -540,16 +550,25 @@ fn thrash_three_gateways_on_rbd() {
             revived_after,
             failback_after,
         });
-        assert!(
+        ensure(
             c.errors.is_empty(),
-            "round {r}: {:?}\n{}",
-            c.errors,
-            c.tail.join("\n")
+            || format!("round {r}: the VM saw {:?}", c.errors),
+            || c.tail.join("\n"),
         );
     }
     writeln!(vm_in, "stop").unwrap();
     vm_in.flush().unwrap();
-    c.wait(Duration::from_secs(300), |c| c.done || !c.errors.is_empty());
+    let finished = c.wait(Duration::from_secs(300), |c| c.done || !c.errors.is_empty());
+    ensure(
+        finished.is_some(),
+        || {
+            format!(
+                "the VM did not finish in 300 s after stop; it saw {:?}",
+                c.errors
+            )
+        },
+        || format!("{}\n{}", c.tail.join("\n"), logs(&gws)),
+    );
     let _ = vm.kill();
     let _ = vm.wait();
     println!("thrasher seed {seed}:");
@@ -602,21 +621,20 @@ fn thrash_three_gateways_on_rbd() {
             &all,
         );
     }
-    assert!(
+    ensure(
         !all.contains("panicked") && !all.contains("ceph_assert") && !all.contains("corrupted"),
-        "a gateway crashed:\n{all}"
+        || "a gateway crashed (its log above)".to_string(),
+        || all.clone(),
     );
-    assert!(
+    ensure(
         c.errors.is_empty(),
-        "the VM saw {:?}\n{}",
-        c.errors,
-        c.tail.join("\n")
+        || format!("the VM saw {:?}", c.errors),
+        || c.tail.join("\n"),
     );
-    assert_eq!(
-        c.verified.len(),
-        2,
-        "both maps verified:\n{}",
-        c.tail.join("\n")
+    ensure(
+        c.verified.len() == 2,
+        || format!("not both maps verified: {:?}", c.verified),
+        || c.tail.join("\n"),
     );
     for r in &report {
         let o = r

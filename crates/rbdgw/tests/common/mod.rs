@@ -152,6 +152,17 @@ pub fn require(program: &str, package: &str) {
     );
 }
 
+/// Fails the test when `ok` is false, with `why` as the last words of its output: the long
+/// `details` (gateway logs, a VM's console) are printed before it, so that a CI which keeps
+/// only the head and the tail of a run's output still shows what failed.
+#[track_caller]
+pub fn ensure(ok: bool, why: impl FnOnce() -> String, details: impl FnOnce() -> String) {
+    if !ok {
+        println!("{}", details());
+        panic!("{}", why());
+    }
+}
+
 /// Reads lines of a child's output (for tools that print progress).
 pub fn lines(r: impl std::io::Read) -> Vec<String> {
     BufReader::new(r).lines().map_while(Result::ok).collect()
