@@ -472,6 +472,62 @@ fn tune_allocator() {
     }
 }
 
+/// Raises the soft limit on open files to the hard one; returns the soft limit before and
+/// after.
+/// Every connection, image and RADOS client takes descriptors, and the 1,024 soft limit a
+/// service gets by default ran out at about 84 RBD LUNs (librados then threw a C++ exception
+/// through the FFI boundary and the process aborted); the hard limit is what the
+/// administrator allows (systemd: `LimitNOFILE=`).
+fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    let was;
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        was = l.rlim_cur;
+        if l.rlim_cur < l.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: l.rlim_max,
+                rlim_max: l.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            l = raised;
+        }
+    }
+    Ok((was, l.rlim_cur))
+}
+
+/// Says how many descriptors the gateway may open, and warns when the connection limit
+/// alone could take most of them (then logins fail with "too many open files" before the
+/// limit refuses them).
+fn report_open_file_limit(limits: &Limits) {
+    match raise_open_file_limit() {
+        Ok((was, soft)) => {
+            if was < soft {
+                tracing::info!("open files: limit raised from {was} to {soft}");
+            } else {
+                tracing::info!("open files: limit {soft}");
+            }
+            if limits.connections as u64 + 256 > soft {
+                tracing::warn!(
+                    "--max-connections {} leaves little of the open-file limit {soft} for \
+                     images and cluster connections: raise the limit (systemd: LimitNOFILE=) \
+                     or lower --max-connections",
+                    limits.connections
+                );
+            }
+        }
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -493,7 +549,11 @@ fn main() -> std::process::ExitCode {
                 host,
                 ceph,
                 limits,
-            } => serve(&config, host.as_deref(), &ceph.options(), limits.limits()).await,
+            } => {
+                let limits = limits.limits();
+                report_open_file_limit(&limits);
+                serve(&config, host.as_deref(), &ceph.options(), limits).await
+            }
             Command::Plan { config, host, ceph } => {
                 let (cfg, host, _) = load(&config, host.as_deref(), &ceph.options()).await?;
                 print!("{}", gateway::plan::render(&cfg, &host));
@@ -502,7 +562,10 @@ fn main() -> std::process::ExitCode {
             Command::Config { at, ceph, action } => {
                 config_command(at, ceph.options(), action).await
             }
-            Command::Demo { dir, port } => demo(&dir, port).await,
+            Command::Demo { dir, port } => {
+                report_open_file_limit(&Limits::default());
+                demo(&dir, port).await
+            }
         }
     });
     match result {

@@ -1,7 +1,7 @@
 //! The command line's contract: clear errors and a non-zero exit for a bad config or a portal
 //! that cannot be bound; `plan` on the seed's config; SIGTERM asks initiators to log out
 //! (Async Message) and stops cleanly; idle connections are pinged, silent ones dropped; SIGHUP
-//! reloads the config live.
+//! reloads the config live; the open-file limit is raised to the hard one at start.
 
 mod common;
 
@@ -133,6 +133,65 @@ fn sigterm_asks_initiators_to_log_out() {
 
 extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// The soft and hard open-file limits of a process (`Max open files` of /proc/PID/limits).
+fn open_file_limits(pid: u32) -> (String, String) {
+    let l = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let w: Vec<String> = l
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    (w[3].clone(), w[4].clone())
+}
+
+/// A gateway started with the default 1,024-like soft limit (here 256) runs with the hard
+/// limit and says so: with the soft one it would run out of descriptors at a few dozen RBD
+/// LUNs.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let dir = Scratch::new("lifecycle-nofile");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = serde_json::json!({
+        "targets": [{"target": "iqn.2026-11.org.rbdgw:nofile", "hosts": [{"host": "gw1", "portal": "p1"}]}],
+        "portals": [{"name": "p1", "addresses": [addr.to_string()]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": "iqn.2026-11.org.rbdgw:nofile", "tpg": [
+            {"image": "m", "backstore": "memory", "size": "1M"}]}]}]
+    });
+    let cfg = dir.0.join("config.json");
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let log = dir.0.join("gw1.log");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 256 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_rbdgw"))
+        .args(["serve", "--host", "gw1", "--config"])
+        .arg(&cfg)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (soft, hard) = open_file_limits(child.id());
+    let text = std::fs::read_to_string(&log).unwrap();
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { kill(child.id() as i32, 9) };
+    let _ = child.wait();
+    assert_eq!(soft, hard, "soft limit raised to the hard one");
+    assert!(
+        text.contains(&format!("open files: limit raised from 256 to {hard}")),
+        "{text}"
+    );
 }
 
 /// The target pings an idle connection (NOP-In asking for an answer, RFC 7143 §11.19) after the
