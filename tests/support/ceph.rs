@@ -45,9 +45,12 @@ impl Cluster {
                 .success();
             assert!(found, "{bin} missing: apt-get install {pkg}");
         }
+        // Unique per cluster: a test binary may start several, one after another.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "rbdgw-ceph-{}{}",
+            "rbdgw-ceph-{}-{}{}",
             std::process::id(),
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             netns.map_or(String::new(), |n| format!("-{n}"))
         ));
         let _ = std::fs::remove_dir_all(&dir);

@@ -196,6 +196,66 @@ async fn open_device(lun: &Lun, ceph: &CephOptions) -> anyhow::Result<Device> {
     }
 }
 
+/// How many LUNs of a target open at the same time.
+const OPENING_AT_ONCE: usize = 64;
+
+/// What every LUN of a target being opened shares.
+struct LunContext {
+    iqn: String,
+    write_protect: bool,
+    local_tag: u16,
+    port_groups: Vec<TargetPortGroup>,
+    ceph: CephOptions,
+    aborts: TaskAborts,
+    slots: tokio::sync::Semaphore,
+}
+
+/// Opens one LUN's backstore and builds its LU and ownership.
+async fn open_lun(
+    l: &Lun,
+    at: &LunContext,
+    owner_tag: Option<u16>,
+) -> anyhow::Result<(Arc<Lu>, Arc<crate::ownership::Ownership>)> {
+    let dev = open_device(l, &at.ceph)
+        .await
+        .with_context(|| format!("target {} LUN {}", at.iqn, l.lun))?;
+    let size = backstore::BlockDevice::size(&dev);
+    if size < l.attributes.block_size as u64 {
+        bail!(
+            "target {} LUN {}: the image is smaller than one block ({size} bytes)",
+            at.iqn,
+            l.lun
+        );
+    }
+    let mut c = LuConfig::new(l.lun, l.serial.clone(), at.iqn.clone());
+    c.product = format!("{} {}", l.backstore.kind(), l.image)
+        .chars()
+        .take(16)
+        .collect();
+    c.block_size = l.attributes.block_size;
+    c.read_only = at.write_protect;
+    c.local_tpg = at.local_tag;
+    c.port_groups = at.port_groups.clone();
+    c.write_cache = l.attributes.write_cache;
+    let a = &l.attributes;
+    c.max_unmap_lba_count = a.max_unmap_lba_count.unwrap_or(c.max_unmap_lba_count);
+    c.max_unmap_descriptors = a
+        .max_unmap_block_desc_count
+        .unwrap_or(c.max_unmap_descriptors);
+    c.max_write_same_blocks = a.max_write_same_len.unwrap_or(c.max_write_same_blocks);
+    c.optimal_unmap_granularity = a.unmap_granularity.unwrap_or(c.optimal_unmap_granularity);
+    let lu = Arc::new(LogicalUnit::new(c, dev));
+    let to_sessions = at.aborts.clone();
+    lu.on_task_abort(Box::new(move |a| {
+        // (No receiver: no session here has tasks to abort.)
+        let _ = to_sessions.send(Arc::new(a));
+    }));
+    lu.load_persistent_state().await;
+    let o = crate::ownership::Ownership::start(lu.clone(), at.local_tag, owner_tag).await;
+    info!(target = %at.iqn, lun = l.lun, backstore = l.backstore.kind(), image = %l.image, serial = %l.serial, bytes = size, "LUN ready");
+    Ok((lu, o))
+}
+
 /// Opens one target's LUNs as seen from `local`, reusing the LUs of `prev` whose
 /// definition did not change (their sessions, reservations and ownership carry on).
 async fn open_target(
@@ -226,6 +286,16 @@ async fn open_target(
     let reusable = prev.filter(|p| same_groups(&p.cfg.tpgs) && p.cfg.attributes == t.attributes);
     let mut luns = BTreeMap::new();
     let mut owners = BTreeMap::new();
+    let at = Arc::new(LunContext {
+        iqn: t.iqn.clone(),
+        write_protect: t.attributes.write_protect,
+        local_tag: local.tag,
+        port_groups,
+        ceph: ceph.clone(),
+        aborts: aborts.clone(),
+        slots: tokio::sync::Semaphore::new(OPENING_AT_ONCE),
+    });
+    let mut opening = tokio::task::JoinSet::new();
     for l in &t.luns {
         if let Some(p) = reusable.filter(|p| p.cfg.luns.contains(l)) {
             if let (Some(lu), Some(o)) = (p.luns.get(&l.lun), p.owners.get(&l.lun)) {
@@ -234,48 +304,23 @@ async fn open_target(
                 continue;
             }
         }
-        let dev = open_device(l, ceph)
-            .await
-            .with_context(|| format!("target {} LUN {}", t.iqn, l.lun))?;
-        let size = backstore::BlockDevice::size(&dev);
-        if size < l.attributes.block_size as u64 {
-            bail!(
-                "target {} LUN {}: the image is smaller than one block ({size} bytes)",
-                t.iqn,
-                l.lun
-            );
-        }
-        let mut c = LuConfig::new(l.lun, l.serial.clone(), t.iqn.clone());
-        c.product = format!("{} {}", l.backstore.kind(), l.image)
-            .chars()
-            .take(16)
-            .collect();
-        c.block_size = l.attributes.block_size;
-        c.read_only = t.attributes.write_protect;
-        c.local_tpg = local.tag;
-        c.port_groups = port_groups.clone();
-        c.write_cache = l.attributes.write_cache;
-        let a = &l.attributes;
-        c.max_unmap_lba_count = a.max_unmap_lba_count.unwrap_or(c.max_unmap_lba_count);
-        c.max_unmap_descriptors = a
-            .max_unmap_block_desc_count
-            .unwrap_or(c.max_unmap_descriptors);
-        c.max_write_same_blocks = a.max_write_same_len.unwrap_or(c.max_write_same_blocks);
-        c.optimal_unmap_granularity = a.unmap_granularity.unwrap_or(c.optimal_unmap_granularity);
-        let lu = Arc::new(LogicalUnit::new(c, dev));
-        let to_sessions = aborts.clone();
-        lu.on_task_abort(Box::new(move |a| {
-            // (No receiver: no session here has tasks to abort.)
-            let _ = to_sessions.send(Arc::new(a));
-        }));
-        lu.load_persistent_state().await;
         let owner_tag = t.tpgs.iter().find(|g| g.host == l.owner).map(|g| g.tag);
-        owners.insert(
-            l.lun,
-            crate::ownership::Ownership::start(lu.clone(), local.tag, owner_tag).await,
-        );
-        info!(target = %t.iqn, lun = l.lun, backstore = l.backstore.kind(), image = %l.image, serial = %l.serial, bytes = size, "LUN ready");
-        luns.insert(l.lun, lu);
+        let (l, at) = (l.clone(), at.clone());
+        opening.spawn(async move {
+            // (The semaphore is never closed.)
+            let _slot = at.slots.acquire().await;
+            let (lu, o) = open_lun(&l, &at, owner_tag).await?;
+            Ok::<_, anyhow::Error>((l.lun, lu, o))
+        });
+    }
+    // Every LUN opens at once (up to OPENING_AT_ONCE): each spends about a second on the
+    // image and on asking who else serves it, which one after another made 1,000 LUNs
+    // take a quarter of an hour to start. The first failure fails them all (and drops the
+    // others' tasks).
+    while let Some(r) = opening.join_next().await {
+        let (n, lu, o) = r.context("a LUN's opening task failed")??;
+        luns.insert(n, lu);
+        owners.insert(n, o);
     }
     Ok(TargetRuntime {
         cfg: t.clone(),

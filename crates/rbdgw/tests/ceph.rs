@@ -6,6 +6,7 @@
 //! aborts a write waiting behind the other. Then: an online resize reaches a
 //! live session, a config change adds a LUN (auto-created) without dropping it, and the owner
 //! is partitioned (SIGSTOP): the other gateway fences it, and its late write is refused.
+//! Fifty RBD LUNs share one RADOS client, and recover together when it is blocklisted.
 
 #[path = "../../../tests/support/ceph.rs"]
 mod ceph;
@@ -18,6 +19,13 @@ use common::client::Client;
 use common::{free_port, require, Scratch};
 
 const TARGET: &str = "iqn.1994-05.com.redhat:37d4cea93db4";
+
+/// The tests here run one after another: two clusters and their gateways at once on two
+/// cores would make the timings they check meaningless.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 struct Serve {
     child: std::process::Child,
@@ -84,6 +92,7 @@ fn summary(args: &[String]) -> (String, Vec<String>) {
 
 #[test]
 fn seed_scenario_on_ceph() {
+    let _serial = one_at_a_time();
     require("iscsi-test-cu", "libiscsi-bin");
     let cluster = ceph::Cluster::start();
     cluster.rbd(&["create", "wuxingyi", "--size", "256M"]);
@@ -442,4 +451,157 @@ fn seed_scenario_on_ceph() {
         }
     }
     println!("reservations on RBD: gone after every gateway went down without APTPL, kept with it");
+}
+
+/// The names of a process's threads, with how many of each.
+fn thread_names(pid: u32) -> std::collections::BTreeMap<String, usize> {
+    let mut names = std::collections::BTreeMap::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let n = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        *names.entry(n.trim().to_string()).or_insert(0) += 1;
+    }
+    names
+}
+
+/// Threads and open descriptors of a process.
+fn threads_and_fds(pid: u32) -> (usize, usize) {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    (threads, fds)
+}
+
+/// Fifty RBD LUNs share the gateway's one RADOS client: the thread count does not grow with
+/// them. Fencing is per client, so when the client is blocklisted every LUN is fenced at
+/// once; each reopens on one new client, the gateway takes its locks back, and every LUN
+/// serves writes again, with no thread or descriptor left behind.
+#[test]
+fn a_fenced_gateway_with_fifty_luns_recovers() {
+    let _serial = one_at_a_time();
+    const LUNS: usize = 50;
+    let cluster = ceph::Cluster::start();
+    let dir = Scratch::new("ceph-fifty");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let target = "iqn.2026-11.org.rbdgw:fifty";
+    let tpg: Vec<serde_json::Value> = (0..LUNS)
+        .map(|i| serde_json::json!({"image": format!("lun{i}"), "size": "8M", "owner": "gw1"}))
+        .collect();
+    let config = serde_json::json!({
+        "auth": [{"target": target, "authentication": "none"}],
+        "targets": [{"target": target, "hosts": [{"host": "gw1", "portal": "p1"}]}],
+        "portals": [{"name": "p1", "addresses": [addr]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": target, "tpg": tpg}]}]
+    });
+    let file = dir.0.join("config.json");
+    std::fs::write(&file, config.to_string()).unwrap();
+    let log = dir.0.join("gw1.log");
+    let t0 = Instant::now();
+    let gw = Serve::start(
+        file.to_str().unwrap(),
+        "gw1",
+        &cluster.conf(),
+        &addr,
+        log.clone(),
+    );
+    let mut s = Client::connect(addr.parse().unwrap());
+    s.login("iqn.2026-11.org.rbdgw:fifty-init", Some(target), "");
+    let write10 = |lba: u8| [0x2a, 0, 0, 0, 0, lba, 0, 0, 1, 0];
+    let read10 = |lba: u8| [0x28, 0, 0, 0, 0, lba, 0, 0, 1, 0];
+    // Every LUN writes, which also waits for every image to be open and its lock held.
+    let write_all = |s: &mut Client, lba: u8, fill: u8, within: Duration| {
+        let deadline = Instant::now() + within;
+        for lun in 0..LUNS as u64 {
+            loop {
+                let o = s.scsi_ready(lun, &write10(lba), &[fill; 512], 0);
+                if o.status == 0 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "LUN {lun} does not take writes: {:?}\n{}",
+                    o.sense,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    write_all(&mut s, 1, 0xa1, Duration::from_secs(60));
+    println!(
+        "{LUNS} RBD LUNs serving writes {:.1?} after start",
+        t0.elapsed()
+    );
+    let (threads, fds) = threads_and_fds(gw.child.id());
+    println!("{LUNS} RBD LUNs: {threads} threads, {fds} open files");
+    // One client's threads and the runtime's, not a client (a dozen threads) per image.
+    assert!(
+        threads < 100,
+        "{threads} threads for {LUNS} LUNs: {:?}",
+        thread_names(gw.child.id())
+    );
+
+    // Fence the gateway's client, as a peer breaking one image's lock would.
+    let lock = cluster.tool("rbd", &["lock", "ls", "--format", "json", "lun0"]);
+    let locks: serde_json::Value = serde_json::from_str(&lock).unwrap();
+    let client_addr = locks[0]["address"]
+        .as_str()
+        .expect("lun0 is locked")
+        .to_string();
+    cluster.tool("ceph", &["osd", "blocklist", "add", &client_addr]);
+    let t1 = Instant::now();
+    write_all(&mut s, 2, 0xa2, Duration::from_secs(90));
+    println!(
+        "fenced: all {LUNS} LUNs took writes again {:.1?} after the blocklist",
+        t1.elapsed()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("blocklisted"),
+        "the fencing is logged:\n{text}"
+    );
+    assert_eq!(
+        text.matches("connected to the cluster as a new client (the previous one was blocklisted)")
+            .count(),
+        1,
+        "one new client for every image:\n{text}"
+    );
+    for lun in 0..LUNS as u64 {
+        let o = s.scsi_ready(lun, &read10(1), &[], 512);
+        assert_eq!(
+            (o.status, o.data.as_slice()),
+            (0, &[0xa1; 512][..]),
+            "LUN {lun}"
+        );
+        let o = s.scsi_ready(lun, &read10(2), &[], 512);
+        assert_eq!(
+            (o.status, o.data.as_slice()),
+            (0, &[0xa2; 512][..]),
+            "LUN {lun}"
+        );
+    }
+    // The blocklisted client is closed once its images' handles retire (10 s), and idle
+    // blocking threads end 10 s after their last call.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let (threads_after, fds_after) = loop {
+        let (t, f) = threads_and_fds(gw.child.id());
+        if (t <= threads + 10 && f <= fds + 10) || Instant::now() > deadline {
+            break (t, f);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    println!("after the fence: {threads_after} threads, {fds_after} open files");
+    assert!(
+        threads_after <= threads + 10 && fds_after <= fds + 10,
+        "the old client is gone: {threads}→{threads_after} threads, {fds}→{fds_after} fds; \
+         threads now {:?}",
+        thread_names(gw.child.id())
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("panicked") && !text.contains("ceph_assert"),
+        "{text}"
+    );
 }

@@ -5,10 +5,12 @@
 //! Buffers belong to the completion context, not to the awaiting future: if a command is
 //! aborted while librbd still fills its read buffer, the buffer lives until the callback.
 
+mod client;
 mod ffi;
 mod objects;
 mod state;
 
+pub use client::open_connections;
 pub use objects::{list_pools, ObjectWatch, RadosPool, Xattrs};
 
 use std::ffi::{c_char, c_int, c_void, CString};
@@ -38,7 +40,9 @@ pub struct RbdConfig {
 }
 
 struct Handle {
-    cluster: ffi::RadosT,
+    /// The shared client; shut down after this handle's image and I/O context close (and
+    /// those of every other image on it).
+    conn: Arc<client::Connection>,
     ioctx: ffi::IoCtx,
     image: ffi::Image,
     /// Dropped first (declared in Drop before the image closes).
@@ -55,16 +59,14 @@ impl Drop for Handle {
         if let Ok(a) = api() {
             // The watch goes before the ioctx it lives on.
             self.state = None;
-            // SAFETY: closing handles we opened, once, in reverse order.
+            // SAFETY: closing handles we opened, once, in reverse order (`conn` is dropped
+            // after this).
             unsafe {
                 if !self.image.is_null() {
                     (a.rbd_close)(self.image);
                 }
                 if !self.ioctx.is_null() {
                     (a.rados_ioctx_destroy)(self.ioctx);
-                }
-                if !self.cluster.is_null() {
-                    (a.rados_shutdown)(self.cluster);
                 }
             }
         }
@@ -82,28 +84,28 @@ const MONITOR_EVERY: std::time::Duration = std::time::Duration::from_millis(500)
 const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Handle {
-    /// Connects to the cluster and opens the image, with a fresh client identity (a new
-    /// client is not affected by a blocklist entry of an earlier one).
-    fn open(cfg: &RbdConfig, name: &str, presence: &Arc<state::Presence>) -> Result<Handle> {
+    /// Opens the image on the shared client (`fenced_on`: the connection this image found
+    /// blocklisted, replaced by a new client identity, which the blocklist entry of the
+    /// earlier one does not cover).
+    fn open(
+        cfg: &RbdConfig,
+        name: &str,
+        presence: &Arc<state::Presence>,
+        fenced_on: Option<&Arc<client::Connection>>,
+    ) -> Result<Handle> {
         let a = api().map_err(BackstoreError::Other)?;
+        let image = cstr(&cfg.image)?;
+        let conn = client::connection(&cfg.conf, cfg.id.as_deref(), fenced_on)?;
+        let ioctx = conn.ioctx(&cfg.pool, cfg.namespace.as_deref())?;
         let mut h = Handle {
-            cluster: std::ptr::null_mut(),
-            ioctx: std::ptr::null_mut(),
+            conn,
+            ioctx,
             image: std::ptr::null_mut(),
             state: None,
         };
-        let image = cstr(&cfg.image)?;
         // SAFETY: C calls with valid NUL-terminated strings and out-pointers; `h` closes
         // whatever was opened if a later step fails.
         unsafe {
-            let (cluster, ioctx) = connect(
-                &cfg.conf,
-                cfg.id.as_deref(),
-                &cfg.pool,
-                cfg.namespace.as_deref(),
-            )?;
-            h.cluster = cluster;
-            h.ioctx = ioctx;
             let mut rc = (a.rbd_open)(h.ioctx, image.as_ptr(), &mut h.image, std::ptr::null());
             if let (true, Some(size)) = (rc == -libc::ENOENT, cfg.create_size) {
                 create_image(a, h.ioctx, &image, size, name)?;
@@ -364,7 +366,8 @@ impl Inner {
             self.fenced_by_ceph();
         }
         if self.fenced.load(Ordering::Acquire) {
-            match Handle::open(&self.cfg, &self.name, &self.presence) {
+            let fenced_on = self.handle().conn.clone();
+            match Handle::open(&self.cfg, &self.name, &self.presence, Some(&fenced_on)) {
                 Ok(h) => {
                     let old = std::mem::replace(
                         &mut *self.h.write().unwrap_or_else(|e| e.into_inner()),
@@ -401,6 +404,37 @@ impl Inner {
             Err(_) => {}
         }
     }
+}
+
+/// Adds an image to those one thread looks at every [`MONITOR_EVERY`] (size changes,
+/// reconnection after a fence): a thread per image made a thousand LUNs a thousand threads.
+fn watch_over(inner: &Arc<Inner>) -> Result<()> {
+    static IMAGES: std::sync::Mutex<Vec<std::sync::Weak<Inner>>> =
+        std::sync::Mutex::new(Vec::new());
+    static THREAD: std::sync::OnceLock<std::result::Result<(), String>> =
+        std::sync::OnceLock::new();
+    let images = || IMAGES.lock().unwrap_or_else(|e| e.into_inner());
+    images().push(Arc::downgrade(inner));
+    THREAD
+        .get_or_init(|| {
+            std::thread::Builder::new()
+                .name("rbd-monitor".into())
+                .spawn(move || loop {
+                    std::thread::sleep(MONITOR_EVERY);
+                    let open: Vec<Arc<Inner>> = {
+                        let mut v = images();
+                        v.retain(|w| w.strong_count() > 0);
+                        v.iter().filter_map(std::sync::Weak::upgrade).collect()
+                    };
+                    for i in open {
+                        i.monitor();
+                    }
+                })
+                .map(drop)
+                .map_err(|e| format!("cannot start the image monitor thread: {e}"))
+        })
+        .clone()
+        .map_err(BackstoreError::Other)
 }
 
 /// The walk of rbd_diff_iterate2 for [`BlockDevice::allocation`]: the state of the range's
@@ -521,8 +555,9 @@ extern "C" fn on_complete(c: Completion, arg: *mut c_void) {
 }
 
 impl RbdDevice {
-    /// Connects to the cluster and opens the image (blocking: call from a blocking context
-    /// or at start-up). A thread watches the image's size and reconnects after a fence.
+    /// Opens the image on the gateway's shared client, connecting it if need be (blocking:
+    /// call from a blocking context or at start-up). The monitor thread of every image
+    /// follows its size and reconnects it after a fence.
     pub fn open(cfg: &RbdConfig) -> Result<RbdDevice> {
         let name = format!(
             "{}/{}{}",
@@ -533,7 +568,7 @@ impl RbdDevice {
             cfg.image
         );
         let presence = Arc::new(state::Presence::default());
-        let h = Handle::open(cfg, &name, &presence)?;
+        let h = Handle::open(cfg, &name, &presence, None)?;
         let size = h.size().map_err(|rc| ceph_err("rbd_get_size", rc))?;
         let inner = Arc::new(Inner {
             cfg: cfg.clone(),
@@ -545,17 +580,7 @@ impl RbdDevice {
             epoch: AtomicU64::new(0),
             retired: std::sync::Mutex::new(Vec::new()),
         });
-        let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("rbd-monitor".into())
-            .spawn(move || loop {
-                std::thread::sleep(MONITOR_EVERY);
-                match weak.upgrade() {
-                    Some(inner) => inner.monitor(),
-                    None => return,
-                }
-            })
-            .map_err(BackstoreError::Io)?;
+        watch_over(&inner)?;
         Ok(RbdDevice { inner })
     }
 

@@ -1,0 +1,107 @@
+//! One RADOS client per cluster identity, shared by every image this gateway opens.
+//!
+//! A RADOS client costs a dozen threads, a monitor session and a connection to every OSD it
+//! talks to: one per image made 1,000 LUNs cost thousands of threads and descriptors. Images
+//! of the same ceph.conf and client id share one [`Connection`] instead.
+//!
+//! **Fencing is per client.** A peer that breaks one image's lock blocklists the client, so
+//! every image on it is fenced at once. Each image learns it from its own next I/O, ping or
+//! watch and reopens on a replacement connection; the first to ask creates the replacement,
+//! the others find it ([`connection`] with the connection they were fenced on). The
+//! replacement is a new client identity, which the blocklist entry does not cover; an image
+//! that held its lock on the old client takes it back through the ownership rules, like any
+//! other gateway would.
+//!
+//! A connection is shut down when the last image handle on it is closed, after their
+//! watches and images (they hold it by `Arc`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use super::{api, ceph_err, connect_cluster, ffi, Result};
+use crate::BackstoreError;
+
+/// A connected RADOS client.
+pub(crate) struct Connection {
+    cluster: ffi::RadosT,
+}
+
+// SAFETY: a librados cluster handle is thread-safe.
+unsafe impl Send for Connection {}
+// SAFETY: as above.
+unsafe impl Sync for Connection {}
+
+impl Connection {
+    /// Opens an I/O context on `pool` (and `namespace`); the caller destroys it before it
+    /// drops its hold on the connection.
+    pub(crate) fn ioctx(&self, pool: &str, namespace: Option<&str>) -> Result<ffi::IoCtx> {
+        let a = api().map_err(BackstoreError::Other)?;
+        let p = super::cstr(pool)?;
+        let ns = namespace.map(super::cstr).transpose()?;
+        let mut ioctx: ffi::IoCtx = std::ptr::null_mut();
+        // SAFETY: a connected cluster handle, NUL-terminated names, a valid out-pointer.
+        unsafe {
+            let rc = (a.rados_ioctx_create)(self.cluster, p.as_ptr(), &mut ioctx);
+            if rc < 0 {
+                return Err(ceph_err(&format!("opening pool {pool}"), rc as i64));
+            }
+            if let Some(ns) = ns {
+                (a.rados_ioctx_set_namespace)(ioctx, ns.as_ptr());
+            }
+        }
+        Ok(ioctx)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Ok(a) = api() {
+            // SAFETY: the handle we connected, shut down once, after every image and I/O
+            // context on it was closed (they hold this connection).
+            unsafe { (a.rados_shutdown)(self.cluster) };
+        }
+    }
+}
+
+type Key = (String, Option<String>);
+
+fn registry() -> &'static Mutex<HashMap<Key, Weak<Connection>>> {
+    static R: OnceLock<Mutex<HashMap<Key, Weak<Connection>>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// The shared connection for ceph.conf `conf` and client `id`, connecting if there is none.
+/// `fenced_on`: the connection the caller found blocklisted; if it is still the shared one,
+/// a new client replaces it (once, whoever asks first).
+pub(crate) fn connection(
+    conf: &str,
+    id: Option<&str>,
+    fenced_on: Option<&Arc<Connection>>,
+) -> Result<Arc<Connection>> {
+    let key = (conf.to_string(), id.map(str::to_string));
+    // Held while connecting: every image of a starting gateway waits for the one connection
+    // instead of each making its own.
+    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
+    r.retain(|_, w| w.strong_count() > 0);
+    if let Some(c) = r.get(&key).and_then(Weak::upgrade) {
+        if !fenced_on.is_some_and(|f| Arc::ptr_eq(f, &c)) {
+            return Ok(c);
+        }
+    }
+    // SAFETY: the handle is owned by the Connection, which shuts it down.
+    let cluster = unsafe { connect_cluster(conf, id)? };
+    let c = Arc::new(Connection { cluster });
+    if fenced_on.is_some() {
+        tracing::info!(
+            "connected to the cluster as a new client (the previous one was blocklisted)"
+        );
+    }
+    r.insert(key, Arc::downgrade(&c));
+    Ok(c)
+}
+
+/// How many shared connections are open now.
+pub fn open_connections() -> usize {
+    let r = registry().lock().unwrap_or_else(|e| e.into_inner());
+    r.values().filter(|w| w.strong_count() > 0).count()
+}
