@@ -20,6 +20,8 @@ async fn rbd_engine_io_on_a_live_cluster() {
         namespace: None,
         image: "live".into(),
         create_size: None,
+        // Each device plays a gateway of its own.
+        own_client: true,
     };
     let c2 = cfg.clone();
     let dev = tokio::task::spawn_blocking(move || RbdDevice::open(&c2))
@@ -272,6 +274,8 @@ async fn fenced_client_child() {
         namespace: None,
         image: "fence".into(),
         create_size: None,
+        // Each device plays a gateway of its own.
+        own_client: true,
     };
     let open = |cfg: &RbdConfig| {
         let c = cfg.clone();

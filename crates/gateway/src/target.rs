@@ -186,6 +186,7 @@ async fn open_device(lun: &Lun, ceph: &CephOptions) -> anyhow::Result<Device> {
                 namespace: namespace.clone(),
                 image: image.clone(),
                 create_size: *size,
+                own_client: false,
             };
             let dev = tokio::task::spawn_blocking(move || backstore::rbd::RbdDevice::open(&cfg))
                 .await

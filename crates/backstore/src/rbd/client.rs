@@ -72,12 +72,19 @@ fn registry() -> &'static Mutex<HashMap<Key, Weak<Connection>>> {
 
 /// The shared connection for ceph.conf `conf` and client `id`, connecting if there is none.
 /// `fenced_on`: the connection the caller found blocklisted; if it is still the shared one,
-/// a new client replaces it (once, whoever asks first).
+/// a new client replaces it (once, whoever asks first). `own`: a new client that nobody
+/// shares.
 pub(crate) fn connection(
     conf: &str,
     id: Option<&str>,
+    own: bool,
     fenced_on: Option<&Arc<Connection>>,
 ) -> Result<Arc<Connection>> {
+    if own {
+        // SAFETY: the handle is owned by the Connection, which shuts it down.
+        let cluster = unsafe { connect_cluster(conf, id)? };
+        return Ok(Arc::new(Connection { cluster }));
+    }
     let key = (conf.to_string(), id.map(str::to_string));
     // Held while connecting: every image of a starting gateway waits for the one connection
     // instead of each making its own.

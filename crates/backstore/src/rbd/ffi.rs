@@ -85,6 +85,10 @@ api! {
     rados_unwatch2: fn(IoCtx, u64) -> c_int;
     rados_notify_ack: fn(IoCtx, *const c_char, u64, u64, *const c_char, c_int) -> c_int;
     rados_notify2: fn(IoCtx, *const c_char, *const c_char, c_int, u64, *mut *mut c_char, *mut usize) -> c_int;
+    rados_aio_create_completion2: fn(*mut c_void, Callback, *mut Completion) -> c_int;
+    rados_aio_notify: fn(IoCtx, *const c_char, Completion, *const c_char, c_int, u64, *mut *mut c_char, *mut usize) -> c_int;
+    rados_aio_get_return_value: fn(Completion) -> c_int;
+    rados_aio_release: fn(Completion) -> ();
     rados_buffer_free: fn(*mut c_char) -> ();
     rados_decode_notify_response: fn(*mut c_char, usize, *mut *mut NotifyAck, *mut usize, *mut *mut c_void, *mut usize) -> c_int;
     rados_free_notify_response: fn(*mut NotifyAck, usize, *mut c_void) -> ();

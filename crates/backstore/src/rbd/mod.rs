@@ -37,6 +37,9 @@ pub struct RbdConfig {
     pub image: String,
     /// Create the image with this many bytes when it does not exist.
     pub create_size: Option<u64>,
+    /// A RADOS client of its own instead of the one every image of the process shares: for
+    /// tests that play two gateways in one process (a client cannot fence itself).
+    pub own_client: bool,
 }
 
 struct Handle {
@@ -95,7 +98,7 @@ impl Handle {
     ) -> Result<Handle> {
         let a = api().map_err(BackstoreError::Other)?;
         let image = cstr(&cfg.image)?;
-        let conn = client::connection(&cfg.conf, cfg.id.as_deref(), fenced_on)?;
+        let conn = client::connection(&cfg.conf, cfg.id.as_deref(), cfg.own_client, fenced_on)?;
         let ioctx = conn.ioctx(&cfg.pool, cfg.namespace.as_deref())?;
         let mut h = Handle {
             conn,
@@ -990,9 +993,16 @@ impl BlockDevice for RbdDevice {
     }
 
     async fn members(&self) -> Result<Vec<Member>> {
-        // The ping waits for the answers (up to a second) on a blocking thread; with_state
-        // marks the client fenced when Ceph answers it is blocklisted.
-        self.with_state(|s| s.ping()).await
+        // The ping waits for the answers (up to a second) without a thread of its own.
+        self.check_readable()?;
+        let h = self.inner.handle();
+        let r = h.state()?.ping().await;
+        if let Err(e) = &r {
+            if e.raw_os_error() == Some(EBLOCKLISTED as i32) {
+                self.inner.fenced_by_ceph();
+            }
+        }
+        r
     }
 }
 

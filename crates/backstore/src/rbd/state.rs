@@ -266,61 +266,51 @@ impl SharedState {
     /// Pings every watcher and returns who answered: the gateways alive on this image. An
     /// error when this gateway's own answer did not come back (it cannot tell who is alive:
     /// cut off from the OSD, or not joined yet).
-    pub fn ping(&self) -> Result<Vec<Member>> {
+    pub async fn ping(&self) -> Result<Vec<Member>> {
         let a = api().map_err(BackstoreError::Other)?;
         let mine = self
             .watch
             .presence
             .as_ref()
             .map_or(0, |p| p.tag.load(Ordering::Acquire));
-        let mut reply: *mut c_char = std::ptr::null_mut();
-        let mut reply_len = 0usize;
-        let mut members = Vec::new();
-        // SAFETY: a notify with a static payload; the reply is decoded and freed as librados
-        // asks, and the acks' payloads are copied out before they are freed.
-        let rc = unsafe {
-            let rc = (a.rados_notify2)(
+        // Asynchronous: a blocking notify waits up to its timeout on a thread of its own,
+        // and with a thousand LUNs pinging every second that was hundreds of threads.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ctx = Box::into_raw(Box::new(NotifyCtx {
+            tx: Some(tx),
+            reply: NotifyReply(std::ptr::null_mut(), 0),
+        }));
+        // SAFETY: the context is leaked to librados until its callback reclaims it (or
+        // here, if the submission fails); the reply pointers inside it stay put meanwhile.
+        // The ioctx outlives the notify: handles on it retire only seconds after their
+        // last use, longer than the notify's timeout.
+        unsafe {
+            let mut c: ffi::Completion = std::ptr::null_mut();
+            let rc = (a.rados_aio_create_completion2)(ctx as *mut c_void, on_notified, &mut c);
+            if rc < 0 {
+                drop(Box::from_raw(ctx));
+                return Err(ceph_err("rados_aio_create_completion2", rc as i64));
+            }
+            let rc = (a.rados_aio_notify)(
                 self.ioctx,
                 self.oid.as_ptr(),
+                c,
                 PING.as_ptr() as *const c_char,
                 PING.len() as c_int,
                 PING_TIMEOUT_MS,
-                &mut reply,
-                &mut reply_len,
+                &mut (*ctx).reply.0,
+                &mut (*ctx).reply.1,
             );
-            if !reply.is_null() {
-                let mut acks: *mut ffi::NotifyAck = std::ptr::null_mut();
-                let mut n_acks = 0usize;
-                let mut timeouts: *mut c_void = std::ptr::null_mut();
-                let mut n_timeouts = 0usize;
-                if (a.rados_decode_notify_response)(
-                    reply,
-                    reply_len,
-                    &mut acks,
-                    &mut n_acks,
-                    &mut timeouts,
-                    &mut n_timeouts,
-                ) == 0
-                {
-                    for i in 0..n_acks {
-                        let ack = &*acks.add(i);
-                        if ack.payload.is_null() || ack.payload_len == 0 {
-                            continue;
-                        }
-                        let p = std::slice::from_raw_parts(
-                            ack.payload as *const u8,
-                            ack.payload_len as usize,
-                        );
-                        if let Some(m) = parse_answer(p) {
-                            members.push(m);
-                        }
-                    }
-                    (a.rados_free_notify_response)(acks, n_acks, timeouts);
-                }
-                (a.rados_buffer_free)(reply);
+            if rc < 0 {
+                (a.rados_aio_release)(c);
+                drop(Box::from_raw(ctx));
+                return Err(ceph_err("pinging the gateways", rc as i64));
             }
-            rc
-        };
+        }
+        let (rc, reply) = rx
+            .await
+            .map_err(|_| BackstoreError::Other("ping: completion lost".into()))?;
+        let mut members = reply.members();
         // -ETIMEDOUT: somebody did not answer, which is what a ping is for.
         if rc < 0 && rc != -libc::ETIMEDOUT {
             if i64::from(rc) == -EBLOCKLISTED {
@@ -482,6 +472,87 @@ pub(super) fn notify(ioctx: ffi::IoCtx, oid: &CString, what: &str) {
         if rc < 0 {
             tracing::warn!("notifying the watchers of {what} failed: {rc}");
         }
+    }
+}
+
+/// A notify's reply buffer, freed as librados asks.
+struct NotifyReply(*mut c_char, usize);
+
+// SAFETY: a plain heap buffer of librados', owned by this value alone.
+unsafe impl Send for NotifyReply {}
+
+impl NotifyReply {
+    /// The members that answered, from the acks' payloads.
+    fn members(&self) -> Vec<Member> {
+        let mut members = Vec::new();
+        let Ok(a) = api() else { return members };
+        if self.0.is_null() {
+            return members;
+        }
+        // SAFETY: the reply of a completed notify, decoded and freed as librados asks; the
+        // acks' payloads are copied out before they are freed.
+        unsafe {
+            let mut acks: *mut ffi::NotifyAck = std::ptr::null_mut();
+            let mut n_acks = 0usize;
+            let mut timeouts: *mut c_void = std::ptr::null_mut();
+            let mut n_timeouts = 0usize;
+            if (a.rados_decode_notify_response)(
+                self.0,
+                self.1,
+                &mut acks,
+                &mut n_acks,
+                &mut timeouts,
+                &mut n_timeouts,
+            ) == 0
+            {
+                for i in 0..n_acks {
+                    let ack = &*acks.add(i);
+                    if ack.payload.is_null() || ack.payload_len == 0 {
+                        continue;
+                    }
+                    let p = std::slice::from_raw_parts(
+                        ack.payload as *const u8,
+                        ack.payload_len as usize,
+                    );
+                    if let Some(m) = parse_answer(p) {
+                        members.push(m);
+                    }
+                }
+                (a.rados_free_notify_response)(acks, n_acks, timeouts);
+            }
+        }
+        members
+    }
+}
+
+impl Drop for NotifyReply {
+    fn drop(&mut self) {
+        if let (false, Ok(a)) = (self.0.is_null(), api()) {
+            // SAFETY: librados' reply buffer, freed once.
+            unsafe { (a.rados_buffer_free)(self.0) };
+        }
+    }
+}
+
+/// Owned by librados from the notify's submission to its callback.
+struct NotifyCtx {
+    tx: Option<tokio::sync::oneshot::Sender<(c_int, NotifyReply)>>,
+    reply: NotifyReply,
+}
+
+extern "C" fn on_notified(c: ffi::Completion, arg: *mut c_void) {
+    let Ok(a) = api() else { return };
+    // SAFETY: `c` is the completion librados calls us for; `arg` the NotifyCtx leaked at
+    // submission, reclaimed exactly once here.
+    let (rc, mut ctx) = unsafe {
+        let rc = (a.rados_aio_get_return_value)(c);
+        (a.rados_aio_release)(c);
+        (rc, Box::from_raw(arg as *mut NotifyCtx))
+    };
+    let reply = std::mem::replace(&mut ctx.reply, NotifyReply(std::ptr::null_mut(), 0));
+    if let Some(tx) = ctx.tx.take() {
+        // A ping nobody waits for any more: its reply is freed with it.
+        let _ = tx.send((rc, reply));
     }
 }
 
