@@ -7,6 +7,7 @@
 
 mod client;
 mod ffi;
+mod liveness;
 mod objects;
 mod state;
 
@@ -50,6 +51,8 @@ struct Handle {
     image: ffi::Image,
     /// Dropped first (declared in Drop before the image closes).
     state: Option<state::SharedState>,
+    /// Where this image answers and asks who is alive (its pool's presence on `conn`).
+    liveness: Option<Arc<liveness::PoolLiveness>>,
 }
 
 // SAFETY: librados and librbd handles are thread-safe (the C API is used from many threads).
@@ -60,7 +63,11 @@ unsafe impl Sync for Handle {}
 impl Drop for Handle {
     fn drop(&mut self) {
         if let Ok(a) = api() {
-            // The watch goes before the ioctx it lives on.
+            // Pings are no longer answered for this handle; the watch goes before the ioctx
+            // it lives on.
+            if let (Some(l), Some(s)) = (&self.liveness, &self.state) {
+                l.leave(&s.key());
+            }
             self.state = None;
             // SAFETY: closing handles we opened, once, in reverse order (`conn` is dropped
             // after this).
@@ -105,6 +112,7 @@ impl Handle {
             ioctx,
             image: std::ptr::null_mut(),
             state: None,
+            liveness: None,
         };
         // SAFETY: C calls with valid NUL-terminated strings and out-pointers; `h` closes
         // whatever was opened if a later step fails.
@@ -118,11 +126,12 @@ impl Handle {
                 return Err(ceph_err(&format!("opening image {name}"), rc as i64));
             }
             ensure_exclusive_lock(a, h.image, name)?;
-            h.state = Some(state::SharedState::open(
-                h.ioctx,
-                h.image,
-                presence.clone(),
-            )?);
+            let state = state::SharedState::open(h.ioctx, h.image)?;
+            let liveness =
+                liveness::PoolLiveness::of(&h.conn, &cfg.pool, cfg.namespace.as_deref())?;
+            liveness.join(&state.key(), presence);
+            h.state = Some(state);
+            h.liveness = Some(liveness);
         }
         Ok(h)
     }
@@ -131,6 +140,12 @@ impl Handle {
         self.state
             .as_ref()
             .ok_or_else(|| BackstoreError::Other("image state is not open".into()))
+    }
+
+    /// Ceph refused this handle's connection, as its watches saw.
+    fn blocklisted(&self) -> bool {
+        self.state.as_ref().is_some_and(|s| s.blocklisted())
+            || self.liveness.as_ref().is_some_and(|l| l.blocklisted())
     }
 
     /// The image's size as librbd knows it now (librbd refreshes its header when another
@@ -357,13 +372,7 @@ impl Inner {
             due.into_iter().map(|(_, h)| h).collect()
         };
         drop(due); // closed outside the lock
-        if !self.fenced.load(Ordering::Acquire)
-            && self
-                .handle()
-                .state
-                .as_ref()
-                .is_some_and(|s| s.blocklisted())
-        {
+        if !self.fenced.load(Ordering::Acquire) && self.handle().blocklisted() {
             // Seen by the watch (or a ping) before any I/O: a gateway cut off while it was
             // fenced learns it as soon as it reaches the OSDs again.
             self.fenced_by_ceph();
@@ -395,6 +404,9 @@ impl Inner {
         let h = self.handle();
         if let Some(Err(e)) = h.state.as_ref().map(state::SharedState::renew_watch) {
             tracing::warn!(image = self.name, "renewing the state watch failed: {e}");
+        }
+        if let Some(Err(e)) = h.liveness.as_ref().map(|l| l.renew_watch()) {
+            tracing::warn!(image = self.name, "renewing the presence watch failed: {e}");
         }
         match h.size() {
             Ok(size) => {
@@ -993,10 +1005,17 @@ impl BlockDevice for RbdDevice {
     }
 
     async fn members(&self) -> Result<Vec<Member>> {
-        // The ping waits for the answers (up to a second) without a thread of its own.
+        // One ping per pool answers every image that asks meanwhile (liveness.rs); it waits
+        // for the answers (up to a second) without a thread of its own.
         self.check_readable()?;
         let h = self.inner.handle();
-        let r = h.state()?.ping().await;
+        let key = h.state()?.key();
+        let liveness = h
+            .liveness
+            .clone()
+            .ok_or_else(|| BackstoreError::Other("image state is not open".into()))?;
+        let mine = self.inner.presence.tag.load(Ordering::Acquire);
+        let r = liveness.members(&key, mine).await;
         if let Err(e) = &r {
             if e.raw_os_error() == Some(EBLOCKLISTED as i32) {
                 self.inner.fenced_by_ceph();

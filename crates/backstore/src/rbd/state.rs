@@ -5,10 +5,11 @@
 //! gateway binds the next command on any other. The watch bumps a generation counter that
 //! commands read with one atomic load.
 //!
-//! The same watch tells which gateways are alive: a gateway pings the object (a notify with
-//! the payload [`PING`]) and every live gateway's watch answers with its TPG tag and whether
-//! it holds the image's lock. A gateway whose process is stopped, killed or cut off does not
-//! answer; one whose control loop stalls stops answering too ([`Presence::beat`]).
+//! Which gateways are alive is asked once per pool, not per image (`liveness.rs`): a ping (a
+//! notify with the payload [`PING`]) on the pool's presence object, which every live
+//! gateway's watch answers for all of its images at once ([`Presence`] per image). A gateway
+//! whose process is stopped, killed or cut off does not answer; one whose control loop
+//! stalls stops answering for that image ([`Presence::beat`]).
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use super::{ceph_err, cstr, EBLOCKLISTED};
 use crate::{BackstoreError, Member, Result};
 
 /// The payload of a liveness ping; any other notify announces a change of the state.
-const PING: &[u8] = b"rbdgw-ping";
+pub(super) const PING: &[u8] = b"rbdgw-ping";
 /// How long a ping waits for the answers. A live gateway answers within milliseconds.
 const PING_TIMEOUT_MS: u64 = 1000;
 /// A gateway whose control loop has not beaten for this long leaves pings unanswered.
@@ -48,7 +49,7 @@ impl Presence {
     }
 
     /// The answer to a ping, or None while this gateway should count as absent.
-    fn answer(&self) -> Option<String> {
+    pub(super) fn answer(&self) -> Option<String> {
         self.answer_at(monotonic_ms())
     }
 
@@ -83,8 +84,12 @@ pub(super) struct WatchCtx {
     broken: AtomicBool,
     /// Ceph refused this connection as blocklisted (seen by the watch or a ping).
     pub blocklisted: AtomicBool,
-    presence: Option<Arc<Presence>>,
+    /// What this watch answers pings with (None: it does not answer them).
+    answers: Option<Answers>,
 }
+
+/// Builds the answer to a ping (None: no answer, this gateway counts as absent).
+pub(super) type Answers = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 // SAFETY: the ioctx is thread-safe; the rest is atomics and immutable data.
 unsafe impl Send for WatchCtx {}
@@ -109,7 +114,7 @@ extern "C" fn on_notify(
     };
     // A ping changes nothing: it is answered (or not) and leaves the generation alone.
     let answer = if payload == PING {
-        match w.presence.as_ref().and_then(|p| p.answer()) {
+        match w.answers.as_ref().and_then(|f| f()) {
             Some(a) => a,
             None => return,
         }
@@ -158,12 +163,8 @@ unsafe impl Send for SharedState {}
 unsafe impl Sync for SharedState {}
 
 impl SharedState {
-    /// Creates (if needed) and watches `rbdgw.<image id>`, answering pings with `presence`.
-    pub fn open(
-        ioctx: ffi::IoCtx,
-        image: ffi::Image,
-        presence: Arc<Presence>,
-    ) -> Result<SharedState> {
+    /// Creates (if needed) and watches `rbdgw.<image id>`.
+    pub fn open(ioctx: ffi::IoCtx, image: ffi::Image) -> Result<SharedState> {
         let a = api().map_err(BackstoreError::Other)?;
         let mut id = [0u8; 64];
         // SAFETY: the buffer is valid for its length; librbd NUL-terminates the id.
@@ -173,7 +174,12 @@ impl SharedState {
         }
         let end = id.iter().position(|b| *b == 0).unwrap_or(id.len());
         let oid = cstr(&format!("rbdgw.{}", String::from_utf8_lossy(&id[..end])))?;
-        Self::open_object(ioctx, oid, true, Some(presence))
+        Self::open_object(ioctx, oid, true, None)
+    }
+
+    /// The object's name, which also names the image in ping answers.
+    pub fn key(&self) -> String {
+        self.oid.to_string_lossy().into_owned()
     }
 
     /// Watches the object `oid` (creating it first when `create`).
@@ -181,7 +187,7 @@ impl SharedState {
         ioctx: ffi::IoCtx,
         oid: CString,
         create: bool,
-        presence: Option<Arc<Presence>>,
+        answers: Option<Answers>,
     ) -> Result<SharedState> {
         let a = api().map_err(BackstoreError::Other)?;
         let watch = Box::new(WatchCtx {
@@ -191,7 +197,7 @@ impl SharedState {
             cookie: Mutex::new(None),
             broken: AtomicBool::new(false),
             blocklisted: AtomicBool::new(false),
-            presence,
+            answers,
         });
         let s = SharedState { ioctx, oid, watch };
         // SAFETY: write op built, run and released here; the watch context is boxed and
@@ -263,18 +269,11 @@ impl SharedState {
         self.watch.blocklisted.load(Ordering::Acquire)
     }
 
-    /// Pings every watcher and returns who answered: the gateways alive on this image. An
-    /// error when this gateway's own answer did not come back (it cannot tell who is alive:
-    /// cut off from the OSD, or not joined yet).
-    pub async fn ping(&self) -> Result<Vec<Member>> {
-        let a = api().map_err(BackstoreError::Other)?;
-        let mine = self
-            .watch
-            .presence
-            .as_ref()
-            .map_or(0, |p| p.tag.load(Ordering::Acquire));
-        // Asynchronous: a blocking notify waits up to its timeout on a thread of its own,
-        // and with a thousand LUNs pinging every second that was hundreds of threads.
+    /// Pings every watcher and returns the answers that came back, or the notify's error
+    /// (negative errno; a timeout is not one: somebody not answering is what a ping is for).
+    pub async fn ping(&self) -> std::result::Result<Vec<Vec<u8>>, i32> {
+        let a = api().map_err(|_| -libc::ENOSYS)?;
+        // Asynchronous: a blocking notify waits up to its timeout on a thread of its own.
         let (tx, rx) = tokio::sync::oneshot::channel();
         let ctx = Box::into_raw(Box::new(NotifyCtx {
             tx: Some(tx),
@@ -282,14 +281,13 @@ impl SharedState {
         }));
         // SAFETY: the context is leaked to librados until its callback reclaims it (or
         // here, if the submission fails); the reply pointers inside it stay put meanwhile.
-        // The ioctx outlives the notify: handles on it retire only seconds after their
-        // last use, longer than the notify's timeout.
+        // The ioctx outlives the notify: its owner holds it while it waits for the answer.
         unsafe {
             let mut c: ffi::Completion = std::ptr::null_mut();
             let rc = (a.rados_aio_create_completion2)(ctx as *mut c_void, on_notified, &mut c);
             if rc < 0 {
                 drop(Box::from_raw(ctx));
-                return Err(ceph_err("rados_aio_create_completion2", rc as i64));
+                return Err(rc);
             }
             let rc = (a.rados_aio_notify)(
                 self.ioctx,
@@ -304,28 +302,17 @@ impl SharedState {
             if rc < 0 {
                 (a.rados_aio_release)(c);
                 drop(Box::from_raw(ctx));
-                return Err(ceph_err("pinging the gateways", rc as i64));
+                return Err(rc);
             }
         }
-        let (rc, reply) = rx
-            .await
-            .map_err(|_| BackstoreError::Other("ping: completion lost".into()))?;
-        let mut members = reply.members();
-        // -ETIMEDOUT: somebody did not answer, which is what a ping is for.
+        let (rc, reply) = rx.await.map_err(|_| -libc::ECANCELED)?;
         if rc < 0 && rc != -libc::ETIMEDOUT {
             if i64::from(rc) == -EBLOCKLISTED {
                 self.watch.blocklisted.store(true, Ordering::Release);
             }
-            return Err(ceph_err("pinging the gateways", rc as i64));
+            return Err(rc);
         }
-        if mine == 0 || !members.iter().any(|m| m.tag == mine) {
-            return Err(BackstoreError::Other(
-                "this gateway's own ping answer did not come back".into(),
-            ));
-        }
-        members.sort_by_key(|m| m.tag);
-        members.dedup_by_key(|m| m.tag);
-        Ok(members)
+        Ok(reply.payloads())
     }
 
     /// Whether the watch broke and waits for [`SharedState::renew_watch`].
@@ -434,8 +421,8 @@ impl Drop for SharedState {
     }
 }
 
-/// An answer to [`PING`]: `"<tag> <holds the lock: 0|1>"`.
-fn parse_answer(p: &[u8]) -> Option<Member> {
+/// An answer to [`PING`] for one image: `"<tag> <holds the lock: 0|1>"`.
+pub(super) fn parse_answer(p: &[u8]) -> Option<Member> {
     let s = std::str::from_utf8(p).ok()?;
     let (tag, held) = s.split_once(' ')?;
     Some(Member {
@@ -482,12 +469,12 @@ struct NotifyReply(*mut c_char, usize);
 unsafe impl Send for NotifyReply {}
 
 impl NotifyReply {
-    /// The members that answered, from the acks' payloads.
-    fn members(&self) -> Vec<Member> {
-        let mut members = Vec::new();
-        let Ok(a) = api() else { return members };
+    /// The acks' payloads (empty ones left out).
+    fn payloads(&self) -> Vec<Vec<u8>> {
+        let mut payloads = Vec::new();
+        let Ok(a) = api() else { return payloads };
         if self.0.is_null() {
-            return members;
+            return payloads;
         }
         // SAFETY: the reply of a completed notify, decoded and freed as librados asks; the
         // acks' payloads are copied out before they are freed.
@@ -514,14 +501,12 @@ impl NotifyReply {
                         ack.payload as *const u8,
                         ack.payload_len as usize,
                     );
-                    if let Some(m) = parse_answer(p) {
-                        members.push(m);
-                    }
+                    payloads.push(p.to_vec());
                 }
                 (a.rados_free_notify_response)(acks, n_acks, timeouts);
             }
         }
-        members
+        payloads
     }
 }
 
