@@ -6,8 +6,9 @@
 //! persistent reservation state lives there) and an ownership lock (the hook for the exclusive
 //! lock that makes failover safe). librbd's aio calls map one-to-one onto this trait.
 //!
-//! Engines: [`file::FileDevice`] (a sparse file; `memory` is the same engine over a memfd) and
-//! the enum [`Device`] that the gateway holds, so dispatch costs no allocation per I/O.
+//! Engines: [`file::FileDevice`] (a sparse file; `memory` is the same engine over a memfd),
+//! [`rbd::RbdDevice`], [`Unopened`] (stands for a device still opening), and the enum
+//! [`Device`] that the gateway holds, so dispatch costs no allocation per I/O.
 
 use std::future::Future;
 
@@ -18,9 +19,11 @@ mod data_out;
 pub mod file;
 mod metadata;
 pub mod rbd;
+mod unopened;
 
 pub use data_out::{DataOutBuffer, FileExtent};
 pub use file::FileDevice;
+pub use unopened::Unopened;
 
 #[derive(Debug, Error)]
 pub enum BackstoreError {
@@ -35,6 +38,9 @@ pub enum BackstoreError {
     /// A system or Ceph call failed with `errno`.
     #[error("{what}: {}", std::io::Error::from_raw_os_error(*errno))]
     Os { what: String, errno: i32 },
+    /// The device has not opened yet (see [`Unopened`]).
+    #[error("the backstore is not open yet")]
+    NotOpen,
     #[error("{0}")]
     Other(String),
 }
@@ -162,6 +168,13 @@ pub trait BlockDevice: Send + Sync + 'static {
         true
     }
 
+    /// False while the device has not opened yet ([`Unopened`]; also not
+    /// [`available`](BlockDevice::available)): its LUs then answer as unavailable, for as long
+    /// as the opening takes, where a fenced one answers as transitioning for a moment.
+    fn opened(&self) -> bool {
+        true
+    }
+
     /// Fences the current holder of the ownership lock, which stopped answering, and breaks
     /// its lock; `Ok(false)` when there was no holder or this engine cannot fence (a local
     /// file: the kernel frees the lock of a dead process, and nothing can fence a live one).
@@ -189,6 +202,7 @@ pub fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
 pub enum Device {
     File(FileDevice),
     Rbd(rbd::RbdDevice),
+    Unopened(Unopened),
 }
 
 macro_rules! dispatch {
@@ -196,6 +210,7 @@ macro_rules! dispatch {
         match $self {
             Device::File($d) => $e,
             Device::Rbd($d) => $e,
+            Device::Unopened($d) => $e,
         }
     };
 }
@@ -266,6 +281,10 @@ impl BlockDevice for Device {
 
     fn available(&self) -> bool {
         dispatch!(self, d => d.available())
+    }
+
+    fn opened(&self) -> bool {
+        dispatch!(self, d => d.opened())
     }
 
     async fn break_ownership(&self) -> Result<bool> {

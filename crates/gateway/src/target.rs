@@ -3,18 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
-use backstore::{Device, FileDevice};
+use anyhow::bail;
+use backstore::Device;
 use iscsi::login::{AuthPolicy, ChapSecrets, Directory, Grant, LoginStatus, SessionType};
 use iscsi::params::{Digest, TargetLimits};
-use scsi::{LogicalUnit, LuConfig, TargetPortGroup};
-use tracing::{info, warn};
+use scsi::{LogicalUnit, TargetPortGroup};
+use tracing::warn;
 
-use crate::config::{AuthMode, BackstoreSpec, Chap, Config, Lun, Target};
+use crate::config::{AuthMode, Chap, Config, Target};
+use crate::lun_open::{LunContext, Opening};
 use crate::session::SessionRegistry;
 
 pub type Lu = LogicalUnit<Device>;
@@ -70,13 +70,7 @@ pub struct Served {
 /// Everything one gateway process serves.
 pub struct Gateway {
     pub host: String,
-    /// Replaced whole when the shared config changes ([`Gateway::apply`]).
-    served: std::sync::RwLock<Arc<Served>>,
-    /// Counts the config versions applied; sessions compare it to notice a change.
-    epoch: std::sync::atomic::AtomicU64,
-    /// The same count, for tasks that wait for a change (the listeners).
-    epoch_changes: tokio::sync::watch::Sender<u64>,
-    ceph: CephOptions,
+    serving: Arc<Serving>,
     pub sessions: SessionRegistry,
     next_tsih: AtomicU16,
     /// Orders from the LUs to abort tasks of other nexuses, for every session to look at.
@@ -163,109 +157,40 @@ impl Default for CephOptions {
     }
 }
 
-async fn open_device(lun: &Lun, ceph: &CephOptions) -> anyhow::Result<Device> {
-    match &lun.backstore {
-        BackstoreSpec::File { path, size } => {
-            let dev = FileDevice::open(Path::new(path), *size)
-                .with_context(|| format!("opening file backstore {path}"))?;
-            Ok(Device::File(dev))
+/// A target whose LUNs are opening ([`start_target`]).
+struct OpeningTarget {
+    cfg: Target,
+    luns: BTreeMap<u64, Arc<Lu>>,
+    owners: BTreeMap<u64, Arc<crate::ownership::Ownership>>,
+    opening: Vec<(u64, Opening)>,
+}
+
+impl OpeningTarget {
+    /// The target with every LUN that opened by `deadline`, stand-ins for the others.
+    async fn by(mut self, deadline: tokio::time::Instant) -> TargetRuntime {
+        for (n, o) in self.opening {
+            let (lu, o) = o.by(deadline).await;
+            self.luns.insert(n, lu);
+            if let Some(o) = o {
+                self.owners.insert(n, o);
+            }
         }
-        BackstoreSpec::Memory { size } => Ok(Device::File(
-            FileDevice::memory(*size).context("creating memory backstore")?,
-        )),
-        BackstoreSpec::Rbd {
-            pool,
-            namespace,
-            image,
-            size,
-        } => {
-            let cfg = backstore::rbd::RbdConfig {
-                conf: ceph.conf.clone(),
-                id: ceph.id.clone(),
-                pool: pool.clone(),
-                namespace: namespace.clone(),
-                image: image.clone(),
-                create_size: *size,
-                own_client: false,
-            };
-            let dev = tokio::task::spawn_blocking(move || backstore::rbd::RbdDevice::open(&cfg))
-                .await
-                .context("opening the rbd image")?
-                .with_context(|| format!("rbd image {pool}/{image} (ceph.conf {})", ceph.conf))?;
-            Ok(Device::Rbd(dev))
+        TargetRuntime {
+            cfg: self.cfg,
+            luns: self.luns,
+            owners: self.owners,
         }
     }
 }
 
-/// How many LUNs of a target open at the same time.
-const OPENING_AT_ONCE: usize = 64;
-
-/// What every LUN of a target being opened shares.
-struct LunContext {
-    iqn: String,
-    write_protect: bool,
-    local_tag: u16,
-    port_groups: Vec<TargetPortGroup>,
-    ceph: CephOptions,
-    aborts: TaskAborts,
-    slots: tokio::sync::Semaphore,
-}
-
-/// Opens one LUN's backstore and builds its LU and ownership.
-async fn open_lun(
-    l: &Lun,
-    at: &LunContext,
-    owner_tag: Option<u16>,
-) -> anyhow::Result<(Arc<Lu>, Arc<crate::ownership::Ownership>)> {
-    let dev = open_device(l, &at.ceph)
-        .await
-        .with_context(|| format!("target {} LUN {}", at.iqn, l.lun))?;
-    let size = backstore::BlockDevice::size(&dev);
-    if size < l.attributes.block_size as u64 {
-        bail!(
-            "target {} LUN {}: the image is smaller than one block ({size} bytes)",
-            at.iqn,
-            l.lun
-        );
-    }
-    let mut c = LuConfig::new(l.lun, l.serial.clone(), at.iqn.clone());
-    c.product = format!("{} {}", l.backstore.kind(), l.image)
-        .chars()
-        .take(16)
-        .collect();
-    c.block_size = l.attributes.block_size;
-    c.read_only = at.write_protect;
-    c.local_tpg = at.local_tag;
-    c.port_groups = at.port_groups.clone();
-    c.write_cache = l.attributes.write_cache;
-    let a = &l.attributes;
-    c.max_unmap_lba_count = a.max_unmap_lba_count.unwrap_or(c.max_unmap_lba_count);
-    c.max_unmap_descriptors = a
-        .max_unmap_block_desc_count
-        .unwrap_or(c.max_unmap_descriptors);
-    c.max_write_same_blocks = a.max_write_same_len.unwrap_or(c.max_write_same_blocks);
-    c.optimal_unmap_granularity = a.unmap_granularity.unwrap_or(c.optimal_unmap_granularity);
-    let lu = Arc::new(LogicalUnit::new(c, dev));
-    let to_sessions = at.aborts.clone();
-    lu.on_task_abort(Box::new(move |a| {
-        // (No receiver: no session here has tasks to abort.)
-        let _ = to_sessions.send(Arc::new(a));
-    }));
-    lu.load_persistent_state().await;
-    let o = crate::ownership::Ownership::start(lu.clone(), at.local_tag, owner_tag).await;
-    info!(target = %at.iqn, lun = l.lun, backstore = l.backstore.kind(), image = %l.image, serial = %l.serial, bytes = size, "LUN ready");
-    Ok((lu, o))
-}
-
-/// Opens one target's LUNs as seen from `local`, reusing the LUs of `prev` whose
+/// Starts opening one target's LUNs as seen from `local`, reusing the LUs of `prev` whose
 /// definition did not change (their sessions, reservations and ownership carry on).
-async fn open_target(
+fn start_target(
     t: &Target,
     local: &crate::config::Tpg,
-    ceph: &CephOptions,
     prev: Option<&TargetRuntime>,
-    aborts: &TaskAborts,
-) -> anyhow::Result<TargetRuntime> {
+    serving: &Arc<Serving>,
+) -> OpeningTarget {
     let port_groups: Vec<TargetPortGroup> = t
         .tpgs
         .iter()
@@ -287,69 +212,145 @@ async fn open_target(
     let reusable = prev.filter(|p| same_groups(&p.cfg.tpgs) && p.cfg.attributes == t.attributes);
     let mut luns = BTreeMap::new();
     let mut owners = BTreeMap::new();
-    let at = Arc::new(LunContext {
-        iqn: t.iqn.clone(),
-        write_protect: t.attributes.write_protect,
-        local_tag: local.tag,
+    let at = Arc::new(LunContext::new(
+        t.iqn.clone(),
+        t.attributes.write_protect,
+        local.tag,
         port_groups,
-        ceph: ceph.clone(),
-        aborts: aborts.clone(),
-        slots: tokio::sync::Semaphore::new(OPENING_AT_ONCE),
-    });
-    let mut opening = tokio::task::JoinSet::new();
+        serving.ceph.clone(),
+        serving.aborts.clone(),
+    ));
+    // Every LUN opens at once (up to 64 per target): each spends about a second on the
+    // image and on asking who else serves it, which one after another made 1,000 LUNs
+    // take a quarter of an hour to start.
+    let mut opening = Vec::new();
     for l in &t.luns {
         if let Some(p) = reusable.filter(|p| p.cfg.luns.contains(l)) {
-            if let (Some(lu), Some(o)) = (p.luns.get(&l.lun), p.owners.get(&l.lun)) {
+            // (A stand-in is kept too: its task, still opening, finds it in the new version.)
+            if let Some(lu) = p.luns.get(&l.lun) {
                 luns.insert(l.lun, lu.clone());
-                owners.insert(l.lun, o.clone());
+                if let Some(o) = p.owners.get(&l.lun) {
+                    owners.insert(l.lun, o.clone());
+                }
                 continue;
             }
         }
         let owner_tag = t.tpgs.iter().find(|g| g.host == l.owner).map(|g| g.tag);
-        let (l, at) = (l.clone(), at.clone());
-        opening.spawn(async move {
-            // (The semaphore is never closed.)
-            let _slot = at.slots.acquire().await;
-            let (lu, o) = open_lun(&l, &at, owner_tag).await?;
-            Ok::<_, anyhow::Error>((l.lun, lu, o))
-        });
+        let o = Opening::start(l, &at, owner_tag, Arc::downgrade(serving));
+        opening.push((l.lun, o));
     }
-    // Every LUN opens at once (up to OPENING_AT_ONCE): each spends about a second on the
-    // image and on asking who else serves it, which one after another made 1,000 LUNs
-    // take a quarter of an hour to start. The first failure fails them all (and drops the
-    // others' tasks).
-    while let Some(r) = opening.join_next().await {
-        let (n, lu, o) = r.context("a LUN's opening task failed")??;
-        luns.insert(n, lu);
-        owners.insert(n, o);
-    }
-    Ok(TargetRuntime {
+    OpeningTarget {
         cfg: t.clone(),
         luns,
         owners,
-    })
+        opening,
+    }
+}
+
+/// What the gateway serves and the changes to it: a new config ([`Gateway::apply`]) and a LUN
+/// that opened late ([`Serving::install`]), one at a time.
+pub(crate) struct Serving {
+    /// Replaced whole on every change.
+    served: std::sync::RwLock<Arc<Served>>,
+    /// Counts the changes; sessions compare it to notice one.
+    epoch: std::sync::atomic::AtomicU64,
+    /// The same count, for tasks that wait for a change (the listeners).
+    epoch_changes: tokio::sync::watch::Sender<u64>,
+    /// Held by whoever changes `served`, from reading it to replacing it.
+    changing: tokio::sync::Mutex<()>,
+    pub ceph: CephOptions,
+    pub aborts: TaskAborts,
+}
+
+impl Serving {
+    fn served(&self) -> Arc<Served> {
+        self.served
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces what is served (the caller holds `changing`) and tells the sessions.
+    fn replace(&self, new: Served) {
+        *self.served.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.epoch_changes.send_replace(epoch);
+    }
+
+    /// Puts a LUN that opened late in its stand-in's place; false (and the LU dropped) when
+    /// the stand-in is no longer served (a config change removed or redefined the LUN).
+    pub(crate) async fn install(
+        &self,
+        iqn: &str,
+        lun: u64,
+        stand_in: &std::sync::Weak<Lu>,
+        (lu, owner): (Arc<Lu>, Arc<crate::ownership::Ownership>),
+    ) -> bool {
+        let _changing = self.changing.lock().await;
+        let Some(stand_in) = stand_in.upgrade() else {
+            return false;
+        };
+        let cur = self.served();
+        let Some(i) = cur.targets.iter().position(|t| {
+            t.cfg.iqn == iqn && t.luns.get(&lun).is_some_and(|l| Arc::ptr_eq(l, &stand_in))
+        }) else {
+            return false;
+        };
+        let old = &cur.targets[i];
+        let mut t = TargetRuntime {
+            cfg: old.cfg.clone(),
+            luns: old.luns.clone(),
+            owners: old.owners.clone(),
+        };
+        t.luns.insert(lun, lu);
+        t.owners.insert(lun, owner);
+        let mut targets = cur.targets.clone();
+        targets[i] = Arc::new(t);
+        self.replace(Served {
+            config: cur.config.clone(),
+            targets,
+        });
+        true
+    }
 }
 
 impl Gateway {
-    /// Opens the backstores of every LUN that `host` serves.
+    /// Opens the backstores of every LUN that `host` serves (those that take longer than
+    /// [`START_PATIENCE`](crate::lun_open::START_PATIENCE) or fail go on opening in the
+    /// background, see [`crate::lun_open`]).
     pub async fn open(config: Config, host: &str, ceph: &CephOptions) -> anyhow::Result<Gateway> {
         let aborts = tokio::sync::broadcast::channel(TASK_ABORTS_QUEUED).0;
-        let mut targets = Vec::new();
-        for t in &config.targets {
-            let Some(local) = t.tpgs_of(host).next() else {
-                continue;
-            };
-            targets.push(Arc::new(open_target(t, local, ceph, None, &aborts).await?));
-        }
-        if targets.is_empty() {
-            bail!("host {host} serves no target in {}", config.source_name);
-        }
-        Ok(Gateway {
-            host: host.to_string(),
-            served: std::sync::RwLock::new(Arc::new(Served { config, targets })),
+        let serving = Arc::new(Serving {
+            served: std::sync::RwLock::new(Arc::new(Served {
+                config: config.clone(),
+                targets: Vec::new(),
+            })),
             epoch: std::sync::atomic::AtomicU64::new(0),
             epoch_changes: tokio::sync::watch::channel(0).0,
+            changing: tokio::sync::Mutex::new(()),
             ceph: ceph.clone(),
+            aborts: aborts.clone(),
+        });
+        let changing = serving.changing.lock().await;
+        let deadline = tokio::time::Instant::now() + crate::lun_open::START_PATIENCE;
+        let opening: Vec<OpeningTarget> = config
+            .targets
+            .iter()
+            .filter_map(|t| Some(start_target(t, t.tpgs_of(host).next()?, None, &serving)))
+            .collect();
+        if opening.is_empty() {
+            bail!("host {host} serves no target in {}", config.source_name);
+        }
+        let mut targets = Vec::new();
+        for t in opening {
+            targets.push(Arc::new(t.by(deadline).await));
+        }
+        *serving.served.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Served { config, targets });
+        drop(changing);
+        Ok(Gateway {
+            host: host.to_string(),
+            serving,
             sessions: SessionRegistry::default(),
             next_tsih: AtomicU16::new(1),
             aborts,
@@ -361,9 +362,11 @@ impl Gateway {
     /// LUNs changed tells its sessions with REPORTED LUNS DATA HAS CHANGED (SPC-4 §6.33,
     /// SAM-5 §5.14); sessions of a removed target end. On any error nothing changes.
     pub async fn apply(&self, config: Config) -> anyhow::Result<ApplyReport> {
+        let _changing = self.serving.changing.lock().await;
         let old = self.served();
         let mut report = ApplyReport::default();
-        let mut targets = Vec::new();
+        let deadline = tokio::time::Instant::now() + crate::lun_open::START_PATIENCE;
+        let mut opening = Vec::new();
         for t in &config.targets {
             let Some(local) = t.tpgs_of(&self.host).next() else {
                 continue;
@@ -372,7 +375,15 @@ impl Gateway {
                 .targets
                 .iter()
                 .find(|p| p.cfg.iqn.eq_ignore_ascii_case(&t.iqn));
-            let rt = open_target(t, local, &self.ceph, prev.map(|p| &**p), &self.aborts).await?;
+            opening.push((
+                start_target(t, local, prev.map(|p| &**p), &self.serving),
+                prev,
+            ));
+        }
+        let mut targets = Vec::new();
+        for (o, prev) in opening {
+            let rt = o.by(deadline).await;
+            let t = &rt.cfg;
             match prev {
                 None => report.targets_added.push(t.iqn.clone()),
                 Some(p) => {
@@ -424,9 +435,7 @@ impl Gateway {
             }
         }
         let before = self.listen_addresses();
-        *self.served.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(Served { config, targets });
-        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.serving.replace(Served { config, targets });
         let after = self.listen_addresses();
         report.new_portals = after
             .iter()
@@ -434,26 +443,22 @@ impl Gateway {
             .copied()
             .collect();
         report.removed_portals = before.into_iter().filter(|a| !after.contains(a)).collect();
-        self.epoch_changes.send_replace(epoch);
         Ok(report)
     }
 
     /// The config version being served.
     pub fn served(&self) -> Arc<Served> {
-        self.served
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.serving.served()
     }
 
-    /// Changes whenever a new config is applied.
+    /// Changes whenever what is served changes (a new config, a LUN that opened late).
     pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.serving.epoch.load(Ordering::Acquire)
     }
 
-    /// Wakes whenever a new config is applied.
+    /// Wakes whenever what is served changes.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.epoch_changes.subscribe()
+        self.serving.epoch_changes.subscribe()
     }
 
     pub fn target(&self, iqn: &str) -> Option<Arc<TargetRuntime>> {

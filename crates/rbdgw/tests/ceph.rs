@@ -489,9 +489,12 @@ fn a_fenced_gateway_with_fifty_luns_recovers() {
     let dir = Scratch::new("ceph-fifty");
     let addr = format!("127.0.0.1:{}", free_port());
     let target = "iqn.2026-11.org.rbdgw:fifty";
-    let tpg: Vec<serde_json::Value> = (0..LUNS)
+    let mut tpg: Vec<serde_json::Value> = (0..LUNS)
         .map(|i| serde_json::json!({"image": format!("lun{i}"), "size": "8M", "owner": "gw1"}))
         .collect();
+    // And one more whose image does not exist yet (no size: not created by the gateway).
+    tpg.push(serde_json::json!({"image": "late", "owner": "gw1"}));
+    const LATE: u64 = LUNS as u64;
     let config = serde_json::json!({
         "auth": [{"target": target, "authentication": "none"}],
         "targets": [{"target": target, "hosts": [{"host": "gw1", "portal": "p1"}]}],
@@ -514,9 +517,9 @@ fn a_fenced_gateway_with_fifty_luns_recovers() {
     let write10 = |lba: u8| [0x2a, 0, 0, 0, 0, lba, 0, 0, 1, 0];
     let read10 = |lba: u8| [0x28, 0, 0, 0, 0, lba, 0, 0, 1, 0];
     // Every LUN writes, which also waits for every image to be open and its lock held.
-    let write_all = |s: &mut Client, lba: u8, fill: u8, within: Duration| {
+    let write_all = |s: &mut Client, luns: u64, lba: u8, fill: u8, within: Duration| {
         let deadline = Instant::now() + within;
-        for lun in 0..LUNS as u64 {
+        for lun in 0..luns {
             loop {
                 let o = s.scsi_ready(lun, &write10(lba), &[fill; 512], 0);
                 if o.status == 0 {
@@ -532,11 +535,31 @@ fn a_fenced_gateway_with_fifty_luns_recovers() {
             }
         }
     };
-    write_all(&mut s, 1, 0xa1, Duration::from_secs(60));
+    write_all(&mut s, LATE, 1, 0xa1, Duration::from_secs(60));
     println!(
         "{LUNS} RBD LUNs serving writes {:.1?} after start",
         t0.elapsed()
     );
+    // The missing image held nobody back; its LUN is NOT READY (04/0C) until it exists.
+    let tur = [0u8; 6];
+    let o = s.scsi_ready(LATE, &tur, &[], 0);
+    assert_eq!(o.sense, Some((0x02, 0x04, 0x0c)), "{o:?}");
+    cluster.tool("rbd", &["create", "--size", "8M", "late"]);
+    let t_late = Instant::now();
+    while s.scsi_ready(LATE, &tur, &[], 0).status != 0 {
+        assert!(
+            t_late.elapsed() < Duration::from_secs(45),
+            "the late image is not served:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!(
+        "the late image served {:.1?} after it was created",
+        t_late.elapsed()
+    );
+    let o = s.scsi_ready(LATE, &write10(1), &[0xa1; 512], 0);
+    assert_eq!(o.status, 0, "{o:?}");
     let (threads, fds) = threads_and_fds(gw.child.id());
     println!("{LUNS} RBD LUNs: {threads} threads, {fds} open files");
     // One client's threads and the runtime's, not a client (a dozen threads) per image.
@@ -555,9 +578,10 @@ fn a_fenced_gateway_with_fifty_luns_recovers() {
         .to_string();
     cluster.tool("ceph", &["osd", "blocklist", "add", &client_addr]);
     let t1 = Instant::now();
-    write_all(&mut s, 2, 0xa2, Duration::from_secs(90));
+    write_all(&mut s, LATE + 1, 2, 0xa2, Duration::from_secs(90));
     println!(
-        "fenced: all {LUNS} LUNs took writes again {:.1?} after the blocklist",
+        "fenced: all {} LUNs took writes again {:.1?} after the blocklist",
+        LATE + 1,
         t1.elapsed()
     );
     let text = std::fs::read_to_string(&log).unwrap();
@@ -571,7 +595,7 @@ fn a_fenced_gateway_with_fifty_luns_recovers() {
         1,
         "one new client for every image:\n{text}"
     );
-    for lun in 0..LUNS as u64 {
+    for lun in 0..=LATE {
         let o = s.scsi_ready(lun, &read10(1), &[], 512);
         assert_eq!(
             (o.status, o.data.as_slice()),

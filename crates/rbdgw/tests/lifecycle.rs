@@ -342,3 +342,83 @@ fn sighup_reloads_the_config_with_new_portals_and_luns() {
     );
     assert!(s.ping());
 }
+
+/// A LUN whose backstore cannot be opened does not hold the others back (issue 9): the
+/// gateway serves the rest at once, lists the broken LUN but answers NOT READY (LOGICAL UNIT
+/// NOT ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE: SPC-4 §5.16.2.5) with this gateway's
+/// port group unavailable in REPORT TARGET PORT GROUPS, so multipath goes to another gateway;
+/// it keeps retrying, says so in the log, and serves the LUN once its backstore appears.
+#[test]
+fn a_lun_that_cannot_open_is_not_ready_and_serves_once_it_can() {
+    let dir = Scratch::new("lifecycle-unopened");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let target = "iqn.2026-11.org.rbdgw:unopened";
+    // Without a size, a missing file is not created: the LUN waits for it.
+    let image = dir.0.join("disk.img");
+    let config = serde_json::json!({
+        "targets": [{"target": target, "hosts": [{"host": "gw1", "portal": "p1"}]}],
+        "portals": [{"name": "p1", "addresses": [addr.to_string()]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": target, "tpg": [
+            {"image": "m", "backstore": "memory", "size": "1M"},
+            {"image": "disk", "backstore": "file", "path": image.display().to_string()}]}]}]
+    });
+    let started = std::time::Instant::now();
+    let gw = Gateway::start(&dir.0, &config.to_string(), "gw1", addr);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the broken LUN held the start back"
+    );
+    let mut s = Client::connect(addr);
+    s.login("iqn.2026-11.org.rbdgw:unopened-init", Some(target), "");
+    let tur = [0u8; 6];
+    assert_eq!(s.scsi_ready(0, &tur, &[], 0).status, 0, "LUN 0 serves");
+    let r = s.scsi_ready(0, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0], &[], 64);
+    assert_eq!(
+        u32::from_be_bytes(r.data[..4].try_into().unwrap()),
+        16,
+        "both LUNs listed"
+    );
+    let o = s.scsi_ready(1, &tur, &[], 0);
+    assert_eq!(o.sense, Some((0x02, 0x04, 0x0c)), "{o:?}");
+    let inquiry = s.scsi_ready(1, &[0x12, 0, 0, 0, 96, 0], &[], 96);
+    assert_eq!(inquiry.status, 0, "INQUIRY answered: {inquiry:?}");
+    // REPORT TARGET PORT GROUPS: this gateway's group (tag 1) unavailable (0x3).
+    let rtpg = s.scsi_ready(1, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[], 256);
+    assert_eq!(rtpg.status, 0, "{rtpg:?}");
+    let mut groups = Vec::new();
+    let mut at = 4;
+    while at + 8 <= rtpg.data.len() {
+        let d = &rtpg.data[at..];
+        groups.push((u16::from_be_bytes([d[2], d[3]]), d[0] & 0x0f));
+        at += 8 + 4 * d[7] as usize;
+    }
+    assert!(groups.contains(&(1, 0x3)), "{groups:?}");
+    let wait_for = |what: &str, f: &mut dyn FnMut() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !f() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}:\n{}",
+                gw.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for("the failure logged", &mut || {
+        gw.log_text().contains("LUN not ready")
+    });
+
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    wait_for("LUN 1 serving once its file exists", &mut || {
+        s.scsi_ready(1, &tur, &[], 0).status == 0
+    });
+    let block = vec![0x5au8; 512];
+    let w = s.scsi_ready(1, &[0x2a, 0, 0, 0, 0, 7, 0, 0, 1, 0], &block, 0);
+    assert_eq!(w.status, 0, "{w:?}");
+    let r = s.scsi_ready(1, &[0x28, 0, 0, 0, 0, 7, 0, 0, 1, 0], &[], 512);
+    assert_eq!(r.data, block);
+    assert!(gw.log_text().contains("LUN serving: its backstore opened"));
+}

@@ -31,7 +31,12 @@ impl<B: BlockDevice> LogicalUnit<B> {
     /// The access state of a TPG for this LU.
     pub fn access_state(&self, tag: u16) -> AccessState {
         if tag == self.cfg.local_tpg && !self.dev.available() {
-            return AccessState::Transitioning;
+            // (See `execute_inner`: fenced for a moment, or not open yet for as long as that takes.)
+            return if self.dev.opened() {
+                AccessState::Transitioning
+            } else {
+                AccessState::Unavailable
+            };
         }
         let st = self.state();
         if tag != self.cfg.local_tpg && st.gone_tpgs.contains(&tag) {

@@ -346,12 +346,16 @@ impl<B: BlockDevice> LogicalUnit<B> {
         }
         // SPC-4 §5.16.2.5: while the device cannot be reached (fenced, reconnecting) this
         // port is transitioning: commands other than those that describe the LU are
-        // answered NOT READY, and the initiator retries or moves to another path.
+        // answered NOT READY, and the initiator retries or moves to another path. While it
+        // has not opened at all (a missing image: for as long as that takes) the port is
+        // unavailable (§5.16.2.4.5), which makes an initiator move to another path at once.
         if !self.dev.available() && !matches!(op, 0x12 | 0xa0 | 0x03 | 0xa3) {
-            return Err(SenseData::new(
-                SenseKey::NotReady,
-                Asc::LU_NOT_ACCESSIBLE_TRANSITIONING,
-            ));
+            let asc = if self.dev.opened() {
+                Asc::LU_NOT_ACCESSIBLE_TRANSITIONING
+            } else {
+                Asc::LU_NOT_ACCESSIBLE_UNAVAILABLE
+            };
+            return Err(SenseData::new(SenseKey::NotReady, asc));
         }
         if let Some(resp) = self.reservation_conflict(cmd) {
             return Ok(resp);
@@ -524,6 +528,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
             BackstoreError::OutOfRange { .. } => SenseData::lba_out_of_range(),
             BackstoreError::NotOwner => {
                 SenseData::new(SenseKey::NotReady, Asc::LU_NOT_ACCESSIBLE_TRANSITIONING)
+            }
+            BackstoreError::NotOpen => {
+                SenseData::new(SenseKey::NotReady, Asc::LU_NOT_ACCESSIBLE_UNAVAILABLE)
             }
             _ if write => SenseData::new(SenseKey::MediumError, Asc::WRITE_ERROR),
             _ => SenseData::new(SenseKey::MediumError, Asc::UNRECOVERED_READ_ERROR),

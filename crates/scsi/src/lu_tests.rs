@@ -1,6 +1,6 @@
 //! The logical unit driven without a network: each error path's status and sense.
 
-use backstore::FileDevice;
+use backstore::{BlockDevice, FileDevice, Unopened};
 use bytes::Bytes;
 
 use crate::lu::{LuConfig, ResetKind};
@@ -25,7 +25,12 @@ fn nexus(n: u8) -> ItNexus {
     }
 }
 
-async fn run(lu: &LogicalUnit<FileDevice>, n: &ItNexus, cdb: &[u8], data: &[u8]) -> ScsiResponse {
+async fn run<B: BlockDevice>(
+    lu: &LogicalUnit<B>,
+    n: &ItNexus,
+    cdb: &[u8],
+    data: &[u8],
+) -> ScsiResponse {
     let mut full = [0u8; 16];
     full[..cdb.len()].copy_from_slice(cdb);
     let cmd = ScsiCommand {
@@ -372,7 +377,7 @@ async fn reads_in_memory_and_from_the_file() {
 }
 
 /// REPORT TARGET PORT GROUPS as (tag, access state) per group.
-async fn rtpg(lu: &LogicalUnit<FileDevice>, n: &ItNexus) -> Vec<(u16, u8)> {
+async fn rtpg<B: BlockDevice>(lu: &LogicalUnit<B>, n: &ItNexus) -> Vec<(u16, u8)> {
     let r = run(lu, n, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0], &[]).await;
     assert_eq!(r.status, ScsiStatus::Good, "{r:?}");
     let d = r.data.to_vec();
@@ -546,4 +551,49 @@ async fn preempt_and_abort_clear_task_set_and_reset_abort_other_nexuses_on_every
     assert_eq!(on_a_now.len(), 2, "{on_a_now:?}");
     assert!(on_a_now.iter().all(|o| o.applies_to(&node1)));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A LUN whose image has not opened (missing, or its pool unreachable) is listed and described
+/// but answers NOT READY with its port unavailable (SPC-4 §5.16.2.4.5), so an initiator uses
+/// another gateway's path meanwhile; the other groups keep their states.
+#[tokio::test]
+async fn an_unopened_lun_is_described_and_unavailable() {
+    use crate::alua::TargetPortGroup;
+    let mut c = LuConfig::new(
+        3,
+        "0123abcd-0000-0000-0000-000000000003",
+        "iqn.2026-11.org.rbdgw:t",
+    );
+    c.local_tpg = 2;
+    c.port_groups = (1..=2)
+        .map(|tag| TargetPortGroup {
+            tag,
+            relative_port: tag,
+        })
+        .collect();
+    let lu = LogicalUnit::new(c, Unopened);
+    lu.set_owner_tpg(Some(1));
+    let n = nexus(1);
+    let inq = run(&lu, &n, &[0x12, 0, 0, 0, 96, 0], &[]).await;
+    assert_eq!(inq.status, ScsiStatus::Good, "{inq:?}");
+    let serial = run(&lu, &n, &[0x12, 1, 0x80, 0, 96, 0], &[]).await;
+    assert!(
+        serial.data.windows(8).any(|w| w == b"0123abcd"),
+        "{serial:?}"
+    );
+    // The power-on unit attention first, as on any LU; then NOT READY for everything else.
+    let first = run(&lu, &n, &[0x00], &[]).await;
+    check(&first, SenseKey::UnitAttention, Asc::POWER_ON_RESET);
+    for cdb in [
+        &[0x00u8][..],
+        &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+        &write10(0, 1),
+        &[0x5e, 0, 0, 0, 0, 0, 0, 0, 24, 0],
+    ] {
+        let data = if cdb[0] == 0x2a { vec![0; 512] } else { vec![] };
+        let r = run(&lu, &n, cdb, &data).await;
+        check(&r, SenseKey::NotReady, Asc::LU_NOT_ACCESSIBLE_UNAVAILABLE);
+    }
+    assert_eq!(rtpg(&lu, &n).await, vec![(1, 0x0), (2, 0x3)]);
 }

@@ -62,6 +62,7 @@ impl Asc {
     pub const MEDIUM_REMOVAL_PREVENTED: Asc = Asc(0x53, 0x02);
     pub const LU_NOT_ACCESSIBLE_TRANSITIONING: Asc = Asc(0x04, 0x0a);
     pub const LU_NOT_ACCESSIBLE_STANDBY: Asc = Asc(0x04, 0x0b);
+    pub const LU_NOT_ACCESSIBLE_UNAVAILABLE: Asc = Asc(0x04, 0x0c);
 }
 
 /// Sense data for one CHECK CONDITION.
