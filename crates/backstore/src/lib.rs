@@ -11,6 +11,7 @@
 //! [`Device`] that the gateway holds, so dispatch costs no allocation per I/O.
 
 use std::future::Future;
+use std::time::Duration;
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -86,6 +87,9 @@ pub struct Member {
 }
 
 /// An asynchronous block device. Offsets and lengths are in bytes.
+/// How often a device that cannot wait for changes of its metadata is looked at.
+pub const METADATA_POLL: Duration = Duration::from_millis(200);
+
 pub trait BlockDevice: Send + Sync + 'static {
     /// Current size in bytes.
     fn size(&self) -> u64;
@@ -151,6 +155,15 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// A counter that changes whenever any gateway changes the metadata; reading it must be
     /// cheap (it is read before every command to notice reservation changes).
     fn metadata_generation(&self) -> u64;
+
+    /// Resolves once [`metadata_generation`](BlockDevice::metadata_generation) may have moved
+    /// on from `seen`, or after `at_most`. A device told of changes (RBD: a notify) wakes its
+    /// waiters at once; one that must look for them (a file's sidecar) is looked at again
+    /// after [`METADATA_POLL`] at the latest. An idle gateway's control loop sleeps here: a
+    /// thousand LUs polled five times a second were most of its idle CPU.
+    fn metadata_changed(&self, _seen: u64, at_most: Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(at_most.min(METADATA_POLL))
+    }
 
     /// Takes the ownership lock (exclusive between gateways) if it is free; `Ok(false)` when
     /// another holder has it.
@@ -267,6 +280,9 @@ impl BlockDevice for Device {
     }
     fn metadata_generation(&self) -> u64 {
         dispatch!(self, d => d.metadata_generation())
+    }
+    async fn metadata_changed(&self, seen: u64, at_most: Duration) {
+        dispatch!(self, d => d.metadata_changed(seen, at_most).await)
     }
     async fn try_acquire_ownership(&self) -> Result<bool> {
         dispatch!(self, d => d.try_acquire_ownership().await)

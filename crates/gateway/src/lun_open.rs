@@ -1,6 +1,8 @@
 //! Opening a LUN's backstore without holding the others back.
 //!
-//! Every LUN opens in a task of its own (at most [`OPENING_AT_ONCE`] per target at a time).
+//! Every LUN opens in a task of its own; at most [`OPENING_AT_ONCE`] backstores of the whole
+//! gateway open at a time (each holds a blocking thread meanwhile), while the rest of a LUN's
+//! start, asking who else serves it, is asynchronous and not limited.
 //! The gateway waits for the first attempts until [`START_PATIENCE`] has passed; a LUN whose
 //! image has not opened by then (slow: its pool cannot be reached) or failed to (missing,
 //! no permission) is served meanwhile by a stand-in LU over [`Unopened`]: listed by REPORT
@@ -24,8 +26,10 @@ use crate::config::{BackstoreSpec, Lun};
 use crate::ownership::Ownership;
 use crate::target::{CephOptions, Lu, Serving, TaskAborts};
 
-/// How many LUNs of a target open at the same time.
-const OPENING_AT_ONCE: usize = 64;
+/// How many backstores the gateway opens at the same time: a blocking thread each (librbd's
+/// open is synchronous). 32 open 1,000 RBD images in about 3 s here.
+const OPENING_AT_ONCE: usize = 32;
+static OPENING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(OPENING_AT_ONCE);
 /// How long a start or a config change waits for LUNs to open before serving the others.
 pub(crate) const START_PATIENCE: Duration = Duration::from_secs(3);
 /// Delays between attempts to open a LUN that failed: doubling up to the last.
@@ -40,7 +44,6 @@ pub(crate) struct LunContext {
     pub port_groups: Vec<TargetPortGroup>,
     pub ceph: CephOptions,
     pub aborts: TaskAborts,
-    slots: tokio::sync::Semaphore,
 }
 
 impl LunContext {
@@ -59,7 +62,6 @@ impl LunContext {
             port_groups,
             ceph,
             aborts,
-            slots: tokio::sync::Semaphore::new(OPENING_AT_ONCE),
         }
     }
 }
@@ -135,11 +137,7 @@ impl KeepOpening {
         let t0 = Instant::now();
         loop {
             attempts += 1;
-            let r = {
-                // (The semaphore is never closed.)
-                let _slot = self.at.slots.acquire().await;
-                open_lun(&self.lun, &self.at, self.owner_tag).await
-            };
+            let r = open_lun(&self.lun, &self.at, self.owner_tag).await;
             match r {
                 Ok(opened) => {
                     let opened = match first.take() {
@@ -257,9 +255,12 @@ async fn open_lun(
     at: &LunContext,
     owner_tag: Option<u16>,
 ) -> anyhow::Result<(Arc<Lu>, Arc<Ownership>)> {
-    let dev = open_device(l, &at.ceph)
-        .await
-        .with_context(|| format!("target {} LUN {}", at.iqn, l.lun))?;
+    let dev = {
+        // (The semaphore is never closed.)
+        let _slot = OPENING.acquire().await;
+        open_device(l, &at.ceph).await
+    }
+    .with_context(|| format!("target {} LUN {}", at.iqn, l.lun))?;
     let size = backstore::BlockDevice::size(&dev);
     if size < l.attributes.block_size as u64 {
         bail!(

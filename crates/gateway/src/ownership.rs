@@ -2,8 +2,9 @@
 //! computes alike, and the backstore's ownership lock, so that only one gateway writes.
 //!
 //! **Who is alive.** Every gateway beats on each LU's device and pings it every
-//! [`PING_EVERY`] (RBD: a notify on the image's state object, answered by every live
-//! gateway's watch with its TPG tag and whether it holds the lock; file: presence files under
+//! [`PING_EVERY`] (RBD: a notify on the pool's presence object, answered by every live
+//! gateway's watch with its TPG tag and whether it holds the lock, for each of its images of
+//! the pool; file: presence files under
 //! OFD locks, which the kernel drops with a dead process). A gateway that has not answered for
 //! [`ABSENT_AFTER`] is gone. A gateway whose own ping does not come back (cut off) cannot tell
 //! and decides nothing.
@@ -41,9 +42,9 @@ use crate::target::Lu;
 
 const OWNER_KEY: &str = "alua_owner";
 const REQUEST_KEY: &str = "alua_request";
-/// How often a gateway looks at the shared ownership state…
-const POLL: Duration = Duration::from_millis(200);
-/// …and while a handover is under way (a request stands, or this gateway asked).
+/// How often a gateway looks at the shared ownership state while a handover is under way (a
+/// request stands, or this gateway asked); otherwise when it changes (or, on a device that
+/// cannot tell, every [`backstore::METADATA_POLL`]) and before each ping.
 const POLL_HANDOVER: Duration = Duration::from_millis(20);
 /// How often a gateway asks who is alive.
 const PING_EVERY: Duration = Duration::from_secs(1);
@@ -76,6 +77,22 @@ const YIELD_AFTER: Duration = Duration::from_secs(3);
 /// still served.
 const SETTLING: Duration = Duration::from_secs(20);
 const YIELD_SETTLING: Duration = Duration::from_secs(4);
+
+/// When a LU that last pinged at `t` pings next. Every LU of the process pings on one grid,
+/// [`PING_EVERY`] apart: a gateway's LUs wake together once a second, answered by one round of
+/// pings per pool, instead of a thousand times spread across the second.
+fn next_ping_after(t: Instant) -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    match t.checked_duration_since(origin) {
+        Some(since) => {
+            let periods = since.as_nanos() / PING_EVERY.as_nanos();
+            origin + PING_EVERY * (periods as u32 + 1)
+        }
+        // Before the grid was laid (the first ping of the process).
+        None => t + PING_EVERY,
+    }
+}
 
 fn parse_tag(v: Option<Vec<u8>>) -> Option<u16> {
     v.and_then(|b| String::from_utf8(b).ok())
@@ -229,19 +246,41 @@ impl Ownership {
         }
         let weak = Arc::downgrade(&o);
         tokio::spawn(async move {
-            let mut every = POLL;
             loop {
-                tokio::time::sleep(every).await;
+                // Asleep until the shared state changes or the next ping is due (a device
+                // that cannot be told of changes is looked at every 200 ms); while a
+                // handover is under way, every POLL_HANDOVER. Only the LU is held meanwhile,
+                // not the ownership, whose drop ends the loop.
+                let (lu, seen, wait) = {
+                    let Some(o) = weak.upgrade() else { return };
+                    let wait = if o.asked.load(Ordering::Acquire) || lock(&o.pending).is_some() {
+                        None
+                    } else {
+                        Some(o.until_ping())
+                    };
+                    (
+                        o.lu.clone(),
+                        o.seen_generation.load(Ordering::Acquire),
+                        wait,
+                    )
+                };
+                match wait {
+                    Some(wait) => lu.device().metadata_changed(seen, wait).await,
+                    None => tokio::time::sleep(POLL_HANDOVER).await,
+                }
+                drop(lu);
                 let Some(o) = weak.upgrade() else { return };
                 o.refresh().await;
-                every = if o.asked.load(Ordering::Acquire) || lock(&o.pending).is_some() {
-                    POLL_HANDOVER
-                } else {
-                    POLL
-                };
             }
         });
         o
+    }
+
+    /// How long until the next ping is due.
+    fn until_ping(&self) -> Duration {
+        lock(&self.view).pinged.map_or(Duration::ZERO, |t| {
+            next_ping_after(t).saturating_duration_since(Instant::now())
+        })
     }
 
     /// Whether no other gateway is present on the LU now (asked twice, a second apart, when
@@ -391,7 +430,7 @@ impl Ownership {
         }
         let due = lock(&self.view)
             .pinged
-            .is_none_or(|t| t.elapsed() >= PING_EVERY);
+            .is_none_or(|t| Instant::now() >= next_ping_after(t));
         if due {
             self.look_around().await;
         }
@@ -664,6 +703,19 @@ pub fn needs_ownership(opcode: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_lu_pings_on_one_grid_a_second_apart() {
+        next_ping_after(Instant::now());
+        let t = Instant::now();
+        let next = next_ping_after(t);
+        assert!(next > t && next <= t + PING_EVERY, "{:?}", next - t);
+        // Any instant of the same period has the same next ping; the next period's is one
+        // PING_EVERY later.
+        let later = next - Duration::from_millis(1);
+        assert_eq!(next_ping_after(later), next);
+        assert_eq!(next_ping_after(next), next + PING_EVERY);
+    }
 
     #[test]
     fn successors_follow_the_configured_owner_in_tag_order() {

@@ -220,9 +220,9 @@ fn start_target(
         serving.ceph.clone(),
         serving.aborts.clone(),
     ));
-    // Every LUN opens at once (up to 64 per target): each spends about a second on the
-    // image and on asking who else serves it, which one after another made 1,000 LUNs
-    // take a quarter of an hour to start.
+    // Every LUN opens at once (up to 32 images at a time per gateway): each spends about a
+    // second on the image and on asking who else serves it, which one after another made
+    // 1,000 LUNs take a quarter of an hour to start.
     let mut opening = Vec::new();
     for l in &t.luns {
         if let Some(p) = reusable.filter(|p| p.cfg.luns.contains(l)) {

@@ -232,3 +232,36 @@ fn libiscsi_conformance() {
     assert!(passed >= 360, "too few tests passed: {passed}");
     drop(gw);
 }
+
+/// A LUN above 255 given by number, as qemu and libiscsi's tools take it (`iscsi://…/300`):
+/// libiscsi sends it in peripheral device addressing with the high bits in the bus
+/// identifier, as Linux and LIO number LUNs; the gateway serves it as LUN 300.
+#[test]
+fn a_lun_above_255_is_reached_by_its_number() {
+    require("iscsi-readcapacity16", "libiscsi-bin");
+    let dir = Scratch::new("conformance-lun300");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = serde_json::json!({
+        "targets": [{"target": TARGET, "hosts": [{"host": "gw1", "portal": "p1"}]}],
+        "portals": [{"name": "p1", "addresses": [addr]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": TARGET, "tpg": [
+            {"image": "zero", "backstore": "memory", "size": "16M"},
+            {"image": "high", "lun": 300, "backstore": "memory", "size": "32M"}]}]}]
+    });
+    let _gw = Gateway::start(&dir.0, &config.to_string(), "gw1", addr.parse().unwrap());
+    let read_capacity = |lun: u32| {
+        let out = Command::new("iscsi-readcapacity16")
+            .arg(format!("iscsi://{addr}/{TARGET}/{lun}"))
+            .output()
+            .expect("run iscsi-readcapacity16");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = read_capacity(300);
+    assert!(ok && text.contains("Total size:33554432"), "{text}");
+    let (ok, text) = read_capacity(301);
+    assert!(!ok && text.contains("LOGICAL_UNIT_NOT_SUPPORTED"), "{text}");
+}

@@ -182,14 +182,18 @@ pub fn encode_lun(lun: u64) -> u64 {
 }
 
 /// Decodes the 8-byte LUN field; `None` for addressing methods we never hand out.
+///
+/// Peripheral device addressing with a nonzero bus identifier (`0x012c` for LUN 300) is read
+/// as the 14-bit number it spells, as Linux's `scsilun_to_int` and so LIO read it: that is
+/// what libiscsi sends for a LUN above 255 given by number (`iscsi://…/300`, qemu, the
+/// libiscsi tools), and this target has no buses to address.
 pub fn decode_lun(raw: u64) -> Option<u64> {
     let first = (raw >> 48) as u16;
     if raw & 0x0000_ffff_ffff_ffff != 0 {
         return None;
     }
     match first >> 14 {
-        0 if first >> 8 == 0 => Some((first & 0xff) as u64),
-        1 => Some((first & 0x3fff) as u64),
+        0 | 1 => Some((first & 0x3fff) as u64),
         _ => None,
     }
 }
@@ -222,6 +226,14 @@ mod tests {
         }
         assert_eq!(encode_lun(1), 0x0001_0000_0000_0000);
         assert_eq!(decode_lun(0x0001_0000_0000_0001), None);
+        // libiscsi's LUN 300: peripheral addressing, "bus" 1.
+        assert_eq!(decode_lun(0x012c_0000_0000_0000), Some(300));
+        assert_eq!(decode_lun(0x412c_0000_0000_0000), Some(300));
+        assert_eq!(
+            decode_lun(0x812c_0000_0000_0000),
+            None,
+            "logical unit addressing"
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub type DiffCallback = extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
 pub type XattrsIter = *mut c_void;
 pub type WatchCallback = extern "C" fn(*mut c_void, u64, u64, u64, *mut c_void, usize);
 pub type WatchErrorCallback = extern "C" fn(*mut c_void, u64, c_int);
+/// `rbd_update_callback_t`: the image's header changed (resize, features…).
+pub type UpdateCallback = extern "C" fn(*mut c_void);
 
 /// `struct notify_ack_t` (rados_types.h): one watcher's answer to a notify.
 #[repr(C)]
@@ -74,7 +76,6 @@ api! {
     rados_ioctx_create: fn(RadosT, *const c_char, *mut IoCtx) -> c_int;
     rados_ioctx_destroy: fn(IoCtx) -> ();
     rados_ioctx_set_namespace: fn(IoCtx, *const c_char) -> ();
-    rados_getxattr: fn(IoCtx, *const c_char, *const c_char, *mut c_char, usize) -> c_int;
     rados_create_write_op: fn() -> WriteOp;
     rados_release_write_op: fn(WriteOp) -> ();
     rados_write_op_create: fn(WriteOp, c_int, *const c_char) -> ();
@@ -87,6 +88,8 @@ api! {
     rados_notify2: fn(IoCtx, *const c_char, *const c_char, c_int, u64, *mut *mut c_char, *mut usize) -> c_int;
     rados_aio_create_completion2: fn(*mut c_void, Callback, *mut Completion) -> c_int;
     rados_aio_notify: fn(IoCtx, *const c_char, Completion, *const c_char, c_int, u64, *mut *mut c_char, *mut usize) -> c_int;
+    rados_aio_getxattr: fn(IoCtx, *const c_char, Completion, *const c_char, *mut c_char, usize) -> c_int;
+    rados_aio_write_op_operate: fn(WriteOp, IoCtx, Completion, *const c_char, *mut i64, c_int) -> c_int;
     rados_aio_get_return_value: fn(Completion) -> c_int;
     rados_aio_release: fn(Completion) -> ();
     rados_buffer_free: fn(*mut c_char) -> ();
@@ -112,6 +115,8 @@ api! {
     rbd_lock_break: fn(Image, c_int, *const c_char) -> c_int;
     rbd_create: fn(IoCtx, *const c_char, u64, *mut c_int) -> c_int;
     rbd_get_features: fn(Image, *mut u64) -> c_int;
+    rbd_update_watch: fn(Image, *mut u64, UpdateCallback, *mut c_void) -> c_int;
+    rbd_update_unwatch: fn(Image, u64) -> c_int;
     rbd_update_features: fn(Image, u64, u8) -> c_int;
     rados_read: fn(IoCtx, *const c_char, *mut c_char, usize, u64) -> c_int;
     rados_write_full: fn(IoCtx, *const c_char, *const c_char, usize) -> c_int;

@@ -9,6 +9,10 @@
 //! A ping is one *round*, shared by every image that asks within [`FRESH`] of its start:
 //! the first to find no fresh round leads one, the others wait for its result.
 //!
+//! The same watch hears the images' changes: an image's state object is not watched, its
+//! changes are announced on the presence object with the image's key (`state.rs`), so a
+//! gateway has one watch per pool, not one per image (librbd's header watch aside).
+//!
 //! What an image learns is what its own ping told it before: the gateways that answered
 //! for it (a gateway whose control loop for that LU stalled leaves its line out, see
 //! [`Presence::beat`]), and an error when this gateway's own line did not come back (cut
@@ -21,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::client::Connection;
-use super::state::{parse_answer, Answers, Presence, SharedState};
+use super::state::{parse_answer, Answers, Listeners, Presence, SharedState};
 use super::{api, ceph_err, ffi};
 use crate::{BackstoreError, Member, Result};
 
@@ -49,6 +53,8 @@ pub(super) struct PoolLiveness {
     state: Option<SharedState>,
     ioctx: ffi::IoCtx,
     images: Images,
+    /// The images whose changes the watch hears.
+    listeners: Listeners,
     rounds: tokio::sync::watch::Sender<Option<Arc<Round>>>,
     leading: AtomicBool,
     /// Closed after the watch and the ioctx.
@@ -141,7 +147,14 @@ impl PoolLiveness {
         let for_watch = images.clone();
         let answers: Answers = Arc::new(move || answer(&for_watch));
         let oid = CString::new(PRESENCE_OBJECT).expect("no NUL");
-        let state = match SharedState::open_object(ioctx, oid, true, Some(answers)) {
+        let listeners: Listeners = Default::default();
+        let state = match SharedState::open_object(
+            ioctx,
+            oid,
+            true,
+            Some(answers),
+            Some(listeners.clone()),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 if let Ok(a) = api() {
@@ -155,12 +168,20 @@ impl PoolLiveness {
             state: Some(state),
             ioctx,
             images,
+            listeners,
             rounds: tokio::sync::watch::channel(None).0,
             leading: AtomicBool::new(false),
             _conn: conn.clone(),
         });
         r.insert(key, Arc::downgrade(&l));
         Ok(l)
+    }
+
+    /// Opens the state object of `image` (blocking), its changes announced on and heard
+    /// through this pool's presence object.
+    pub fn open_state(&self, ioctx: ffi::IoCtx, image: ffi::Image) -> Result<SharedState> {
+        let presence = CString::new(PRESENCE_OBJECT).expect("no NUL");
+        SharedState::open(ioctx, image, &presence, &self.listeners)
     }
 
     /// Answers pings for the image `key` with `presence` from now on.

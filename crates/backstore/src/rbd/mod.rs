@@ -5,6 +5,7 @@
 //! Buffers belong to the completion context, not to the awaiting future: if a command is
 //! aborted while librbd still fills its read buffer, the buffer lives until the callback.
 
+mod aio;
 mod client;
 mod ffi;
 mod liveness;
@@ -53,6 +54,17 @@ struct Handle {
     state: Option<state::SharedState>,
     /// Where this image answers and asks who is alive (its pool's presence on `conn`).
     liveness: Option<Arc<liveness::PoolLiveness>>,
+    /// Set by librbd when the image's header changed (a resize): the monitor then reads the
+    /// size, instead of asking a thousand images twice a second. Boxed: librbd holds its
+    /// address until the update watch is removed (in Drop).
+    header_changed: Box<AtomicBool>,
+    update_watch: Option<u64>,
+}
+
+extern "C" fn on_header_update(arg: *mut c_void) {
+    // SAFETY: `arg` is the Handle's boxed flag, alive until the update watch is removed.
+    let changed = unsafe { &*(arg as *const AtomicBool) };
+    changed.store(true, Ordering::Release);
 }
 
 // SAFETY: librados and librbd handles are thread-safe (the C API is used from many threads).
@@ -70,8 +82,12 @@ impl Drop for Handle {
             }
             self.state = None;
             // SAFETY: closing handles we opened, once, in reverse order (`conn` is dropped
-            // after this).
+            // after this); removing the update watch waits for its callback in progress, so
+            // the flag outlives every call.
             unsafe {
+                if let Some(w) = self.update_watch.take() {
+                    (a.rbd_update_unwatch)(self.image, w);
+                }
                 if !self.image.is_null() {
                     (a.rbd_close)(self.image);
                 }
@@ -87,8 +103,11 @@ impl Drop for Handle {
 const FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
 /// What an OSD answers a blocklisted client (`EBLOCKLISTED` is `ESHUTDOWN` on Linux).
 const EBLOCKLISTED: i64 = libc::ESHUTDOWN as i64;
-/// How often the monitor thread looks at the image's size and, when fenced, reconnects.
+/// How often the monitor thread looks at the image (reconnects when fenced, reads the size
+/// when its header changed)…
 const MONITOR_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// …and reads the size anyway, every this many looks (30 s).
+const SIZE_CHECK_EVERY: u64 = 60;
 /// How long a replaced connection stays open for the calls still running on it (a
 /// blocklisted client's calls fail within moments; closing waits for any still running).
 const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
@@ -113,6 +132,8 @@ impl Handle {
             image: std::ptr::null_mut(),
             state: None,
             liveness: None,
+            header_changed: Box::new(AtomicBool::new(true)),
+            update_watch: None,
         };
         // SAFETY: C calls with valid NUL-terminated strings and out-pointers; `h` closes
         // whatever was opened if a later step fails.
@@ -126,9 +147,19 @@ impl Handle {
                 return Err(ceph_err(&format!("opening image {name}"), rc as i64));
             }
             ensure_exclusive_lock(a, h.image, name)?;
-            let state = state::SharedState::open(h.ioctx, h.image)?;
+            let mut w = 0u64;
+            let flag = &*h.header_changed as *const AtomicBool as *mut c_void;
+            let rc = (a.rbd_update_watch)(h.image, &mut w, on_header_update, flag);
+            if rc < 0 {
+                return Err(ceph_err(
+                    &format!("watching the header of {name}"),
+                    rc as i64,
+                ));
+            }
+            h.update_watch = Some(w);
             let liveness =
                 liveness::PoolLiveness::of(&h.conn, &cfg.pool, cfg.namespace.as_deref())?;
+            let state = liveness.open_state(h.ioctx, h.image)?;
             liveness.join(&state.key(), presence);
             h.state = Some(state);
             h.liveness = Some(liveness);
@@ -142,10 +173,9 @@ impl Handle {
             .ok_or_else(|| BackstoreError::Other("image state is not open".into()))
     }
 
-    /// Ceph refused this handle's connection, as its watches saw.
+    /// Ceph refused this handle's connection, as its pool's presence watch or ping saw.
     fn blocklisted(&self) -> bool {
-        self.state.as_ref().is_some_and(|s| s.blocklisted())
-            || self.liveness.as_ref().is_some_and(|l| l.blocklisted())
+        self.liveness.as_ref().is_some_and(|l| l.blocklisted())
     }
 
     /// The image's size as librbd knows it now (librbd refreshes its header when another
@@ -332,6 +362,8 @@ struct Inner {
     /// a live client is the likely cause of a SIGSEGV seen once at the exit of the rbd_live
     /// test binary, after the test had passed.)
     retired: std::sync::Mutex<Vec<(std::time::Instant, Arc<Handle>)>>,
+    /// The monitor's looks at this image so far.
+    monitor_passes: AtomicU64,
 }
 
 /// An open RBD image.
@@ -402,11 +434,16 @@ impl Inner {
             return;
         }
         let h = self.handle();
-        if let Some(Err(e)) = h.state.as_ref().map(state::SharedState::renew_watch) {
-            tracing::warn!(image = self.name, "renewing the state watch failed: {e}");
-        }
         if let Some(Err(e)) = h.liveness.as_ref().map(|l| l.renew_watch()) {
             tracing::warn!(image = self.name, "renewing the presence watch failed: {e}");
+        }
+        // The size when librbd saw the header change, and now and then in case a notice was
+        // missed.
+        let passes = self.monitor_passes.fetch_add(1, Ordering::Relaxed);
+        if !h.header_changed.swap(false, Ordering::AcqRel)
+            && !passes.is_multiple_of(SIZE_CHECK_EVERY)
+        {
+            return;
         }
         match h.size() {
             Ok(size) => {
@@ -594,6 +631,7 @@ impl RbdDevice {
             presence,
             epoch: AtomicU64::new(0),
             retired: std::sync::Mutex::new(Vec::new()),
+            monitor_passes: AtomicU64::new(0),
         });
         watch_over(&inner)?;
         Ok(RbdDevice { inner })
@@ -689,22 +727,20 @@ impl RbdDevice {
         Ok(())
     }
 
-    /// Runs a blocking call on the state object of the current connection.
-    async fn with_state<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&state::SharedState) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    /// The handle of the current connection, whose state object an operation is about to
+    /// use (and keeps open until librados is done with it).
+    fn state_handle(&self) -> Result<Arc<Handle>> {
         self.check_readable()?;
-        let h = self.inner.handle();
-        let inner = self.inner.clone();
-        blocking(move || {
-            f(h.state()?).inspect_err(|e| {
-                if e.raw_os_error() == Some(EBLOCKLISTED as i32) {
-                    inner.fenced_by_ceph();
-                }
-            })
+        Ok(self.inner.handle())
+    }
+
+    /// A state operation's outcome: EBLOCKLISTED means this client is fenced.
+    fn state_outcome<T>(&self, r: Result<T>) -> Result<T> {
+        r.inspect_err(|e| {
+            if e.raw_os_error() == Some(EBLOCKLISTED as i32) {
+                self.inner.fenced_by_ceph();
+            }
         })
-        .await
     }
 }
 
@@ -883,14 +919,16 @@ impl BlockDevice for RbdDevice {
     }
 
     async fn metadata_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let key = key.to_string();
-        self.with_state(move |s| s.get(&key)).await
+        let h = self.state_handle()?;
+        let r = h.state()?.get(key, h.clone()).await;
+        self.state_outcome(r)
     }
 
     async fn metadata_set(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        let key = key.to_string();
-        self.with_state(move |s| s.compare_and_set(&key, None, &value, false).map(|_| ()))
-            .await
+        let h = self.state_handle()?;
+        let s = h.state()?;
+        let r = s.compare_and_set(key, None, &value, false, h.clone()).await;
+        self.state_outcome(r).map(|_| ())
     }
 
     async fn metadata_compare_and_set(
@@ -899,9 +937,12 @@ impl BlockDevice for RbdDevice {
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
     ) -> Result<bool> {
-        let key = key.to_string();
-        self.with_state(move |s| s.compare_and_set(&key, expected.as_deref(), &value, true))
-            .await
+        let h = self.state_handle()?;
+        let s = h.state()?;
+        let r = s
+            .compare_and_set(key, expected.as_deref(), &value, true, h.clone())
+            .await;
+        self.state_outcome(r)
     }
 
     fn metadata_generation(&self) -> u64 {
@@ -910,8 +951,26 @@ impl BlockDevice for RbdDevice {
         let generation = h
             .state
             .as_ref()
-            .map_or(0, |s| s.watch.generation.load(Ordering::Acquire));
+            .map_or(0, |s| s.watch.changes.generation.load(Ordering::Acquire));
         (epoch << 40) + generation
+    }
+
+    async fn metadata_changed(&self, seen: u64, at_most: std::time::Duration) {
+        // (A reconnection moves the epoch part of the generation; a wait on the replaced
+        // handle's changes ends by `at_most`.)
+        let changes = self
+            .inner
+            .handle()
+            .state
+            .as_ref()
+            .map(|s| s.watch.changes.clone());
+        match changes {
+            Some(c) if seen >> 40 == self.inner.epoch.load(Ordering::Acquire) => {
+                c.wait(seen & ((1 << 40) - 1), at_most).await
+            }
+            Some(_) => {}
+            None => tokio::time::sleep(at_most.min(crate::METADATA_POLL)).await,
+        }
     }
 
     async fn try_acquire_ownership(&self) -> Result<bool> {

@@ -44,7 +44,7 @@ pub struct ObjectWatch {
 
 impl ObjectWatch {
     pub fn generation(&self) -> u64 {
-        self.state.watch.generation.load(Ordering::Acquire)
+        self.state.watch.changes.generation.load(Ordering::Acquire)
     }
 
     /// Whether the watch broke and needs [`ObjectWatch::renew`] (one atomic load).
@@ -129,7 +129,7 @@ impl RadosPool {
         if rc < 0 {
             return Err(ceph_err(&format!("writing {}/{oid}", self.pool), rc as i64));
         }
-        notify(self.ioctx, &name, oid);
+        notify(self.ioctx, &name, &[], oid);
         Ok(())
     }
 
@@ -137,7 +137,7 @@ impl RadosPool {
     pub fn remove(&self, oid: &str) -> Result<bool> {
         let a = api().map_err(BackstoreError::Other)?;
         let name = cstr(oid)?;
-        notify(self.ioctx, &name, oid);
+        notify(self.ioctx, &name, &[], oid);
         // SAFETY: plain call.
         let rc = unsafe { (a.rados_remove)(self.ioctx, name.as_ptr()) };
         if rc == -libc::ENOENT {
@@ -197,7 +197,7 @@ impl RadosPool {
     /// Watches `oid`, which must exist.
     pub fn watch(self: &std::sync::Arc<Self>, oid: &str) -> Result<ObjectWatch> {
         let name: CString = cstr(oid)?;
-        let state = SharedState::open_object(self.ioctx, name, false, None)?;
+        let state = SharedState::open_object(self.ioctx, name, false, None, None)?;
         Ok(ObjectWatch {
             state,
             _pool: self.clone(),

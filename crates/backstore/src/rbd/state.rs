@@ -1,9 +1,11 @@
 //! Metadata shared by every gateway of an RBD image: xattrs of one RADOS object beside the
 //! image, `rbdgw.<image id>`, changed only by compare-and-set write operations (cmpxattr +
-//! setxattr, atomic on the OSD). Each gateway watches the object; a change is announced with
-//! a notify that returns once every watcher has seen it, so a reservation taken through one
-//! gateway binds the next command on any other. The watch bumps a generation counter that
-//! commands read with one atomic load.
+//! setxattr, atomic on the OSD). A change is announced with a notify on the pool's presence
+//! object (payload [`CHANGED`] and the object's name), which every gateway of the pool
+//! watches; the notify returns once every watcher has seen it, so a reservation taken through
+//! one gateway binds the next command on any other. The watch bumps the image's generation
+//! counter, which commands read with one atomic load. (The config object, also a
+//! `SharedState`, is watched itself and announced on itself.)
 //!
 //! Which gateways are alive is asked once per pool, not per image (`liveness.rs`): a ping (a
 //! notify with the payload [`PING`]) on the pool's presence object, which every live
@@ -11,16 +13,22 @@
 //! whose process is stopped, killed or cut off does not answer; one whose control loop
 //! stalls stops answering for that image ([`Presence::beat`]).
 
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
+use super::aio;
 use super::ffi::{self, api};
 use super::{ceph_err, cstr, EBLOCKLISTED};
 use crate::{BackstoreError, Member, Result};
 
 /// The payload of a liveness ping; any other notify announces a change of the state.
 pub(super) const PING: &[u8] = b"rbdgw-ping";
+/// How a change of an image's state is announced on its pool's presence object: this, then
+/// the image's key. (A watch per image object made 1,000 LUNs 1,000 more watches, each
+/// pinged by librados every 2 s: most of an idle gateway's CPU.)
+const CHANGED: &[u8] = b"rbdgw-changed ";
 /// How long a ping waits for the answers. A live gateway answers within milliseconds.
 const PING_TIMEOUT_MS: u64 = 1000;
 /// A gateway whose control loop has not beaten for this long leaves pings unanswered.
@@ -70,9 +78,49 @@ fn monotonic_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// How an object's changes reach this gateway: a generation counter that commands read with
+/// one atomic load, and the tasks waiting for it to move.
+pub(super) struct Changes {
+    pub generation: AtomicU64,
+    pub waiters: tokio::sync::Notify,
+}
+
+impl Changes {
+    fn new() -> Arc<Changes> {
+        Arc::new(Changes {
+            generation: AtomicU64::new(1),
+            waiters: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Something changed: the counter moves and every waiter wakes (callable from any
+    /// thread: librados' callbacks).
+    pub fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.waiters.notify_waiters();
+    }
+
+    /// Resolves once the generation is no longer `seen`, or after `at_most`.
+    pub async fn wait(&self, seen: u64, at_most: std::time::Duration) {
+        let notified = self.waiters.notified();
+        tokio::pin!(notified);
+        // Registered before the check: a bump between the two still wakes it.
+        notified.as_mut().enable();
+        if self.generation.load(Ordering::Acquire) != seen {
+            return;
+        }
+        let _ = tokio::time::timeout(at_most, notified).await;
+    }
+}
+
+/// The changes of the images announced on one presence object, by key (weak: an image's
+/// state object owns them).
+pub(super) type Listeners = Arc<Mutex<HashMap<String, Vec<Weak<Changes>>>>>;
+
 /// Context of the watch callback; boxed, it outlives the watch (unwatched before drop).
 pub(super) struct WatchCtx {
-    pub generation: AtomicU64,
+    /// Bumped by every change announced for this object (and by a broken watch).
+    pub changes: Arc<Changes>,
     ioctx: ffi::IoCtx,
     oid: CString,
     /// The registered watch, if any. librados' cookie is the address of its watch object,
@@ -86,6 +134,34 @@ pub(super) struct WatchCtx {
     pub blocklisted: AtomicBool,
     /// What this watch answers pings with (None: it does not answer them).
     answers: Option<Answers>,
+    /// The images whose changes this watch hears (on a presence object).
+    listeners: Option<Listeners>,
+}
+
+impl WatchCtx {
+    /// Something may have changed unseen (the watch broke or was renewed): every command of
+    /// this object and of the images announced on it reloads.
+    fn everything_changed(&self) {
+        self.changes.bump();
+        if let Some(l) = &self.listeners {
+            let mut m = l.lock().unwrap_or_else(|e| e.into_inner());
+            m.retain(|_, v| {
+                v.retain(|c| c.upgrade().map(|c| c.bump()).is_some());
+                !v.is_empty()
+            });
+        }
+    }
+
+    /// The image `key` announced a change.
+    fn changed(&self, key: &[u8]) {
+        let (Some(l), Ok(key)) = (&self.listeners, std::str::from_utf8(key)) else {
+            return;
+        };
+        let m = l.lock().unwrap_or_else(|e| e.into_inner());
+        for c in m.get(key).into_iter().flatten().filter_map(Weak::upgrade) {
+            c.bump();
+        }
+    }
 }
 
 /// Builds the answer to a ping (None: no answer, this gateway counts as absent).
@@ -118,8 +194,11 @@ extern "C" fn on_notify(
             Some(a) => a,
             None => return,
         }
+    } else if let Some(key) = payload.strip_prefix(CHANGED) {
+        w.changed(key);
+        String::new()
     } else {
-        w.generation.fetch_add(1, Ordering::AcqRel);
+        w.changes.bump();
         String::new()
     };
     if let Ok(a) = api() {
@@ -142,7 +221,7 @@ extern "C" fn on_watch_error(arg: *mut c_void, _cookie: u64, err: c_int) {
     // SAFETY: as in on_notify.
     let w = unsafe { &*(arg as *const WatchCtx) };
     // Whatever changed while the watch was broken: make every command reload.
-    w.generation.fetch_add(1, Ordering::AcqRel);
+    w.everything_changed();
     w.broken.store(true, Ordering::Release);
     if i64::from(err) == -EBLOCKLISTED {
         w.blocklisted.store(true, Ordering::Release);
@@ -155,6 +234,9 @@ pub(super) struct SharedState {
     ioctx: ffi::IoCtx,
     oid: CString,
     pub watch: Box<WatchCtx>,
+    /// Where changes are announced, and how: the pool's presence object with [`CHANGED`]
+    /// and the key (an image's state); None: on this object itself, which is watched.
+    announce_on: Option<(CString, Vec<u8>)>,
 }
 
 // SAFETY: see WatchCtx.
@@ -163,8 +245,15 @@ unsafe impl Send for SharedState {}
 unsafe impl Sync for SharedState {}
 
 impl SharedState {
-    /// Creates (if needed) and watches `rbdgw.<image id>`.
-    pub fn open(ioctx: ffi::IoCtx, image: ffi::Image) -> Result<SharedState> {
+    /// Creates (if needed) `rbdgw.<image id>`; its changes are announced on, and heard
+    /// through, the presence object `presence` of its pool, whose watch bumps the generation
+    /// of the image through `listeners`.
+    pub fn open(
+        ioctx: ffi::IoCtx,
+        image: ffi::Image,
+        presence: &CString,
+        listeners: &Listeners,
+    ) -> Result<SharedState> {
         let a = api().map_err(BackstoreError::Other)?;
         let mut id = [0u8; 64];
         // SAFETY: the buffer is valid for its length; librbd NUL-terminates the id.
@@ -173,8 +262,16 @@ impl SharedState {
             return Err(ceph_err("rbd_get_id", rc as i64));
         }
         let end = id.iter().position(|b| *b == 0).unwrap_or(id.len());
-        let oid = cstr(&format!("rbdgw.{}", String::from_utf8_lossy(&id[..end])))?;
-        Self::open_object(ioctx, oid, true, None)
+        let key = format!("rbdgw.{}", String::from_utf8_lossy(&id[..end]));
+        let oid = cstr(&key)?;
+        let mut s = Self::new(ioctx, oid, None, None);
+        s.create()?;
+        let mut m = listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let v = m.entry(key.clone()).or_default();
+        v.retain(|c| c.strong_count() > 0);
+        v.push(Arc::downgrade(&s.watch.changes));
+        s.announce_on = Some((presence.clone(), [CHANGED, key.as_bytes()].concat()));
+        Ok(s)
     }
 
     /// The object's name, which also names the image in ping answers.
@@ -182,40 +279,68 @@ impl SharedState {
         self.oid.to_string_lossy().into_owned()
     }
 
-    /// Watches the object `oid` (creating it first when `create`).
+    /// Watches the object `oid` (creating it first when `create`); `answers` answers pings
+    /// on it, and the changes of the images in `listeners` are heard through it.
     pub fn open_object(
         ioctx: ffi::IoCtx,
         oid: CString,
         create: bool,
         answers: Option<Answers>,
+        listeners: Option<Listeners>,
     ) -> Result<SharedState> {
-        let a = api().map_err(BackstoreError::Other)?;
+        let s = Self::new(ioctx, oid, answers, listeners);
+        if create {
+            s.create()?;
+        }
+        s.watch_now()?;
+        Ok(s)
+    }
+
+    fn new(
+        ioctx: ffi::IoCtx,
+        oid: CString,
+        answers: Option<Answers>,
+        listeners: Option<Listeners>,
+    ) -> SharedState {
         let watch = Box::new(WatchCtx {
-            generation: AtomicU64::new(1),
+            changes: Changes::new(),
             ioctx,
             oid: oid.clone(),
             cookie: Mutex::new(None),
             broken: AtomicBool::new(false),
             blocklisted: AtomicBool::new(false),
             answers,
+            listeners,
         });
-        let s = SharedState { ioctx, oid, watch };
-        // SAFETY: write op built, run and released here; the watch context is boxed and
-        // unwatched in Drop before it is freed.
-        unsafe {
-            if create {
-                let op = (a.rados_create_write_op)();
-                (a.rados_write_op_create)(op, 0, std::ptr::null());
-                let rc =
-                    (a.rados_write_op_operate)(op, ioctx, s.oid.as_ptr(), std::ptr::null_mut(), 0);
-                (a.rados_release_write_op)(op);
-                if rc < 0 {
-                    return Err(ceph_err("creating the rbdgw state object", rc as i64));
-                }
-            }
+        SharedState {
+            ioctx,
+            oid,
+            watch,
+            announce_on: None,
         }
-        s.watch_now()?;
-        Ok(s)
+    }
+
+    /// Creates the object if it does not exist.
+    fn create(&self) -> Result<()> {
+        let a = api().map_err(BackstoreError::Other)?;
+        // SAFETY: write op built, run and released here.
+        let rc = unsafe {
+            let op = (a.rados_create_write_op)();
+            (a.rados_write_op_create)(op, 0, std::ptr::null());
+            let rc = (a.rados_write_op_operate)(
+                op,
+                self.ioctx,
+                self.oid.as_ptr(),
+                std::ptr::null_mut(),
+                0,
+            );
+            (a.rados_release_write_op)(op);
+            rc
+        };
+        if rc < 0 {
+            return Err(ceph_err("creating the rbdgw state object", rc as i64));
+        }
+        Ok(())
     }
 
     /// Registers the watch (again).
@@ -274,38 +399,22 @@ impl SharedState {
     pub async fn ping(&self) -> std::result::Result<Vec<Vec<u8>>, i32> {
         let a = api().map_err(|_| -libc::ENOSYS)?;
         // Asynchronous: a blocking notify waits up to its timeout on a thread of its own.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let ctx = Box::into_raw(Box::new(NotifyCtx {
-            tx: Some(tx),
-            reply: NotifyReply(std::ptr::null_mut(), 0),
-        }));
-        // SAFETY: the context is leaked to librados until its callback reclaims it (or
-        // here, if the submission fails); the reply pointers inside it stay put meanwhile.
         // The ioctx outlives the notify: its owner holds it while it waits for the answer.
-        unsafe {
-            let mut c: ffi::Completion = std::ptr::null_mut();
-            let rc = (a.rados_aio_create_completion2)(ctx as *mut c_void, on_notified, &mut c);
-            if rc < 0 {
-                drop(Box::from_raw(ctx));
-                return Err(rc);
-            }
-            let rc = (a.rados_aio_notify)(
+        let reply = NotifyReply(std::ptr::null_mut(), 0);
+        // SAFETY: the reply's pointers stay put in the operation's context until it completes.
+        let (rc, reply) = aio::run(reply, |c, reply| unsafe {
+            (a.rados_aio_notify)(
                 self.ioctx,
                 self.oid.as_ptr(),
                 c,
                 PING.as_ptr() as *const c_char,
                 PING.len() as c_int,
                 PING_TIMEOUT_MS,
-                &mut (*ctx).reply.0,
-                &mut (*ctx).reply.1,
-            );
-            if rc < 0 {
-                (a.rados_aio_release)(c);
-                drop(Box::from_raw(ctx));
-                return Err(rc);
-            }
-        }
-        let (rc, reply) = rx.await.map_err(|_| -libc::ECANCELED)?;
+                &mut reply.0,
+                &mut reply.1,
+            )
+        })
+        .await?;
         if rc < 0 && rc != -libc::ETIMEDOUT {
             if i64::from(rc) == -EBLOCKLISTED {
                 self.watch.blocklisted.store(true, Ordering::Release);
@@ -331,26 +440,32 @@ impl SharedState {
         if r.is_err() {
             self.watch.broken.store(true, Ordering::Release);
         } else {
-            self.watch.generation.fetch_add(1, Ordering::AcqRel);
+            self.watch.everything_changed();
             tracing::info!("renewed the watch on {:?}", self.oid);
         }
         r
     }
 
-    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    /// Reads `key` (None: absent or empty); `keep` holds the connection the object lives on
+    /// until librados is done, even when the caller stops waiting.
+    pub async fn get(&self, key: &str, keep: KeepAlive) -> Result<Option<Vec<u8>>> {
         let a = api().map_err(BackstoreError::Other)?;
         let name = cstr(key)?;
-        let mut buf = vec![0u8; 64 * 1024];
-        // SAFETY: the buffer is valid for its length.
-        let rc = unsafe {
-            (a.rados_getxattr)(
+        let buf = vec![0u8; 64 * 1024];
+        // SAFETY: librados copies the names at submission and fills the buffer, which stays
+        // put in the operation's context, by its completion.
+        let (rc, (mut buf, _)) = aio::run((buf, keep), |c, (buf, _)| unsafe {
+            (a.rados_aio_getxattr)(
                 self.ioctx,
                 self.oid.as_ptr(),
+                c,
                 name.as_ptr(),
                 buf.as_mut_ptr() as *mut c_char,
                 buf.len(),
             )
-        };
+        })
+        .await
+        .map_err(|rc| ceph_err(&format!("reading {key}"), rc as i64))?;
         if rc == -libc::ENODATA || rc == -libc::ENOENT {
             return Ok(None);
         }
@@ -362,23 +477,26 @@ impl SharedState {
         Ok((!buf.is_empty()).then_some(buf))
     }
 
-    /// Writes `value` if the key holds `expected` (`None`: absent or empty); announces it.
-    pub fn compare_and_set(
+    /// Writes `value` if the key holds `expected` (`None`: absent or empty), or whatever it
+    /// holds when `compare` is false; then announces it and returns once every watcher has
+    /// seen it. `keep` as for [`SharedState::get`].
+    pub async fn compare_and_set(
         &self,
         key: &str,
         expected: Option<&[u8]>,
         value: &[u8],
         compare: bool,
+        keep: KeepAlive,
     ) -> Result<bool> {
         let a = api().map_err(BackstoreError::Other)?;
         let name = cstr(key)?;
         let exp = expected.unwrap_or(b"");
-        // SAFETY: write op built, run and released here, buffers alive throughout.
-        let rc = unsafe {
-            let op = (a.rados_create_write_op)();
+        // SAFETY: librados copies the name and values into the operation as it is built.
+        let op = unsafe {
+            let op = WriteOp((a.rados_create_write_op)());
             if compare {
                 (a.rados_write_op_cmpxattr)(
-                    op,
+                    op.0,
                     name.as_ptr(),
                     ffi::CMPXATTR_OP_EQ,
                     exp.as_ptr() as *const c_char,
@@ -386,30 +504,88 @@ impl SharedState {
                 );
             }
             (a.rados_write_op_setxattr)(
-                op,
+                op.0,
                 name.as_ptr(),
                 value.as_ptr() as *const c_char,
                 value.len(),
             );
-            let rc = (a.rados_write_op_operate)(
-                op,
+            op
+        };
+        // SAFETY: the operation lives in the context until it completes.
+        let (rc, _) = aio::run((op, keep.clone()), |c, (op, _)| unsafe {
+            (a.rados_aio_write_op_operate)(
+                op.0,
                 self.ioctx,
+                c,
                 self.oid.as_ptr(),
                 std::ptr::null_mut(),
                 0,
-            );
-            (a.rados_release_write_op)(op);
-            rc
-        };
+            )
+        })
+        .await
+        .map_err(|rc| ceph_err(&format!("updating {key}"), rc as i64))?;
         if rc == -libc::ECANCELED {
             return Ok(false);
         }
         if rc < 0 {
             return Err(ceph_err(&format!("updating {key}"), rc as i64));
         }
-        self.watch.generation.fetch_add(1, Ordering::AcqRel);
-        notify(self.ioctx, &self.oid, key);
+        self.watch.changes.bump();
+        self.announce(key, keep).await;
         Ok(true)
+    }
+
+    /// Tells every gateway that `key` changed: a notify on the pool's presence object (or on
+    /// this object, for one that is watched itself) that returns once every watcher has
+    /// seen it, or after [`NOTIFY_TIMEOUT_MS`].
+    async fn announce(&self, key: &str, keep: KeepAlive) {
+        let Ok(a) = api() else { return };
+        let (oid, payload) = match &self.announce_on {
+            Some((oid, payload)) => (oid, payload.as_slice()),
+            None => (&self.oid, &[][..]),
+        };
+        let reply = NotifyReply(std::ptr::null_mut(), 0);
+        // SAFETY: librados copies the payload at submission; the reply's pointers stay put in
+        // the operation's context until it completes.
+        let r = aio::run((reply, keep), |c, (reply, _)| unsafe {
+            (a.rados_aio_notify)(
+                self.ioctx,
+                oid.as_ptr(),
+                c,
+                payload.as_ptr() as *const c_char,
+                payload.len() as c_int,
+                NOTIFY_TIMEOUT_MS,
+                &mut reply.0,
+                &mut reply.1,
+            )
+        })
+        .await;
+        let rc = match r {
+            Ok((rc, _)) => rc,
+            Err(rc) => rc,
+        };
+        if rc < 0 {
+            tracing::warn!("notifying the watchers of {key} failed: {rc}");
+        }
+    }
+}
+
+/// What keeps an object's I/O context open while an operation on it is in flight (the
+/// handle of the connection it belongs to).
+pub(super) type KeepAlive = Arc<dyn std::any::Any + Send + Sync>;
+
+/// A RADOS write operation, released once.
+struct WriteOp(ffi::WriteOp);
+
+// SAFETY: a librados object used by one operation at a time.
+unsafe impl Send for WriteOp {}
+
+impl Drop for WriteOp {
+    fn drop(&mut self) {
+        if let Ok(a) = api() {
+            // SAFETY: created by rados_create_write_op, released once.
+            unsafe { (a.rados_release_write_op)(self.0) };
+        }
     }
 }
 
@@ -436,19 +612,20 @@ pub(super) fn parse_answer(p: &[u8]) -> Option<Member> {
 /// made during a takeover waits this long for it (the change still reaches a late watcher).
 const NOTIFY_TIMEOUT_MS: u64 = 2000;
 
-/// Tells every watcher of `oid` that it changed; returns once they have seen it (or after
-/// [`NOTIFY_TIMEOUT_MS`]).
-pub(super) fn notify(ioctx: ffi::IoCtx, oid: &CString, what: &str) {
+/// Tells every watcher of `oid` that `what` changed (`payload` says which image, on a
+/// presence object); returns once they have seen it (or after [`NOTIFY_TIMEOUT_MS`]).
+pub(super) fn notify(ioctx: ffi::IoCtx, oid: &CString, payload: &[u8], what: &str) {
     let Ok(a) = api() else { return };
     let mut reply: *mut c_char = std::ptr::null_mut();
     let mut reply_len = 0usize;
-    // SAFETY: notify with no payload; the reply buffer is freed as librados asks.
+    // SAFETY: notify with a payload alive for the call; the reply buffer is freed as
+    // librados asks.
     unsafe {
         let rc = (a.rados_notify2)(
             ioctx,
             oid.as_ptr(),
-            std::ptr::null(),
-            0,
+            payload.as_ptr() as *const c_char,
+            payload.len() as c_int,
             NOTIFY_TIMEOUT_MS,
             &mut reply,
             &mut reply_len,
@@ -516,28 +693,6 @@ impl Drop for NotifyReply {
             // SAFETY: librados' reply buffer, freed once.
             unsafe { (a.rados_buffer_free)(self.0) };
         }
-    }
-}
-
-/// Owned by librados from the notify's submission to its callback.
-struct NotifyCtx {
-    tx: Option<tokio::sync::oneshot::Sender<(c_int, NotifyReply)>>,
-    reply: NotifyReply,
-}
-
-extern "C" fn on_notified(c: ffi::Completion, arg: *mut c_void) {
-    let Ok(a) = api() else { return };
-    // SAFETY: `c` is the completion librados calls us for; `arg` the NotifyCtx leaked at
-    // submission, reclaimed exactly once here.
-    let (rc, mut ctx) = unsafe {
-        let rc = (a.rados_aio_get_return_value)(c);
-        (a.rados_aio_release)(c);
-        (rc, Box::from_raw(arg as *mut NotifyCtx))
-    };
-    let reply = std::mem::replace(&mut ctx.reply, NotifyReply(std::ptr::null_mut(), 0));
-    if let Some(tx) = ctx.tx.take() {
-        // A ping nobody waits for any more: its reply is freed with it.
-        let _ = tx.send((rc, reply));
     }
 }
 
