@@ -528,6 +528,9 @@ fn report_open_file_limit(limits: &Limits) {
     }
 }
 
+/// How long an exit waits for the RBD images to close (their locks released).
+const CLOSE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn main() -> std::process::ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -573,6 +576,18 @@ fn main() -> std::process::ExitCode {
             }
         }
     });
+    // What the runtime still held (LUs of tasks that had not finished) is let go of here;
+    // their images close on closing threads, which the exit waits for: a released lock lets
+    // another gateway take it at once, where one left behind must be broken (fenced).
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    let open = backstore::rbd::wait_for_closes(CLOSE_PATIENCE);
+    if open > 0 {
+        tracing::warn!(
+            "{open} RBD images did not close within {} s (cluster out of reach?): exiting \
+             anyway; another gateway breaks their locks (fencing this client) to take them",
+            CLOSE_PATIENCE.as_secs()
+        );
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

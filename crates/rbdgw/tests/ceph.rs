@@ -631,4 +631,30 @@ fn a_fenced_gateway_with_fifty_luns_recovers() {
         !text.contains("panicked") && !text.contains("ceph_assert"),
         "{text}"
     );
+
+    // Asked to stop with its cluster gone, the gateway cannot close its images (closing
+    // releases their locks, which takes the OSD): it still exits, after its 10 s of
+    // patience, and says why. (It used to hang in the first close for good.)
+    drop(cluster);
+    drop(s);
+    let mut gw = gw;
+    let t2 = Instant::now();
+    common::signal(&gw.child, libc::SIGTERM);
+    let status = loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t2.elapsed() < Duration::from_secs(40),
+            "the gateway does not exit without its cluster:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!(
+        "stopped without its cluster in {:.1?} ({status})",
+        t2.elapsed()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("did not close within 10 s"), "{text}");
 }

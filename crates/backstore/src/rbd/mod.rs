@@ -7,12 +7,14 @@
 
 mod aio;
 mod client;
+mod closer;
 mod ffi;
 mod liveness;
 mod objects;
 mod state;
 
 pub use client::open_connections;
+pub use closer::wait_for_closes;
 pub use objects::{list_pools, ObjectWatch, RadosPool, Xattrs};
 
 use std::ffi::{c_char, c_int, c_void, CString};
@@ -44,21 +46,47 @@ pub struct RbdConfig {
     pub own_client: bool,
 }
 
-struct Handle {
+/// An open image and what it was opened with, closed in order by [`OpenImage::close`].
+struct OpenImage {
     /// The shared client; shut down after this handle's image and I/O context close (and
     /// those of every other image on it).
     conn: Arc<client::Connection>,
     ioctx: ffi::IoCtx,
     image: ffi::Image,
-    /// Dropped first (declared in Drop before the image closes).
+    /// Dropped first, before the image closes.
     state: Option<state::SharedState>,
     /// Where this image answers and asks who is alive (its pool's presence on `conn`).
     liveness: Option<Arc<liveness::PoolLiveness>>,
     /// Set by librbd when the image's header changed (a resize): the monitor then reads the
     /// size, instead of asking a thousand images twice a second. Boxed: librbd holds its
-    /// address until the update watch is removed (in Drop).
+    /// address until the update watch is removed (in close).
     header_changed: Box<AtomicBool>,
     update_watch: Option<u64>,
+}
+
+/// An open image, closed on a closing thread when the last reference goes (closer.rs):
+/// closing waits for the cluster, without end when it cannot be reached.
+struct Handle(std::mem::ManuallyDrop<OpenImage>);
+
+impl std::ops::Deref for Handle {
+    type Target = OpenImage;
+    fn deref(&self) -> &OpenImage {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Handle {
+    fn deref_mut(&mut self) -> &mut OpenImage {
+        &mut self.0
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here; the handle is not used after.
+        let open = unsafe { std::mem::ManuallyDrop::take(&mut self.0) };
+        closer::close(move || open.close());
+    }
 }
 
 extern "C" fn on_header_update(arg: *mut c_void) {
@@ -68,32 +96,31 @@ extern "C" fn on_header_update(arg: *mut c_void) {
 }
 
 // SAFETY: librados and librbd handles are thread-safe (the C API is used from many threads).
-unsafe impl Send for Handle {}
+unsafe impl Send for OpenImage {}
 // SAFETY: as above.
-unsafe impl Sync for Handle {}
+unsafe impl Sync for OpenImage {}
 
-impl Drop for Handle {
-    fn drop(&mut self) {
-        if let Ok(a) = api() {
-            // Pings are no longer answered for this handle; the watch goes before the ioctx
-            // it lives on.
-            if let (Some(l), Some(s)) = (&self.liveness, &self.state) {
-                l.leave(&s.key());
+impl OpenImage {
+    fn close(mut self) {
+        let Ok(a) = api() else { return };
+        // Pings are no longer answered for this image; the watch goes before the ioctx it
+        // lives on.
+        if let (Some(l), Some(s)) = (&self.liveness, &self.state) {
+            l.leave(&s.key());
+        }
+        self.state = None;
+        // SAFETY: closing handles we opened, once, in reverse order (`conn` is dropped after
+        // this); removing the update watch waits for its callback in progress, so the flag
+        // outlives every call.
+        unsafe {
+            if let Some(w) = self.update_watch.take() {
+                (a.rbd_update_unwatch)(self.image, w);
             }
-            self.state = None;
-            // SAFETY: closing handles we opened, once, in reverse order (`conn` is dropped
-            // after this); removing the update watch waits for its callback in progress, so
-            // the flag outlives every call.
-            unsafe {
-                if let Some(w) = self.update_watch.take() {
-                    (a.rbd_update_unwatch)(self.image, w);
-                }
-                if !self.image.is_null() {
-                    (a.rbd_close)(self.image);
-                }
-                if !self.ioctx.is_null() {
-                    (a.rados_ioctx_destroy)(self.ioctx);
-                }
+            if !self.image.is_null() {
+                (a.rbd_close)(self.image);
+            }
+            if !self.ioctx.is_null() {
+                (a.rados_ioctx_destroy)(self.ioctx);
             }
         }
     }
@@ -126,7 +153,7 @@ impl Handle {
         let image = cstr(&cfg.image)?;
         let conn = client::connection(&cfg.conf, cfg.id.as_deref(), cfg.own_client, fenced_on)?;
         let ioctx = conn.ioctx(&cfg.pool, cfg.namespace.as_deref())?;
-        let mut h = Handle {
+        let mut h = Handle(std::mem::ManuallyDrop::new(OpenImage {
             conn,
             ioctx,
             image: std::ptr::null_mut(),
@@ -134,7 +161,7 @@ impl Handle {
             liveness: None,
             header_changed: Box::new(AtomicBool::new(true)),
             update_watch: None,
-        };
+        }));
         // SAFETY: C calls with valid NUL-terminated strings and out-pointers; `h` closes
         // whatever was opened if a later step fails.
         unsafe {
