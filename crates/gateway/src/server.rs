@@ -117,11 +117,27 @@ impl Accept {
         let admission = self.admission.clone();
         let conns = self.connections.clone();
         tokio::spawn(async move {
+            let mut said: Option<tokio::time::Instant> = None;
             loop {
                 let (stream, peer) = match listener.accept().await {
                     Ok(x) => x,
                     Err(e) => {
-                        warn!("accept on {addr} failed: {e}");
+                        // Out of descriptors, the connection waits in the backlog; said once
+                        // every 10 s, with what to do about it.
+                        if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                            said = Some(tokio::time::Instant::now());
+                            let out_of_fds =
+                                matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                            if out_of_fds {
+                                warn!(
+                                    "accept on {addr} failed: {e}: out of file descriptors; \
+                                     raise the limit (systemd: LimitNOFILE=) or lower \
+                                     --max-connections"
+                                );
+                            } else {
+                                warn!("accept on {addr} failed: {e}");
+                            }
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }

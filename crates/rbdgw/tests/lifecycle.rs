@@ -148,25 +148,30 @@ fn open_file_limits(pid: u32) -> (String, String) {
     (w[3].clone(), w[4].clone())
 }
 
-/// A gateway started with the default 1,024-like soft limit (here 256) runs with the hard
-/// limit and says so: with the soft one it would run out of descriptors at a few dozen RBD
-/// LUNs.
-#[test]
-fn the_open_file_limit_is_raised_to_the_hard_limit() {
-    let dir = Scratch::new("lifecycle-nofile");
+/// `rbdgw serve` of one memory LUN of `target` under sh's `ulimit LIMIT`, once it listens:
+/// the child, its portal and its log.
+fn serve_limited(
+    dir: &Scratch,
+    target: &str,
+    limit: &str,
+) -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    std::path::PathBuf,
+) {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = serde_json::json!({
-        "targets": [{"target": "iqn.2026-11.org.rbdgw:nofile", "hosts": [{"host": "gw1", "portal": "p1"}]}],
+        "targets": [{"target": target, "hosts": [{"host": "gw1", "portal": "p1"}]}],
         "portals": [{"name": "p1", "addresses": [addr.to_string()]}],
-        "pools": [{"pool": "rbd", "gateways": [{"target": "iqn.2026-11.org.rbdgw:nofile", "tpg": [
+        "pools": [{"pool": "rbd", "gateways": [{"target": target, "tpg": [
             {"image": "m", "backstore": "memory", "size": "1M"}]}]}]
     });
     let cfg = dir.0.join("config.json");
     std::fs::write(&cfg, config.to_string()).unwrap();
     let log = dir.0.join("gw1.log");
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .arg("-c")
-        .arg("ulimit -Sn 256 && exec \"$0\" \"$@\"")
+        .arg(format!("ulimit {limit} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_rbdgw"))
         .args(["serve", "--host", "gw1", "--config"])
         .arg(&cfg)
@@ -182,6 +187,16 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    (child, addr, log)
+}
+
+/// A gateway started with the default 1,024-like soft limit (here 256) runs with the hard
+/// limit and says so: with the soft one it would run out of descriptors at a few dozen RBD
+/// LUNs.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let dir = Scratch::new("lifecycle-nofile");
+    let (mut child, _, log) = serve_limited(&dir, "iqn.2026-11.org.rbdgw:nofile", "-Sn 256");
     let (soft, hard) = open_file_limits(child.id());
     let text = std::fs::read_to_string(&log).unwrap();
     // SAFETY: kill(2) on our own child's PID.
@@ -192,6 +207,50 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
         text.contains(&format!("open files: limit raised from 256 to {hard}")),
         "{text}"
     );
+}
+
+/// Out of descriptors (a hard limit of 64 and more connections than that), the gateway says
+/// so, with what to do, and serves again once connections go.
+#[test]
+fn running_out_of_descriptors_is_logged_and_survived() {
+    let dir = Scratch::new("lifecycle-emfile");
+    let target = "iqn.2026-11.org.rbdgw:emfile";
+    let (mut child, addr, log) = serve_limited(&dir, target, "-n 64");
+    // More connections than descriptors (the kernel's backlog takes the rest), each from an
+    // address of its own (the admission control refuses many from one before they log in).
+    let mut held: Vec<std::net::TcpStream> = (0..80u8)
+        .filter_map(|i| common::client::tcp_from(addr, [127, 0, 1, 1 + i].into()).ok())
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let said = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("out of file descriptors") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    held.clear();
+    // Served again: a login on a fresh connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let logged_in = loop {
+        let ok = std::panic::catch_unwind(|| {
+            let mut c = Client::connect(addr);
+            c.login("iqn.2026-11.org.rbdgw:emfile-init", Some(target), "");
+        })
+        .is_ok();
+        if ok || std::time::Instant::now() > deadline {
+            break ok;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { kill(child.id() as i32, 9) };
+    let _ = child.wait();
+    assert!(
+        said.contains("out of file descriptors; raise the limit (systemd: LimitNOFILE=)"),
+        "{said}"
+    );
+    assert!(logged_in, "{}", std::fs::read_to_string(&log).unwrap());
 }
 
 /// The target pings an idle connection (NOP-In asking for an answer, RFC 7143 §11.19) after the
@@ -421,4 +480,34 @@ fn a_lun_that_cannot_open_is_not_ready_and_serves_once_it_can() {
     let r = s.scsi_ready(1, &[0x28, 0, 0, 0, 0, 7, 0, 0, 1, 0], &[], 512);
     assert_eq!(r.data, block);
     assert!(gw.log_text().contains("LUN serving: its backstore opened"));
+}
+
+/// The shipped systemd unit is one systemd accepts (`systemd-analyze verify`, on an instance
+/// of the template whose ExecStart is this build's binary).
+#[test]
+fn the_shipped_unit_verifies() {
+    common::require("systemd-analyze", "systemd");
+    let dir = Scratch::new("lifecycle-unit");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/rbdgw@.service");
+    let text = std::fs::read_to_string(shipped).unwrap();
+    assert!(text.contains("LimitNOFILE=1048576"), "{text}");
+    assert!(
+        text.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+        "{text}"
+    );
+    let unit = dir.0.join("rbdgw@gw1.service");
+    std::fs::write(
+        &unit,
+        text.replace("/usr/bin/rbdgw", env!("CARGO_BIN_EXE_rbdgw")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("run systemd-analyze");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Complaints about the machine's own units are not ours.
+    let ours: Vec<&str> = err.lines().filter(|l| l.contains("rbdgw")).collect();
+    assert!(out.status.success() && ours.is_empty(), "{err}");
 }
