@@ -36,10 +36,15 @@ struct Inner {
     /// OFD-locked for as long as the device is open: the kernel releases it when the
     /// process dies, which is how the other gateways see it gone.
     presence: std::sync::Mutex<Option<(u16, File)>>,
+    /// What the presence file says: this gateway is still starting the LU.
+    starting: std::sync::atomic::AtomicBool,
     /// The file lives in memory (tmpfs, a memfd): its I/O never waits for a device, so it
     /// runs on the calling thread instead of paying a hand-off to the blocking pool.
     in_memory: bool,
 }
+
+/// A presence file's content while its gateway starts the LU.
+const STARTING: &[u8] = b"starting";
 
 /// Reads from this size on are sent from the file (see `read_extent`).
 const EXTENT_MIN: usize = 64 * 1024;
@@ -117,6 +122,7 @@ impl FileDevice {
         FileDevice {
             inner: Arc::new(Inner {
                 lock_held: std::sync::atomic::AtomicBool::new(false),
+                starting: std::sync::atomic::AtomicBool::new(false),
                 presence: std::sync::Mutex::new(None),
                 in_memory: on_tmpfs(&file),
                 file,
@@ -355,9 +361,15 @@ impl Inner {
     }
 
     /// Takes this gateway's presence lock once.
-    fn join(&self, tag: u16) -> Result<()> {
+    /// Joins as TPG `tag`, or says whether it is still `starting` the LU: the presence file
+    /// holds `starting` meanwhile, and nothing after.
+    fn join(&self, tag: u16, starting: bool) -> Result<()> {
         let mut p = self.presence.lock().unwrap_or_else(|e| e.into_inner());
-        if p.as_ref().is_some_and(|(t, _)| *t == tag) {
+        if let Some((_, f)) = p.as_ref().filter(|(t, _)| *t == tag) {
+            if self.meta.dir().is_some() && !starting {
+                // Whatever it said, it says nothing now: serving.
+                f.set_len(0)?;
+            }
             return Ok(());
         }
         let Some(dir) = self.meta.dir() else {
@@ -376,6 +388,11 @@ impl Inner {
                 self.path.as_deref().unwrap_or(Path::new("?")).display()
             )));
         }
+        f.set_len(0)?;
+        if starting {
+            use std::io::Write;
+            (&f).write_all(STARTING)?;
+        }
         *p = Some((tag, f));
         Ok(())
     }
@@ -392,6 +409,7 @@ impl Inner {
             .map(|tag| Member {
                 tag,
                 holds_lock: self.lock_held.load(std::sync::atomic::Ordering::Acquire),
+                starting: false,
             })
             .into_iter()
             .collect();
@@ -417,9 +435,12 @@ impl Inner {
                 Err(e) => return Err(e.into()),
             };
             if ofd_locked(&f)? {
+                let mut said = [0u8; STARTING.len()];
+                let n = std::io::Read::read(&mut (&f), &mut said).unwrap_or(0);
                 out.push(Member {
                     tag,
                     holds_lock: false,
+                    starting: said[..n] == *STARTING,
                 });
             }
         }
@@ -701,7 +722,7 @@ impl BlockDevice for FileDevice {
         Ok(false)
     }
 
-    async fn heartbeat(&self, tag: u16) -> Result<()> {
+    async fn heartbeat(&self, tag: u16, starting: bool) -> Result<()> {
         let joined = self
             .inner
             .presence
@@ -709,10 +730,14 @@ impl BlockDevice for FileDevice {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .is_some_and(|(t, _)| *t == tag);
-        if joined {
+        let was_starting = self
+            .inner
+            .starting
+            .swap(starting, std::sync::atomic::Ordering::AcqRel);
+        if joined && was_starting == starting {
             return Ok(());
         }
-        self.blocking(move |i| i.join(tag)).await
+        self.blocking(move |i| i.join(tag, starting)).await
     }
 
     async fn members(&self) -> Result<Vec<Member>> {

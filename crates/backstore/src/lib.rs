@@ -84,6 +84,9 @@ pub struct Member {
     /// It holds the device's ownership lock (as far as the engine can tell: a file image
     /// reports it for this gateway only).
     pub holds_lock: bool,
+    /// It is still starting the LU (it has not yet decided whether the LU lost power): it
+    /// is no witness that the LU kept running.
+    pub starting: bool,
 }
 
 /// An asynchronous block device. Offsets and lengths are in bytes.
@@ -193,9 +196,10 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// file: the kernel frees the lock of a dead process, and nothing can fence a live one).
     fn break_ownership(&self) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Declares this gateway, TPG `tag`, present on the device. A live gateway calls it at
-    /// least every second: one that stops (a stalled control loop) is soon taken for absent.
-    fn heartbeat(&self, tag: u16) -> impl Future<Output = Result<()>> + Send;
+    /// Declares this gateway, TPG `tag`, present on the device, and whether it is still
+    /// `starting` the LU. A live gateway calls it at least every second: one that stops (a
+    /// stalled control loop) is soon taken for absent.
+    fn heartbeat(&self, tag: u16, starting: bool) -> impl Future<Output = Result<()>> + Send;
 
     /// The gateways present on the device now, this one included once it beat. An error
     /// means this gateway cannot tell now (RBD: cut off from the OSDs); nobody may be taken
@@ -307,8 +311,8 @@ impl BlockDevice for Device {
         dispatch!(self, d => d.break_ownership().await)
     }
 
-    async fn heartbeat(&self, tag: u16) -> Result<()> {
-        dispatch!(self, d => d.heartbeat(tag).await)
+    async fn heartbeat(&self, tag: u16, starting: bool) -> Result<()> {
+        dispatch!(self, d => d.heartbeat(tag, starting).await)
     }
 
     async fn members(&self) -> Result<Vec<Member>> {

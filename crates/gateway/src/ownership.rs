@@ -220,15 +220,25 @@ impl Ownership {
             served_at: Mutex::new(None),
         });
         let dev = o.lu.device();
-        if let Err(e) = dev.heartbeat(my_tag).await {
+        // Present, but as starting: a gateway starting at the same moment is no witness that
+        // the LU kept running, nor is this one to it.
+        if let Err(e) = dev.heartbeat(my_tag, true).await {
             warn!(lun = o.lu.config().lun, "cannot announce this gateway: {e}");
         }
-        if o.alone().await && o.lu.power_loss().await {
-            info!(
-                lun = o.lu.config().lun,
-                "no other gateway serves this LU: as after a power loss, reservations made \
-                 without APTPL are dropped (SPC-4 §5.9.5)"
-            );
+        let before = o.lu.reservation_snapshot().await;
+        if o.alone().await {
+            if let Some(before) = before {
+                if o.lu.power_loss(&before).await {
+                    info!(
+                        lun = o.lu.config().lun,
+                        "no other gateway serves this LU: as after a power loss, reservations \
+                         made without APTPL are dropped (SPC-4 §5.9.5)"
+                    );
+                }
+            }
+        }
+        if let Err(e) = dev.heartbeat(my_tag, false).await {
+            warn!(lun = o.lu.config().lun, "cannot announce this gateway: {e}");
         }
         let recorded = parse_tag(dev.metadata_get(OWNER_KEY).await.ok().flatten());
         if configured_owner == Some(my_tag)
@@ -283,8 +293,9 @@ impl Ownership {
         })
     }
 
-    /// Whether no other gateway is present on the LU now (asked twice, a second apart, when
-    /// nobody answers the first time); false when this gateway cannot tell.
+    /// Whether no other gateway serves the LU now (asked twice, a second apart, when nobody
+    /// answers the first time): gateways still starting it do not count; false when this
+    /// gateway cannot tell.
     async fn alone(&self) -> bool {
         let dev = self.lu.device();
         for i in 0..2 {
@@ -292,7 +303,7 @@ impl Ownership {
                 tokio::time::sleep(PING_EVERY).await;
             }
             match dev.members().await {
-                Ok(m) if m.iter().all(|m| m.tag == self.my_tag) => {}
+                Ok(m) if m.iter().all(|m| m.tag == self.my_tag || m.starting) => {}
                 _ => return false,
             }
         }
@@ -378,7 +389,7 @@ impl Ownership {
     async fn refresh(&self) {
         let dev = self.lu.device();
         let lun = self.lu.config().lun;
-        let _ = dev.heartbeat(self.my_tag).await;
+        let _ = dev.heartbeat(self.my_tag, false).await;
         // A reservation change or reset through another gateway acts here without waiting
         // for a command (PREEMPT AND ABORT of a write waiting for its data).
         self.lu.poll_shared().await;
@@ -730,7 +741,11 @@ mod tests {
     fn a_gateway_is_gone_after_missed_answers_only() {
         let t0 = Instant::now();
         let mut v = View::default();
-        let m = |tag, holds_lock| backstore::Member { tag, holds_lock };
+        let m = |tag, holds_lock| backstore::Member {
+            tag,
+            holds_lock,
+            starting: false,
+        };
         v.record(&[m(1, true), m(2, false)], t0);
         assert!(v.alive(1, t0 + Duration::from_secs(3)));
         assert!(!v.alive(1, t0 + ABSENT_AFTER));

@@ -432,6 +432,30 @@ fn reservations_without_aptpl_end_with_the_last_gateway() {
             assert_eq!(read_keys(&mut login(&a2, "node-b")).1, Vec::<u64>::new());
         }
     }
+    // Every gateway goes down and all come back at the same moment: each sees the other
+    // starting, which is no witness that the LU kept running, and the registrations made
+    // without APTPL are gone all the same. (Each used to take the other for a survivor:
+    // both kept them.)
+    let (gw1, gw2) = (start("gw1", &a1), start("gw2", &a2));
+    // (A new initiator: node-a's APTPL registration and reservation still stand; this one's
+    // APTPL=0 makes the LU's state not persist.)
+    let (cdb, p) = prout(0, 0, 0, 0xc3);
+    let mut c = login(&a1, "node-c");
+    assert_eq!(c.scsi_ready(0, &cdb, &p, 0).status, 0, "register");
+    assert_eq!(read_keys(&mut c).1, vec![0xa1, 0xc3]);
+    drop((c, gw1, gw2));
+    let (_gw1, _gw2) = std::thread::scope(|s| {
+        let g1 = s.spawn(|| start("gw1", &a1));
+        let g2 = s.spawn(|| start("gw2", &a2));
+        (g1.join().unwrap(), g2.join().unwrap())
+    });
+    for a in [&a1, &a2] {
+        assert_eq!(
+            read_keys(&mut login(a, "node-b")).1,
+            Vec::<u64>::new(),
+            "both restarted together; through {a}"
+        );
+    }
 }
 
 #[test]

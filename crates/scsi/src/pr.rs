@@ -412,14 +412,31 @@ impl<B: BlockDevice> LogicalUnit<B> {
         ))
     }
 
+    /// The reservation state as it is now, to compare with later ([`Self::power_loss`]);
+    /// None when it cannot be read.
+    pub async fn reservation_snapshot(&self) -> Option<Vec<u8>> {
+        let v = self.dev.metadata_get(METADATA_KEY).await.ok()?;
+        Some(
+            v.and_then(|b| PrState::decode(&b).ok())
+                .unwrap_or_default()
+                .encode(),
+        )
+    }
+
     /// The LU lost power as a whole (every gateway serving it was down): registrations made
     /// without APTPL, their reservation and an SPC-2 reservation do not survive that (SPC-4
     /// §5.9.5; the shared state outlives the gateways, so it is dropped here). With APTPL they
-    /// persist. True when something was dropped.
-    pub async fn power_loss(&self) -> bool {
+    /// persist. Only if the state is still `before` (taken before this gateway looked for
+    /// others): a gateway that started at the same time and already serves may have taken
+    /// new registrations since, which are not the lost power's to drop. True when something
+    /// was dropped.
+    pub async fn power_loss(&self, before: &[u8]) -> bool {
         let dropped = std::sync::atomic::AtomicBool::new(false);
         let r = self
             .update_shared(|st| {
+                if st.pr.encode() != before {
+                    return Ok(ScsiResponse::good());
+                }
                 let pr = &mut st.pr;
                 let drop_pr =
                     !pr.aptpl && (!pr.registrations.is_empty() || pr.reservation.is_some());

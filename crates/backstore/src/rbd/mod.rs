@@ -7,15 +7,15 @@
 
 mod aio;
 mod client;
-mod closer;
 mod ffi;
 mod liveness;
 mod objects;
 mod state;
+mod workers;
 
 pub use client::open_connections;
-pub use closer::wait_for_closes;
 pub use objects::{list_pools, ObjectWatch, RadosPool, Xattrs};
+pub use workers::wait_for_closes;
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,7 +64,7 @@ struct OpenImage {
     update_watch: Option<u64>,
 }
 
-/// An open image, closed on a closing thread when the last reference goes (closer.rs):
+/// An open image, closed on a closing thread when the last reference goes (workers.rs):
 /// closing waits for the cluster, without end when it cannot be reached.
 struct Handle(std::mem::ManuallyDrop<OpenImage>);
 
@@ -85,7 +85,7 @@ impl Drop for Handle {
     fn drop(&mut self) {
         // SAFETY: taken once, here; the handle is not used after.
         let open = unsafe { std::mem::ManuallyDrop::take(&mut self.0) };
-        closer::close(move || open.close());
+        workers::CLOSING.run(move || open.close());
     }
 }
 
@@ -391,6 +391,8 @@ struct Inner {
     retired: std::sync::Mutex<Vec<(std::time::Instant, Arc<Handle>)>>,
     /// The monitor's looks at this image so far.
     monitor_passes: AtomicU64,
+    /// A reopening thread is reconnecting this image.
+    reopening: AtomicBool,
 }
 
 /// An open RBD image.
@@ -423,7 +425,7 @@ impl Inner {
     }
 
     /// One look at the image: size changes, and reconnection when fenced.
-    fn monitor(&self) {
+    fn monitor(self: &Arc<Self>) {
         let due: Vec<Arc<Handle>> = {
             let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
             let (due, keep) = r.drain(..).partition(|(t, _)| t.elapsed() >= RETIRE_AFTER);
@@ -437,26 +439,15 @@ impl Inner {
             self.fenced_by_ceph();
         }
         if self.fenced.load(Ordering::Acquire) {
-            let fenced_on = self.handle().conn.clone();
-            match Handle::open(&self.cfg, &self.name, &self.presence, Some(&fenced_on)) {
-                Ok(h) => {
-                    let old = std::mem::replace(
-                        &mut *self.h.write().unwrap_or_else(|e| e.into_inner()),
-                        Arc::new(h),
-                    );
-                    self.epoch.fetch_add(1, Ordering::AcqRel);
-                    self.fenced.store(false, Ordering::Release);
-                    tracing::info!(
-                        image = self.name,
-                        "reconnected to the cluster as a new client; the LUN serves again \
-                         (without the write lock until it takes it over)"
-                    );
-                    self.retired
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((std::time::Instant::now(), old));
-                }
-                Err(e) => tracing::warn!(image = self.name, "reconnecting failed: {e}"),
+            // On a reopening thread, a few images at a time (workers.rs): one after another
+            // here, a thousand fenced LUNs took minutes to come back, and an image whose
+            // open hangs held up every other.
+            if !self.reopening.swap(true, Ordering::AcqRel) {
+                let me = self.clone();
+                workers::REOPENING.run(move || {
+                    me.reopen();
+                    me.reopening.store(false, Ordering::Release);
+                });
             }
             return;
         }
@@ -481,6 +472,31 @@ impl Inner {
             }
             Err(rc) if rc == -EBLOCKLISTED => self.fenced_by_ceph(),
             Err(_) => {}
+        }
+    }
+
+    /// Reconnects a fenced image as a new client (blocking).
+    fn reopen(&self) {
+        let fenced_on = self.handle().conn.clone();
+        match Handle::open(&self.cfg, &self.name, &self.presence, Some(&fenced_on)) {
+            Ok(h) => {
+                let old = std::mem::replace(
+                    &mut *self.h.write().unwrap_or_else(|e| e.into_inner()),
+                    Arc::new(h),
+                );
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                self.fenced.store(false, Ordering::Release);
+                tracing::info!(
+                    image = self.name,
+                    "reconnected to the cluster as a new client; the LUN serves again \
+                     (without the write lock until it takes it over)"
+                );
+                self.retired
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((std::time::Instant::now(), old));
+            }
+            Err(e) => tracing::warn!(image = self.name, "reconnecting failed: {e}"),
         }
     }
 }
@@ -659,6 +675,7 @@ impl RbdDevice {
             epoch: AtomicU64::new(0),
             retired: std::sync::Mutex::new(Vec::new()),
             monitor_passes: AtomicU64::new(0),
+            reopening: AtomicBool::new(false),
         });
         watch_over(&inner)?;
         Ok(RbdDevice { inner })
@@ -1085,8 +1102,8 @@ impl BlockDevice for RbdDevice {
         .await
     }
 
-    async fn heartbeat(&self, tag: u16) -> Result<()> {
-        self.inner.presence.beat(tag);
+    async fn heartbeat(&self, tag: u16, starting: bool) -> Result<()> {
+        self.inner.presence.beat(tag, starting);
         Ok(())
     }
 

@@ -47,12 +47,15 @@ pub(super) struct Presence {
     pub lock_held: AtomicBool,
     /// When the gateway's control loop last beat (ms on [`monotonic_ms`]).
     beat_ms: AtomicU64,
+    /// The gateway is still starting the LU.
+    starting: AtomicBool,
 }
 
 impl Presence {
-    /// The gateway's control loop is alive and serves TPG `tag`.
-    pub fn beat(&self, tag: u16) {
+    /// The gateway's control loop is alive and serves TPG `tag` (or is `starting` to).
+    pub fn beat(&self, tag: u16, starting: bool) {
         self.tag.store(tag, Ordering::Release);
+        self.starting.store(starting, Ordering::Release);
         self.beat_ms.store(monotonic_ms(), Ordering::Release);
     }
 
@@ -64,8 +67,17 @@ impl Presence {
     fn answer_at(&self, now_ms: u64) -> Option<String> {
         let tag = self.tag.load(Ordering::Acquire);
         let fresh = now_ms.saturating_sub(self.beat_ms.load(Ordering::Acquire)) < BEAT_STALE_MS;
-        (tag != 0 && fresh)
-            .then(|| format!("{tag} {}", u8::from(self.lock_held.load(Ordering::Acquire))))
+        let starting = if self.starting.load(Ordering::Acquire) {
+            " starting"
+        } else {
+            ""
+        };
+        (tag != 0 && fresh).then(|| {
+            format!(
+                "{tag} {}{starting}",
+                u8::from(self.lock_held.load(Ordering::Acquire))
+            )
+        })
     }
 }
 
@@ -597,13 +609,20 @@ impl Drop for SharedState {
     }
 }
 
-/// An answer to [`PING`] for one image: `"<tag> <holds the lock: 0|1>"`.
+/// An answer to [`PING`] for one image: `"<tag> <holds the lock: 0|1>"`, then `" starting"`
+/// while the gateway starts the LU (an earlier version never says it: it counts as serving).
 pub(super) fn parse_answer(p: &[u8]) -> Option<Member> {
     let s = std::str::from_utf8(p).ok()?;
-    let (tag, held) = s.split_once(' ')?;
+    let (tag, rest) = s.split_once(' ')?;
+    let (held, starting) = match rest.split_once(' ') {
+        Some((held, "starting")) => (held, true),
+        Some(_) => return None,
+        None => (rest, false),
+    };
     Some(Member {
         tag: tag.parse().ok().filter(|t| *t != 0)?,
         holds_lock: held == "1",
+        starting,
     })
 }
 
@@ -704,13 +723,29 @@ mod tests {
     fn ping_answers_round_trip() {
         let p = Presence::default();
         assert_eq!(p.answer(), None, "not joined: no answer");
-        p.beat(3);
+        p.beat(3, true);
         let a = p.answer().unwrap();
         assert_eq!(
             parse_answer(a.as_bytes()),
             Some(Member {
                 tag: 3,
-                holds_lock: false
+                holds_lock: false,
+                starting: true,
+            })
+        );
+        p.beat(3, false);
+        assert!(
+            !parse_answer(p.answer().unwrap().as_bytes())
+                .unwrap()
+                .starting
+        );
+        // What an earlier version answers: serving.
+        assert_eq!(
+            parse_answer(b"2 1"),
+            Some(Member {
+                tag: 2,
+                holds_lock: true,
+                starting: false,
             })
         );
         p.lock_held.store(true, Ordering::Release);
@@ -726,7 +761,7 @@ mod tests {
             None,
             "a stalled control loop does not answer"
         );
-        for bad in [&b""[..], b"x 1", b"0 1", b"7"] {
+        for bad in [&b""[..], b"x 1", b"0 1", b"7", b"2 1 later"] {
             assert_eq!(parse_answer(bad), None, "{bad:?}");
         }
     }
