@@ -370,6 +370,9 @@ impl Inner {
                 // Whatever it said, it says nothing now: serving.
                 f.set_len(0)?;
             }
+            // Only once the file says so (a failed write is tried again at the next beat).
+            self.starting
+                .store(starting, std::sync::atomic::Ordering::Release);
             return Ok(());
         }
         let Some(dir) = self.meta.dir() else {
@@ -393,6 +396,8 @@ impl Inner {
             use std::io::Write;
             (&f).write_all(STARTING)?;
         }
+        self.starting
+            .store(starting, std::sync::atomic::Ordering::Release);
         *p = Some((tag, f));
         Ok(())
     }
@@ -730,11 +735,11 @@ impl BlockDevice for FileDevice {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .is_some_and(|(t, _)| *t == tag);
-        let was_starting = self
+        let said = self
             .inner
             .starting
-            .swap(starting, std::sync::atomic::Ordering::AcqRel);
-        if joined && was_starting == starting {
+            .load(std::sync::atomic::Ordering::Acquire);
+        if joined && said == starting {
             return Ok(());
         }
         self.blocking(move |i| i.join(tag, starting)).await

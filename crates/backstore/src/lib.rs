@@ -89,10 +89,10 @@ pub struct Member {
     pub starting: bool,
 }
 
-/// An asynchronous block device. Offsets and lengths are in bytes.
 /// How often a device that cannot wait for changes of its metadata is looked at.
 pub const METADATA_POLL: Duration = Duration::from_millis(200);
 
+/// An asynchronous block device. Offsets and lengths are in bytes.
 pub trait BlockDevice: Send + Sync + 'static {
     /// Current size in bytes.
     fn size(&self) -> u64;
