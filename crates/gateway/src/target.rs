@@ -28,14 +28,16 @@ pub struct TargetRuntime {
 }
 
 impl TargetRuntime {
-    /// The LUNs `initiator` may see: an image entry that names initiators (lrbd's
-    /// `initiator`) is mapped to those only.
+    /// The LUNs `initiator` may see here: in the modes that map initiators (lrbd's node ACLs),
+    /// those whose entries name it; otherwise every LUN (LIO's demo mode).
     pub fn visible_luns(&self, initiator: &str) -> Vec<u64> {
+        let maps = self.cfg.auth.mode.maps_initiators();
         self.cfg
             .luns
             .iter()
+            .filter(|l| self.luns.contains_key(&l.lun))
             .filter(|l| {
-                l.initiators.is_empty()
+                !maps
                     || l.initiators
                         .iter()
                         .any(|i| i.eq_ignore_ascii_case(initiator))
@@ -45,20 +47,51 @@ impl TargetRuntime {
     }
 }
 
-/// Whether `initiator` may log in to (or discover) a target, per its authentication mode.
+/// Whether `initiator` may log in to (or discover) a target, per its authentication mode:
+/// where lrbd made node ACLs, only for the initiators named on the target's image entries.
 fn admits(cfg: &Target, initiator: &str) -> bool {
-    let named = || {
-        cfg.auth.acl(initiator).is_some()
-            || cfg.luns.iter().any(|l| {
+    match cfg.auth.mode {
+        AuthMode::None | AuthMode::Tpg => true,
+        AuthMode::Unconfigured => false,
+        AuthMode::Identified | AuthMode::TpgIdentified | AuthMode::Acls => {
+            cfg.luns.iter().any(|l| {
                 l.initiators
                     .iter()
                     .any(|i| i.eq_ignore_ascii_case(initiator))
             })
-    };
-    match cfg.auth.mode {
-        AuthMode::None | AuthMode::Tpg => true,
-        AuthMode::Identified | AuthMode::TpgIdentified | AuthMode::Acls => named(),
+        }
     }
+}
+
+/// lrbd numbered the LUNs without `lun` by backstore name, so adding an image can move others
+/// to new numbers. Applied live, initiators would find another image behind a LUN number they
+/// have open; such a change is refused (pin `lun` on the images first).
+fn refuse_renumbering(old: &Config, new: &Config) -> anyhow::Result<()> {
+    for t in &new.targets {
+        let Some(o) = old
+            .targets
+            .iter()
+            .find(|o| o.iqn.eq_ignore_ascii_case(&t.iqn))
+        else {
+            continue;
+        };
+        for l in &t.luns {
+            let moved = o
+                .luns
+                .iter()
+                .find(|x| x.backstore == l.backstore && x.lun != l.lun);
+            if let Some(x) = moved {
+                bail!(
+                    "config not applied: it moves {} of {} from LUN {} to LUN {} (LUNs without \"lun\" are numbered by backstore name, as lrbd did); give the served images their current \"lun\" first",
+                    l.image,
+                    t.iqn,
+                    x.lun,
+                    l.lun
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a gateway serves under one version of the config.
@@ -224,7 +257,7 @@ fn start_target(
     // second on the image and on asking who else serves it, which one after another made
     // 1,000 LUNs take a quarter of an hour to start.
     let mut opening = Vec::new();
-    for l in &t.luns {
+    for l in t.luns.iter().filter(|l| l.served_by(&local.host)) {
         if let Some(p) = reusable.filter(|p| p.cfg.luns.contains(l)) {
             // (A stand-in is kept too: its task, still opening, finds it in the new version.)
             if let Some(lu) = p.luns.get(&l.lun) {
@@ -364,6 +397,7 @@ impl Gateway {
     pub async fn apply(&self, config: Config) -> anyhow::Result<ApplyReport> {
         let _changing = self.serving.changing.lock().await;
         let old = self.served();
+        refuse_renumbering(&old.config, &config)?;
         let mut report = ApplyReport::default();
         let deadline = tokio::time::Instant::now() + crate::lun_open::START_PATIENCE;
         let mut opening = Vec::new();
@@ -503,21 +537,20 @@ impl Gateway {
         }
     }
 
-    /// Discovery CHAP, if any target asks for it (lrbd's `discovery` is global in LIO).
+    /// Discovery CHAP of this host (lrbd's `discovery`, host-wide in LIO).
     fn discovery_chap(&self) -> Option<Chap> {
-        self.served()
-            .config
-            .targets
-            .iter()
-            .find_map(|t| t.auth.discovery.clone())
+        self.served().config.discovery.get(&self.host).cloned()
     }
 
-    /// Targets an initiator may discover.
+    /// Targets an initiator may discover here: those this host has a TPG of (LIO lists only
+    /// the targets configured on it; a redundant target's TPGs are all configured on each of
+    /// its hosts, so SendTargets lists every gateway's portals).
     pub fn discoverable(&self, initiator: &str) -> Vec<Target> {
         self.served()
             .config
             .targets
             .iter()
+            .filter(|t| t.tpgs_of(&self.host).next().is_some())
             .filter(|t| admits(t, initiator))
             .cloned()
             .collect()
@@ -559,7 +592,7 @@ impl Directory for LoginDirectory<'_> {
         }
         let acl = t.cfg.auth.acl(initiator);
         let auth = match t.cfg.auth.mode {
-            AuthMode::None | AuthMode::Identified => AuthPolicy::None,
+            AuthMode::None | AuthMode::Identified | AuthMode::Unconfigured => AuthPolicy::None,
             AuthMode::Tpg | AuthMode::TpgIdentified => t
                 .cfg
                 .auth

@@ -116,6 +116,10 @@ enum Command {
         config: ConfigSource,
         #[arg(long)]
         host: Option<String>,
+        /// Print the targetcli commands lrbd would have run on this host instead (to compare
+        /// with lrbd's log before switching).
+        #[arg(long)]
+        lrbd_commands: bool,
         #[command(flatten)]
         ceph: CephArgs,
     },
@@ -562,9 +566,18 @@ fn main() -> std::process::ExitCode {
                 report_open_file_limit(&limits);
                 serve(&config, host.as_deref(), &ceph.options(), limits).await
             }
-            Command::Plan { config, host, ceph } => {
+            Command::Plan {
+                config,
+                host,
+                lrbd_commands,
+                ceph,
+            } => {
                 let (cfg, host, _) = load(&config, host.as_deref(), &ceph.options()).await?;
-                print!("{}", gateway::plan::render(&cfg, &host));
+                if lrbd_commands {
+                    print!("{}", gateway::plan::lrbd_commands(&cfg, &host));
+                } else {
+                    print!("{}", gateway::plan::render(&cfg, &host));
+                }
                 Ok(())
             }
             Command::Config { at, ceph, action } => {

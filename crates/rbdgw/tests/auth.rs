@@ -38,7 +38,9 @@ fn chap_acls_and_discovery_auth() {
                      "userid_mutual": "gateway", "password_mutual": "gateway-secret-1"},
              "discovery": {"auth": "enable", "userid": "disco", "password": "disco-secret-1"}},
             {"target": ACL_TARGET, "authentication": "acls",
-             "acls": [{"initiator": ALLOWED, "userid": "bob", "password": "bob-secret-12"}]}
+             "acls": [{"initiator": ALLOWED, "userid": "bob", "password": "bob-secret-12"}],
+             // lrbd set discovery auth from the first auth entry by name, which is this one.
+             "discovery": {"auth": "enable", "userid": "disco", "password": "disco-secret-1"}}
         ],
         "targets": [
             {"target": TPG_TARGET, "hosts": [{"host": "gw1", "portal": "p1"}]},
@@ -47,7 +49,7 @@ fn chap_acls_and_discovery_auth() {
         "portals": [{"name": "p1", "addresses": [addr]}],
         "pools": [{"pool": "rbd", "gateways": [
             {"target": TPG_TARGET, "tpg": [{"image": "a", "backstore": "memory", "size": "8M"}]},
-            {"target": ACL_TARGET, "tpg": [{"image": "b", "backstore": "memory", "size": "8M"}]}]}]
+            {"target": ACL_TARGET, "tpg": [{"image": "b", "backstore": "memory", "size": "8M", "initiator": ALLOWED}]}]}]
     });
     let gw = Gateway::start(&dir.0, &config.to_string(), "gw1", addr.parse().unwrap());
     let mutual = Some(("gateway", "gateway-secret-1"));

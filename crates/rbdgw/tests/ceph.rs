@@ -250,7 +250,7 @@ fn seed_scenario_on_ceph() {
     doc["pools"][0]["gateways"][0]["tpg"]
         .as_array_mut()
         .unwrap()
-        .push(serde_json::json!({"image": "extra", "size": "32M"}));
+        .push(serde_json::json!({"image": "extra", "lun": "1", "size": "32M"}));
     std::fs::write(&file, doc.to_string()).unwrap();
     cli(&["config", "store", "-f", file.to_str().unwrap()]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -490,10 +490,10 @@ fn a_fenced_gateway_with_fifty_luns_recovers() {
     let addr = format!("127.0.0.1:{}", free_port());
     let target = "iqn.2026-11.org.rbdgw:fifty";
     let mut tpg: Vec<serde_json::Value> = (0..LUNS)
-        .map(|i| serde_json::json!({"image": format!("lun{i}"), "size": "8M", "owner": "gw1"}))
+        .map(|i| serde_json::json!({"image": format!("lun{i}"), "lun": i, "size": "8M", "owner": "gw1"}))
         .collect();
     // And one more whose image does not exist yet (no size: not created by the gateway).
-    tpg.push(serde_json::json!({"image": "late", "owner": "gw1"}));
+    tpg.push(serde_json::json!({"image": "late", "lun": LUNS, "owner": "gw1"}));
     const LATE: u64 = LUNS as u64;
     let config = serde_json::json!({
         "auth": [{"target": target, "authentication": "none"}],

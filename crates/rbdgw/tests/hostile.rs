@@ -375,7 +375,8 @@ fn an_initiator_that_stops_reading_is_dropped() {
         "targets": [{"target": TARGET, "hosts": [{"host": "gw1", "portal": "p1"}]}],
         "portals": [{"name": "p1", "addresses": [addr.to_string()]}],
         "pools": [{"pool": "rbd", "gateways": [{"target": TARGET, "tpg": [
-            {"image": "mem", "backstore": "memory", "size": "64M"}]}]}]
+            {"image": "mem", "backstore": "memory", "size": "64M", "initiator": stalled},
+            {"image": "mem", "backstore": "memory", "size": "64M", "initiator": LEGIT}]}]}]
     });
     let gw = Gateway::start(&dir.0, &cfg.to_string(), "gw1", addr);
     let base = gw.rss_kib();
@@ -444,7 +445,8 @@ fn task_management_and_logs_respect_the_initiator() {
         "targets": [{"target": TARGET, "hosts": [{"host": "gw1", "portal": "p1"}]}],
         "portals": [{"name": "p1", "addresses": [addr.to_string()]}],
         "pools": [{"pool": "rbd", "gateways": [{"target": TARGET, "tpg": [
-            {"image": "mem", "backstore": "memory", "size": "8M", "initiator": owner}]}]}]
+            {"image": "mem", "backstore": "memory", "size": "8M", "initiator": owner},
+            {"image": "other", "backstore": "memory", "size": "8M", "initiator": stranger}]}]}]
     });
     let gw = Gateway::start(&dir.0, &cfg.to_string(), "gw1", addr);
     let mut a = Client::connect(addr);

@@ -272,7 +272,8 @@ fn idle_connections_are_pinged_and_silent_ones_dropped() {
         "targets": [{"target": target, "hosts": [{"host": "gw1", "portal": "p1"}]}],
         "portals": [{"name": "p1", "addresses": [addr.to_string()]}],
         "pools": [{"pool": "rbd", "gateways": [{"target": target, "tpg": [
-            {"image": "m", "backstore": "memory", "size": "1M"}]}]}]
+            {"image": "m", "backstore": "memory", "size": "1M", "initiator": quiet},
+            {"image": "m", "backstore": "memory", "size": "1M", "initiator": chatty}]}]}]
     });
     let gw = Gateway::start(&dir.0, &config.to_string(), "gw1", addr);
     let mut silent = Client::connect(addr);
@@ -418,8 +419,8 @@ fn a_lun_that_cannot_open_is_not_ready_and_serves_once_it_can() {
         "targets": [{"target": target, "hosts": [{"host": "gw1", "portal": "p1"}]}],
         "portals": [{"name": "p1", "addresses": [addr.to_string()]}],
         "pools": [{"pool": "rbd", "gateways": [{"target": target, "tpg": [
-            {"image": "m", "backstore": "memory", "size": "1M"},
-            {"image": "disk", "backstore": "file", "path": image.display().to_string()}]}]}]
+            {"image": "m", "lun": 0, "backstore": "memory", "size": "1M"},
+            {"image": "disk", "lun": 1, "backstore": "file", "path": image.display().to_string()}]}]}]
     });
     let started = std::time::Instant::now();
     let gw = Gateway::start(&dir.0, &config.to_string(), "gw1", addr);

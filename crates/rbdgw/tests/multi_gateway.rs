@@ -502,3 +502,145 @@ fn two_gateways_starting_together_on_a_missing_image() {
         drop((g1, g2));
     }
 }
+
+/// LUN numbers in a REPORT LUNS answer (single-level peripheral or flat addressing).
+fn report_luns(c: &mut Client) -> Vec<u64> {
+    let o = c.scsi_ready(0, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], &[], 1024);
+    assert_eq!(o.status, 0, "{o:?}");
+    let n = u32::from_be_bytes(o.data[0..4].try_into().unwrap()) as usize / 8;
+    (0..n)
+        .map(|i| {
+            let e = &o.data[8 + 8 * i..16 + 8 * i];
+            (u64::from(e[0] & 0x3f) << 8) | u64::from(e[1])
+        })
+        .collect()
+}
+
+/// A config as `lrbd -m 1.0` leaves it (`rbd_name: "simple"` on every image, `wwn_generate:
+/// "original"`), with lrbd's other habits: `lun` as a string, an image listed twice for two
+/// initiators, per-initiator mappings in mode `identified`, and a host-keyed entry into its
+/// host's own target. Served as LIO served it: the same LUN numbers (given ones first, the rest
+/// by backstore name), one LUN per image mapped to each initiator named, serials and WWIDs by
+/// lrbd's rule, and the host's own target listed and served only on that host.
+#[test]
+fn a_migrated_lrbd_config_is_served_as_lio_served_it() {
+    let dir = Scratch::new("multi-lrbd-migrated");
+    let (a1, a2): (std::net::SocketAddr, std::net::SocketAddr) = (
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("127.0.0.2:{}", free_port()).parse().unwrap(),
+    );
+    let own = "iqn.2026-11.org.rbdgw:gw1-own";
+    let (ini_a, ini_b) = ("iqn.2026-11.org.test:a", "iqn.2026-11.org.test:b");
+    let img = |name: &str, extra: serde_json::Value| {
+        let mut v = serde_json::json!({"image": name, "rbd_name": "simple", "backstore": "memory", "size": "16M"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    let config = format!(
+        "# migrated from lrbd\n{}",
+        serde_json::json!({
+            "auth": [{"target": TARGET, "authentication": "identified"},
+                     {"host": "gw1", "authentication": "none"}],
+            "targets": [{"target": TARGET, "wwn_generate": "original",
+                         "hosts": [{"host": "gw1", "portal": "p1"}, {"host": "gw2", "portal": "p2"}]},
+                        {"target": own, "host": "gw1", "wwn_generate": "original"}],
+            "portals": [{"name": "p1", "addresses": [a1.to_string()]},
+                        {"name": "p2", "addresses": [a2.to_string()]}],
+            "pools": [{"pool": "rbd", "gateways": [
+                {"target": TARGET, "tpg": [
+                    img("zeta", serde_json::json!({"initiator": ini_a})),
+                    img("alpha", serde_json::json!({"initiator": ini_a, "lun": "1"})),
+                    img("beta", serde_json::json!({"initiator": ini_a})),
+                    img("beta", serde_json::json!({"initiator": ini_b}))]},
+                {"host": "gw1", "tpg": [img("mine", serde_json::json!({"portal": "p1"}))]}]}]
+        })
+    );
+    let g1 = Gateway::start(&dir.0, &config, "gw1", a1);
+    let g2 = Gateway::start(&dir.0, &config, "gw2", a2);
+    // The WWIDs `rbdgw plan` shows for the LUNs of the redundant target.
+    let plan = Command::new(env!("CARGO_BIN_EXE_rbdgw"))
+        .args(["plan", "--host", "gw2", "--config"])
+        .arg(dir.0.join("config-gw2.json"))
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    let serial = |image: &str| {
+        uuid::Uuid::new_v3(
+            &uuid::Uuid::NAMESPACE_DNS,
+            format!("{TARGET}{image}").as_bytes(),
+        )
+        .to_string()
+    };
+    for (image, lun) in [("beta", 0), ("alpha", 1), ("zeta", 2)] {
+        let want = format!("  lun {lun}: memory");
+        assert!(plan.contains(&want), "{want}\n{plan}");
+        assert!(
+            plan.contains(&format!("serial {}", serial(image))),
+            "{image}\n{plan}"
+        );
+    }
+    let wwid = |s: &str| -> Vec<u8> {
+        let at = plan.find(&format!("serial {s}  wwid naa.")).unwrap() + s.len() + 18;
+        let hex = &plan[at..at + 32];
+        (0..16)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    };
+    for (gw, addr) in [(&g1, a1), (&g2, a2)] {
+        let mut s = Client::connect(addr);
+        s.login(ini_a, Some(TARGET), "");
+        assert_eq!(report_luns(&mut s), vec![0, 1, 2], "{}", gw.log_text());
+        for (image, lun) in [("beta", 0u64), ("alpha", 1), ("zeta", 2)] {
+            let o = s.scsi_ready(lun, &[0x12, 1, 0x80, 0x10, 0, 0], &[], 4096);
+            assert_eq!(
+                String::from_utf8_lossy(&o.data[4..]),
+                serial(image),
+                "VPD 0x80 of LUN {lun}"
+            );
+            let o = s.scsi_ready(lun, &[0x12, 1, 0x83, 0x10, 0, 0], &[], 4096);
+            assert_eq!(naa(&o.data), wwid(&serial(image)), "VPD 0x83 of LUN {lun}");
+        }
+        // B is mapped to beta alone, and sees it under the same number.
+        let mut s = Client::connect(addr);
+        s.login(ini_b, Some(TARGET), "");
+        assert_eq!(report_luns(&mut s), vec![0]);
+        // An initiator named nowhere has no ACL: LIO refused it.
+        let mut s = Client::connect(addr);
+        let pdu = s.login_pdu(
+            1,
+            Some(3),
+            &format!(
+                "InitiatorName=iqn.2026-11.org.test:c|TargetName={TARGET}|SessionType=Normal|"
+            ),
+        );
+        s.send(&pdu);
+        let r = s.recv().expect("login response");
+        assert_eq!((r.bhs.0[36], r.bhs.0[37]), (2, 2), "authorization failure");
+        // SendTargets lists gw1's own target on gw1 alone; the redundant one on both, with
+        // both portals.
+        let mut d = Client::connect(addr);
+        d.login(ini_a, None, "");
+        let names: Vec<String> = d
+            .send_targets()
+            .0
+            .into_iter()
+            .filter(|(k, _)| k == "TargetName")
+            .map(|(_, v)| v)
+            .collect();
+        let want: Vec<&str> = if addr == a1 {
+            vec![TARGET, own]
+        } else {
+            vec![TARGET]
+        };
+        assert_eq!(names, want);
+    }
+    // gw1's own target, with its image as LUN 0 and the original serial rule.
+    let mut s = Client::connect(a1);
+    s.login("iqn.2026-11.org.test:anyone", Some(own), "");
+    assert_eq!(report_luns(&mut s), vec![0]);
+    let o = s.scsi_ready(0, &[0x12, 1, 0x80, 0x10, 0, 0], &[], 4096);
+    let want = uuid::Uuid::new_v3(&uuid::Uuid::NAMESPACE_DNS, format!("{own}mine").as_bytes());
+    assert_eq!(String::from_utf8_lossy(&o.data[4..]), want.to_string());
+}

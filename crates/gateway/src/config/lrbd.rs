@@ -119,7 +119,8 @@ pub struct GatewayEntry {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ImageEntry {
     pub image: String,
-    pub lun: Option<u64>,
+    /// lrbd writes and reads it as a string (`"2"`); a number is accepted too.
+    pub lun: Option<Value>,
     pub uuid: Option<String>,
     pub initiator: Option<String>,
     pub portal: Option<String>,

@@ -1,6 +1,7 @@
 //! The shared configuration: lrbd's JSON document ([`lrbd`]) resolved into a typed model
 //! ([`Config`]) that every gateway computes alike, and the choice of "this host".
 
+mod entries;
 pub mod lrbd;
 pub mod resolve;
 pub mod store;
@@ -11,7 +12,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-pub use resolve::parse_size;
+pub use resolve::{generated_iqn, parse_size};
 
 /// A configuration error: which file, where in it, and what was expected.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -28,6 +29,9 @@ pub struct ConfigError {
 pub enum AuthMode {
     /// Anyone, no CHAP.
     None,
+    /// The config has an `auth` section but no entry for this target: lrbd left such a TPG
+    /// as LIO makes it, without demo mode and without ACLs, so no initiator may log in.
+    Unconfigured,
     /// One CHAP credential for every initiator.
     Tpg,
     /// That credential, and only the initiators named in the image entries.
@@ -39,9 +43,21 @@ pub enum AuthMode {
 }
 
 impl AuthMode {
+    /// Whether initiators must be named on image entries (lrbd makes node ACLs and maps each
+    /// LUN to the initiators named on its entries only in these modes).
+    pub fn maps_initiators(self) -> bool {
+        matches!(
+            self,
+            AuthMode::Acls | AuthMode::TpgIdentified | AuthMode::Identified
+        )
+    }
+}
+
+impl AuthMode {
     pub fn name(self) -> &'static str {
         match self {
             AuthMode::None => "none",
+            AuthMode::Unconfigured => "no entry in auth (nobody may log in)",
             AuthMode::Tpg => "tpg",
             AuthMode::TpgIdentified => "tpg+identified",
             AuthMode::Identified => "identified",
@@ -97,8 +113,6 @@ pub struct TargetAuth {
     pub mode: AuthMode,
     pub tpg_chap: Option<Chap>,
     pub acls: Vec<Acl>,
-    /// CHAP for SendTargets discovery sessions (lrbd's `discovery`).
-    pub discovery: Option<Chap>,
 }
 
 impl TargetAuth {
@@ -116,7 +130,6 @@ impl Default for TargetAuth {
             mode: AuthMode::None,
             tpg_chap: None,
             acls: Vec::new(),
-            discovery: None,
         }
     }
 }
@@ -195,9 +208,26 @@ pub struct Lun {
     pub serial: String,
     /// Host that owns the LU (ALUA Active/Optimized), from `owner` or the default rule.
     pub owner: String,
-    /// Initiators named on the image entry (`initiator`): for `identified` modes.
+    /// Initiators named on the image's entries (`initiator`): in the modes that map
+    /// initiators ([`AuthMode::maps_initiators`]) only they see the LUN.
     pub initiators: Vec<String>,
+    /// The hosts that serve this LUN; empty: every host of the target. A host-keyed gateway
+    /// entry whose host has no target of its own puts its images into the first target the
+    /// host serves, on that host alone (lrbd's `iqns[0]`).
+    pub hosts: Vec<String>,
+    /// lrbd's LIO backstore name: `pool-image`, or `image` with `rbd_name: "simple"`. lrbd
+    /// numbers LUNs without `lun` in the order of these names.
+    pub backstore_name: String,
+    /// The number was given (`lun`), not chosen.
+    pub pinned: bool,
     pub attributes: LunAttributes,
+}
+
+impl Lun {
+    /// Whether `host` serves this LUN (given that it serves the target).
+    pub fn served_by(&self, host: &str) -> bool {
+        self.hosts.is_empty() || self.hosts.iter().any(|h| h == host)
+    }
 }
 
 /// TPG attributes (`tpg_*`) that mean something here.
@@ -224,6 +254,9 @@ impl Default for TargetAttributes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub iqn: String,
+    /// The one host of a `{host, target}` entry (or of a target named for a host because the
+    /// config has none): lrbd configured such a target on that host alone.
+    pub single_host: Option<String>,
     pub tpgs: Vec<Tpg>,
     pub luns: Vec<Lun>,
     pub auth: TargetAuth,
@@ -242,14 +275,19 @@ impl Target {
 pub struct Config {
     pub source_name: String,
     pub targets: Vec<Target>,
+    /// Discovery CHAP per host: lrbd set LIO's (host-wide) discovery auth from the first auth
+    /// entry it read on that host; hosts absent here ask none.
+    pub discovery: BTreeMap<String, Chap>,
     /// Notes about keys that are accepted but have no effect here (LIO-only knobs).
     pub warnings: Vec<String>,
 }
 
 impl Config {
-    /// Parses and validates a document.
+    /// Parses and validates a document. `#` comments are dropped first, as lrbd did (its
+    /// `lrbd -e` template starts with them).
     pub fn parse(source_name: &str, text: &str) -> Result<Config, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_str(text);
+        let text = strip_comments(text);
+        let de = &mut serde_json::Deserializer::from_str(&text);
         let doc: lrbd::Document = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = match e.path().to_string() {
                 p if p.is_empty() || p == "?" => ".".to_string(),
@@ -333,6 +371,37 @@ impl Config {
                 ))
             })
     }
+}
+
+/// Drops every `#` to the end of its line, as lrbd's `strip_comments` did, except inside a
+/// JSON string (lrbd cut there too, breaking a CHAP secret with a `#` in it).
+pub fn strip_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped, mut comment) = (false, false, false);
+    for c in text.chars() {
+        if comment {
+            if c == '\n' {
+                comment = false;
+                out.push(c);
+            }
+            continue;
+        }
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if c == '#' {
+            comment = true;
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// This machine's host name (gethostname(2)).

@@ -6,16 +6,17 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
 
-use super::lrbd::{AclEntry, Document, ImageEntry};
+use super::entries;
+use super::lrbd::{AclEntry, Document, ImageEntry, TargetEntry};
 use super::*;
 
-struct Ctx<'a> {
-    source: &'a str,
-    warnings: Vec<String>,
+pub(super) struct Ctx<'a> {
+    pub(super) source: &'a str,
+    pub(super) warnings: Vec<String>,
 }
 
 impl Ctx<'_> {
-    fn err(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError {
             source_name: self.source.into(),
             path: path.into(),
@@ -23,7 +24,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn warn(&mut self, path: &str, msg: impl std::fmt::Display) {
+    pub(super) fn warn(&mut self, path: &str, msg: impl std::fmt::Display) {
         self.warnings.push(format!("{path}: {msg}"));
     }
 }
@@ -185,6 +186,16 @@ const PARAMS: &[&str] = &[
     "IFMarker",
 ];
 
+/// The login keys among [`PARAMS`] that take Yes or No (RFC 7143 §13).
+const BOOLEAN_PARAMS: &[&str] = &[
+    "ImmediateData",
+    "InitialR2T",
+    "DataPDUInOrder",
+    "DataSequenceInOrder",
+    "OFMarker",
+    "IFMarker",
+];
+
 fn acl(ctx: &mut Ctx, path: &str, e: &AclEntry, with_chap: bool) -> Result<Acl, ConfigError> {
     let initiator = e
         .initiator
@@ -216,7 +227,21 @@ fn acl(ctx: &mut Ctx, path: &str, e: &AclEntry, with_chap: bool) -> Result<Acl, 
                     ),
                 ));
             }
-            params.insert(p.to_string(), scalar(v));
+            let mut value = scalar(v);
+            if BOOLEAN_PARAMS.contains(&p) {
+                // LIO's configfs takes Yes/No; lrbd samples write "1" and "0" as well.
+                value = match value.to_ascii_lowercase().as_str() {
+                    "yes" | "1" | "true" => "Yes".into(),
+                    "no" | "0" | "false" => "No".into(),
+                    _ => {
+                        return Err(ctx.err(
+                            format!("{path}.{k}"),
+                            format!("expected Yes or No (or 1 or 0), found {v}"),
+                        ))
+                    }
+                };
+            }
+            params.insert(p.to_string(), value);
         } else if let Some(a) = k.strip_prefix("attrib_") {
             let kp = format!("{path}.{k}");
             match a {
@@ -256,6 +281,88 @@ fn acl(ctx: &mut Ctx, path: &str, e: &AclEntry, with_chap: bool) -> Result<Acl, 
     })
 }
 
+/// `tpg_*` keys of a target entry: the ones that mean something here, LIO's others noted.
+fn target_attributes(
+    ctx: &mut Ctx,
+    path: &str,
+    t: &TargetEntry,
+    attributes: &mut TargetAttributes,
+) -> Result<(), ConfigError> {
+    for (k, v) in &t.extra {
+        let kp = format!("{path}.{k}");
+        let Some(attr) = k.strip_prefix("tpg_") else {
+            return Err(ctx.err(
+                kp,
+                "unknown key; expected target, hosts, host, wwn_generate or tpg_*",
+            ));
+        };
+        let num = || {
+            scalar(v)
+                .parse::<u32>()
+                .map_err(|_| ctx.err(&kp, format!("expected a number, found {v}")))
+        };
+        match attr {
+            "default_cmdsn_depth" => attributes.cmdsn_depth = num()?.clamp(1, 65535),
+            "login_timeout" => attributes.login_timeout = num()?.max(1),
+            "prod_mode_write_protect" | "demo_mode_write_protect" => {
+                attributes.write_protect = num()? != 0
+            }
+            "default_erl" => {
+                if num()? > 0 {
+                    ctx.warn(
+                        &kp,
+                        "error recovery level above 0 is not implemented; sessions negotiate 0",
+                    );
+                }
+            }
+            "t10_pi" => {
+                if num()? != 0 {
+                    return Err(ctx.err(kp, "T10 protection information is not supported; use 0"));
+                }
+            }
+            "netif_timeout"
+            | "cache_dynamic_acls"
+            | "generate_node_acls"
+            | "authentication"
+            | "demo_mode_discovery" => {
+                ctx.warn(&kp, "LIO setting with no effect on rbdgw");
+            }
+            _ => return Err(ctx.err(kp, format!("unknown TPG attribute {attr:?}"))),
+        }
+    }
+    Ok(())
+}
+
+/// The target name for a host that the config gives none (lrbd let targetcli generate one,
+/// at random on every start): targetcli's form, `iqn.2003-01.org.linux-iscsi.<host>.x8664:
+/// sn.<12 hex>`, with the digits derived from the host name, so it is stable across restarts
+/// and every gateway computes the same one. One name per host, not one for all: the targets
+/// of two such hosts hold different LUNs, and one target name is one SCSI target device.
+pub fn generated_iqn(host: &str) -> String {
+    let label: String = host
+        .split('.')
+        .next()
+        .unwrap_or(host)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let id = uuid::Uuid::new_v3(
+        &uuid::Uuid::NAMESPACE_DNS,
+        format!("rbdgw.generated-target.{host}").as_bytes(),
+    );
+    let hex = id.simple().to_string();
+    format!(
+        "iqn.2003-01.org.linux-iscsi.{label}.x8664:sn.{}",
+        &hex[hex.len() - 12..]
+    )
+}
+
 pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigError> {
     let mut ctx = Ctx {
         source,
@@ -288,59 +395,18 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
         portals.insert(&p.name, addrs);
     }
 
-    // Targets and their TPGs.
+    // Targets and the TPGs of redundant ones (a single host's TPGs come from its entries).
     let mut targets: Vec<Target> = Vec::new();
     let mut wwn_original: BTreeSet<String> = BTreeSet::new();
+    // lrbd's TPGattributes kept one dict for every target, so a `tpg_*` set on one target
+    // applies to the targets after it too.
+    let mut attributes = TargetAttributes::default();
     for (i, t) in doc.targets.iter().enumerate() {
         let path = format!("targets[{i}]");
         if !valid_iscsi_name(&t.target) {
             return Err(ctx.err(format!("{path}.target"), format!("expected an iSCSI name (iqn.YYYY-MM.reverse.domain[:id] or eui.<16 hex>), found {:?}", t.target)));
         }
-        let mut attributes = TargetAttributes::default();
-        for (k, v) in &t.extra {
-            let kp = format!("{path}.{k}");
-            let Some(attr) = k.strip_prefix("tpg_") else {
-                return Err(ctx.err(
-                    kp,
-                    "unknown key; expected target, hosts, host, wwn_generate or tpg_*",
-                ));
-            };
-            let num = || {
-                scalar(v)
-                    .parse::<u32>()
-                    .map_err(|_| ctx.err(&kp, format!("expected a number, found {v}")))
-            };
-            match attr {
-                "default_cmdsn_depth" => attributes.cmdsn_depth = num()?.clamp(1, 65535),
-                "login_timeout" => attributes.login_timeout = num()?.max(1),
-                "prod_mode_write_protect" | "demo_mode_write_protect" => {
-                    attributes.write_protect = num()? != 0
-                }
-                "default_erl" => {
-                    if num()? > 0 {
-                        ctx.warn(
-                            &kp,
-                            "error recovery level above 0 is not implemented; sessions negotiate 0",
-                        );
-                    }
-                }
-                "t10_pi" => {
-                    if num()? != 0 {
-                        return Err(
-                            ctx.err(kp, "T10 protection information is not supported; use 0")
-                        );
-                    }
-                }
-                "netif_timeout"
-                | "cache_dynamic_acls"
-                | "generate_node_acls"
-                | "authentication"
-                | "demo_mode_discovery" => {
-                    ctx.warn(&kp, "LIO setting with no effect on rbdgw");
-                }
-                _ => return Err(ctx.err(kp, format!("unknown TPG attribute {attr:?}"))),
-            }
-        }
+        target_attributes(&mut ctx, &path, t, &mut attributes)?;
         match t.wwn_generate.as_deref() {
             None => {}
             Some("original") => {
@@ -353,25 +419,31 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
                 ))
             }
         }
-        let entry = targets.iter().position(|x| x.iqn == t.target);
-        let idx = match entry {
-            Some(i) => i,
-            None => {
-                targets.push(Target {
-                    iqn: t.target.clone(),
-                    tpgs: Vec::new(),
-                    luns: Vec::new(),
-                    auth: TargetAuth::default(),
-                    attributes: attributes.clone(),
-                });
-                targets.len() - 1
-            }
+        if targets
+            .iter()
+            .any(|x| x.iqn.eq_ignore_ascii_case(&t.target))
+        {
+            return Err(ctx.err(
+                format!("{path}.target"),
+                format!("target {:?} is listed twice", t.target),
+            ));
+        }
+        let mut target = Target {
+            iqn: t.target.clone(),
+            single_host: None,
+            tpgs: Vec::new(),
+            luns: Vec::new(),
+            auth: TargetAuth::default(),
+            attributes: attributes.clone(),
         };
-        let target = &mut targets[idx];
-        target.attributes = attributes;
         match (&t.hosts, &t.host) {
             (Some(hosts), None) => {
-                // TPG n is the n-th distinct portal in the hosts order (lrbd).
+                if hosts.is_empty() {
+                    return Err(
+                        ctx.err(format!("{path}.hosts"), "a target needs at least one host")
+                    );
+                }
+                // TPG n is the n-th distinct portal in the hosts order (lrbd's _add_target).
                 let mut order: Vec<&str> = Vec::new();
                 for (j, hp) in hosts.iter().enumerate() {
                     let addrs = portals.get(hp.portal.as_str()).ok_or_else(|| {
@@ -380,31 +452,19 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
                             format!("no portal named {:?} in \"portals\"", hp.portal),
                         )
                     })?;
-                    if !order.contains(&hp.portal.as_str()) {
-                        order.push(&hp.portal);
+                    if order.contains(&hp.portal.as_str()) {
+                        continue;
                     }
-                    let tag = order.iter().position(|p| *p == hp.portal).unwrap_or(0) as u16 + 1;
+                    order.push(&hp.portal);
                     target.tpgs.push(Tpg {
-                        tag,
+                        tag: order.len() as u16,
                         host: hp.host.clone(),
                         portal_name: hp.portal.clone(),
                         addresses: addrs.clone(),
                     });
                 }
-                if hosts.is_empty() {
-                    return Err(
-                        ctx.err(format!("{path}.hosts"), "a target needs at least one host")
-                    );
-                }
             }
-            (None, Some(host)) => {
-                target.tpgs.push(Tpg {
-                    tag: 1,
-                    host: host.clone(),
-                    portal_name: String::new(),
-                    addresses: Vec::new(),
-                });
-            }
+            (None, Some(host)) => target.single_host = Some(host.clone()),
             _ => {
                 return Err(ctx.err(
                     path,
@@ -412,47 +472,169 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
                 ))
             }
         }
+        targets.push(target);
     }
 
-    // Auth per target.
+    let mut r = Resolver {
+        targets,
+        wwn_original,
+        portals,
+        default_portal: BTreeSet::new(),
+        portal_tags: BTreeMap::new(),
+    };
+    let entries = entries::ordered(&mut ctx, doc);
+    let luns = entries::luns(&mut ctx, &mut r, &entries)?;
+    auth(&mut ctx, &mut r, doc)?;
+    let discovery = discovery(&mut ctx, &r, doc)?;
+    entries::place(&mut ctx, &mut r, luns)?;
+
+    for t in &mut r.targets {
+        if t.single_host.is_some() && t.tpgs.is_empty() {
+            // lrbd's `/iscsi create` made TPG 1; with no entry it has no portal and no LUN.
+            t.tpgs.push(Tpg {
+                tag: 1,
+                host: t.single_host.clone().unwrap_or_default(),
+                portal_name: String::new(),
+                addresses: Vec::new(),
+            });
+        }
+        for g in &mut t.tpgs {
+            if g.addresses.is_empty() && r.default_portal.contains(&(t.iqn.clone(), g.tag)) {
+                // An entry without a portal: targetcli's default portal, every address.
+                g.addresses.push(SocketAddr::new(
+                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    3260,
+                ));
+            }
+        }
+        t.tpgs.sort_by_key(|g| g.tag);
+    }
+    Ok(Config {
+        source_name: source.into(),
+        targets: r.targets,
+        discovery,
+        warnings: ctx.warnings,
+    })
+}
+
+/// What resolving has built so far, shared by the entry, auth and placement steps.
+pub(super) struct Resolver<'a> {
+    pub targets: Vec<Target>,
+    pub wwn_original: BTreeSet<String>,
+    pub portals: BTreeMap<&'a str, Vec<SocketAddr>>,
+    /// (target, tag) of TPGs that an entry without `portal` put on targetcli's default portal.
+    pub default_portal: BTreeSet<(String, u16)>,
+    /// The TPG tag lrbd first gave each portal name (its PortalIndex.find).
+    pub portal_tags: BTreeMap<String, u16>,
+}
+
+impl Resolver<'_> {
+    /// lrbd's `iqns[0]` on `host`, the target its host-keyed entries and auth go to: its last
+    /// `{host, target}` entry (lrbd put each at the front of its list), else the first target
+    /// it serves, else one named for it ([`generated_iqn`]).
+    pub fn host_target(&mut self, host: &str) -> usize {
+        if let Some(i) = self
+            .targets
+            .iter()
+            .rposition(|t| t.single_host.as_deref() == Some(host))
+        {
+            return i;
+        }
+        if let Some(i) = self
+            .targets
+            .iter()
+            .position(|t| t.tpgs.iter().any(|g| g.host == host))
+        {
+            return i;
+        }
+        self.targets.push(Target {
+            iqn: generated_iqn(host),
+            single_host: Some(host.to_string()),
+            tpgs: Vec::new(),
+            luns: Vec::new(),
+            auth: TargetAuth::default(),
+            attributes: TargetAttributes::default(),
+        });
+        self.targets.len() - 1
+    }
+
+    /// The hosts that serve target `ti`.
+    pub fn hosts_of(&self, ti: usize) -> Vec<&str> {
+        let t = &self.targets[ti];
+        let mut v: Vec<&str> = t.single_host.iter().map(|h| h.as_str()).collect();
+        for g in &t.tpgs {
+            if !v.contains(&g.host.as_str()) {
+                v.push(&g.host);
+            }
+        }
+        v
+    }
+}
+
+fn mode_of(ctx: &Ctx, path: &str, name: &str) -> Result<AuthMode, ConfigError> {
+    Ok(match name {
+        "none" => AuthMode::None,
+        "tpg" => AuthMode::Tpg,
+        "tpg+identified" => AuthMode::TpgIdentified,
+        "identified" => AuthMode::Identified,
+        "acls" => AuthMode::Acls,
+        o => {
+            return Err(ctx.err(
+                format!("{path}.authentication"),
+                format!("expected none, tpg, tpg+identified, identified or acls, found {o:?}"),
+            ))
+        }
+    })
+}
+
+/// The auth entries in the order lrbd read them: one xattr `_<host or target>` each (a key
+/// given twice keeps its last entry), which RADOS returns sorted by name.
+fn auth_order(ctx: &mut Ctx, doc: &Document) -> Vec<(usize, String)> {
+    let mut by_key: BTreeMap<String, usize> = BTreeMap::new();
     for (i, a) in doc.auth.iter().enumerate() {
+        let Some(key) = a.target.clone().or_else(|| a.host.clone()) else {
+            continue;
+        };
+        if let Some(old) = by_key.insert(format!("_{key}"), i) {
+            ctx.warn(
+                &format!("auth[{old}]"),
+                format!("{key:?} has another auth entry after this one, which replaces it (lrbd stored one per key)"),
+            );
+        }
+    }
+    by_key.into_iter().map(|(k, i)| (i, k)).collect()
+}
+
+/// Authentication per target: each target takes the last auth entry (in lrbd's order) that
+/// names it, or names a host whose target it is; with an `auth` section but none for it, no
+/// initiator may log in (LIO's TPG without demo mode or ACLs); with no `auth` at all, anyone.
+fn auth(ctx: &mut Ctx, r: &mut Resolver, doc: &Document) -> Result<(), ConfigError> {
+    if !doc.auth.is_empty() {
+        for t in &mut r.targets {
+            t.auth.mode = AuthMode::Unconfigured;
+        }
+    }
+    for (i, _) in auth_order(ctx, doc) {
+        let a = &doc.auth[i];
         let path = format!("auth[{i}]");
-        let iqn = match (&a.target, &a.host) {
-            (Some(t), _) => t.clone(),
-            (None, Some(h)) => targets
+        let ti = match (&a.target, &a.host) {
+            (Some(t), _) => r
+                .targets
                 .iter()
-                .find(|t| t.tpgs.iter().any(|g| &g.host == h))
-                .map(|t| t.iqn.clone())
+                .position(|x| x.iqn.eq_ignore_ascii_case(t))
                 .ok_or_else(|| {
                     ctx.err(
-                        format!("{path}.host"),
-                        format!("no target is served by host {h:?}"),
+                        format!("{path}.target"),
+                        format!("no target {t:?} in \"targets\""),
                     )
                 })?,
+            (None, Some(h)) => r.host_target(h),
             (None, None) => return Err(ctx.err(&path, "expected \"target\" or \"host\"")),
         };
-        let Some(ti) = targets.iter().position(|t| t.iqn == iqn) else {
-            return Err(ctx.err(
-                format!("{path}.target"),
-                format!("no target {iqn:?} in \"targets\""),
-            ));
-        };
-        let mode = match a.authentication.as_str() {
-            "none" => AuthMode::None,
-            "tpg" => AuthMode::Tpg,
-            "tpg+identified" => AuthMode::TpgIdentified,
-            "identified" => AuthMode::Identified,
-            "acls" => AuthMode::Acls,
-            o => {
-                return Err(ctx.err(
-                    format!("{path}.authentication"),
-                    format!("expected none, tpg, tpg+identified, identified or acls, found {o:?}"),
-                ))
-            }
-        };
+        let mode = mode_of(ctx, &path, &a.authentication)?;
         let tpg_chap = match (&a.tpg, mode) {
             (Some(c), _) => Some(chap(
-                &mut ctx,
+                ctx,
                 &format!("{path}.tpg"),
                 &Some(c.userid.clone()),
                 &Some(c.password.clone()),
@@ -471,158 +653,105 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
             }
             (None, _) => None,
         };
+        // lrbd reads per-initiator settings from `acls` in mode acls and from `identified` in
+        // the identified modes (its InitiatorSettings); credentials only from `acls`.
         let mut acls = Vec::new();
-        for (j, e) in a.acls.iter().enumerate() {
-            acls.push(acl(&mut ctx, &format!("{path}.acls[{j}]"), e, true)?);
+        match mode {
+            AuthMode::Acls => {
+                for (j, e) in a.acls.iter().enumerate() {
+                    acls.push(acl(ctx, &format!("{path}.acls[{j}]"), e, true)?);
+                }
+                if acls.is_empty() {
+                    return Err(ctx.err(
+                        &path,
+                        "authentication \"acls\" needs \"acls\": [{initiator, userid, password}]",
+                    ));
+                }
+            }
+            AuthMode::Identified | AuthMode::TpgIdentified => {
+                for (j, e) in a.identified.iter().enumerate() {
+                    acls.push(acl(ctx, &format!("{path}.identified[{j}]"), e, false)?);
+                }
+            }
+            _ => {}
         }
-        for (j, e) in a.identified.iter().enumerate() {
-            acls.push(acl(&mut ctx, &format!("{path}.identified[{j}]"), e, false)?);
+        for (list, name) in [(&a.acls, "acls"), (&a.identified, "identified")] {
+            let used = match mode {
+                AuthMode::Acls => name == "acls",
+                AuthMode::Identified | AuthMode::TpgIdentified => name == "identified",
+                _ => false,
+            };
+            if !list.is_empty() && !used {
+                ctx.warn(
+                    &format!("{path}.{name}"),
+                    format!("not used with authentication {:?}", mode.name()),
+                );
+            }
         }
-        if mode == AuthMode::Acls && acls.is_empty() {
-            return Err(ctx.err(
-                &path,
-                "authentication \"acls\" needs \"acls\": [{initiator, userid, password}]",
-            ));
+        r.targets[ti].auth = TargetAuth {
+            mode,
+            tpg_chap,
+            acls,
+        };
+    }
+    Ok(())
+}
+
+/// Discovery CHAP per host: lrbd took the `discovery` of the first auth entry it read on a
+/// host (every target's, and the host's own) and set LIO's discovery auth from it alone.
+fn discovery(
+    ctx: &mut Ctx,
+    r: &Resolver,
+    doc: &Document,
+) -> Result<BTreeMap<String, Chap>, ConfigError> {
+    let order = auth_order(
+        &mut Ctx {
+            source: ctx.source,
+            warnings: Vec::new(),
+        },
+        doc,
+    );
+    let mut hosts: Vec<&str> = Vec::new();
+    for ti in 0..r.targets.len() {
+        for h in r.hosts_of(ti) {
+            if !hosts.contains(&h) {
+                hosts.push(h);
+            }
         }
-        let discovery = match &a.discovery {
-            Some(d) if enable_flag(&ctx, &format!("{path}.discovery.auth"), &d.auth)? => {
-                Some(chap(
-                    &mut ctx,
-                    &format!("{path}.discovery"),
+    }
+    let mut out = BTreeMap::new();
+    for host in hosts {
+        let first = order.iter().find(|(i, _)| {
+            let a = &doc.auth[*i];
+            a.target.is_some() || a.host.as_deref() == Some(host)
+        });
+        let Some((i, _)) = first else { continue };
+        let path = format!("auth[{i}].discovery");
+        if let Some(d) = &doc.auth[*i].discovery {
+            if enable_flag(ctx, &format!("{path}.auth"), &d.auth)? {
+                let c = chap(
+                    ctx,
+                    &path,
                     &d.userid,
                     &d.password,
                     &d.mutual,
                     &d.userid_mutual,
                     &d.password_mutual,
-                )?)
-            }
-            _ => None,
-        };
-        targets[ti].auth = TargetAuth {
-            mode,
-            tpg_chap,
-            acls,
-            discovery,
-        };
-    }
-
-    // Images.
-    for (pi, pool) in doc.pools.iter().enumerate() {
-        for (gi, gw) in pool.gateways.iter().enumerate() {
-            let gpath = format!("pools[{pi}].gateways[{gi}]");
-            let ti = match (&gw.target, &gw.host) {
-                (Some(t), None) => targets.iter().position(|x| &x.iqn == t).ok_or_else(|| {
-                    ctx.err(
-                        format!("{gpath}.target"),
-                        format!("no target {t:?} in \"targets\""),
-                    )
-                })?,
-                (None, Some(h)) => targets
-                    .iter()
-                    .position(|x| x.tpgs.iter().any(|g| &g.host == h))
-                    .ok_or_else(|| {
-                        ctx.err(
-                            format!("{gpath}.host"),
-                            format!("no target is served by host {h:?}"),
-                        )
-                    })?,
-                _ => return Err(ctx.err(gpath, "expected either \"target\" or \"host\"")),
-            };
-            for (ii, img) in gw.tpg.iter().enumerate() {
-                let path = format!("{gpath}.tpg[{ii}]");
-                let lun = image_lun(
-                    &mut ctx,
-                    &path,
-                    &pool.pool,
-                    &targets[ti],
-                    img,
-                    wwn_original.contains(&targets[ti].iqn),
                 )?;
-                // Single-host portals named on image entries become that host's addresses.
-                if let (Some(host), Some(portal)) = (&gw.host, &img.portal) {
-                    let addrs = portals.get(portal.as_str()).ok_or_else(|| {
-                        ctx.err(
-                            format!("{path}.portal"),
-                            format!("no portal named {portal:?}"),
-                        )
-                    })?;
-                    for g in targets[ti]
-                        .tpgs
-                        .iter_mut()
-                        .filter(|g| &g.host == host && g.addresses.is_empty())
-                    {
-                        g.portal_name = portal.clone();
-                        g.addresses = addrs.clone();
-                    }
-                }
-                targets[ti].luns.push(lun);
+                out.insert(host.to_string(), c);
             }
         }
     }
-
-    // LUN numbers: explicit ones stay; the rest take the lowest free numbers in order.
-    for t in &mut targets {
-        let mut used: BTreeSet<u64> = BTreeSet::new();
-        for l in t.luns.iter().filter(|l| l.lun != u64::MAX) {
-            if !used.insert(l.lun) {
-                return Err(ConfigError {
-                    source_name: source.into(),
-                    path: "pools".into(),
-                    message: format!("target {}: LUN {} is assigned twice", t.iqn, l.lun),
-                });
-            }
-        }
-        let mut next = 0;
-        for l in t.luns.iter_mut().filter(|l| l.lun == u64::MAX) {
-            while used.contains(&next) {
-                next += 1;
-            }
-            l.lun = next;
-            used.insert(next);
-        }
-        t.luns.sort_by_key(|l| l.lun);
-        // The default owner: LUN n is owned by the (n mod #TPG)-th TPG's host, so LUNs spread
-        // over the gateways and every gateway computes the same answer.
-        let hosts: Vec<String> = t.tpgs.iter().map(|g| g.host.clone()).collect();
-        for l in &mut t.luns {
-            if l.owner.is_empty() && !hosts.is_empty() {
-                l.owner = hosts[(l.lun as usize) % hosts.len()].clone();
-            } else if !l.owner.is_empty() && !hosts.contains(&l.owner) {
-                return Err(ConfigError {
-                    source_name: source.into(),
-                    path: "pools".into(),
-                    message: format!(
-                        "LUN {} of {}: owner {:?} is not a host of the target",
-                        l.lun, t.iqn, l.owner
-                    ),
-                });
-            }
-        }
-        for g in &mut t.tpgs {
-            if g.addresses.is_empty() {
-                // lrbd's host-only target without a portal listens on every address.
-                g.addresses.push(SocketAddr::new(
-                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-                    3260,
-                ));
-            }
-        }
-    }
-    Ok(Config {
-        source_name: source.into(),
-        targets,
-        warnings: ctx.warnings,
-    })
+    Ok(out)
 }
 
-fn image_lun(
+/// One image entry as a LUN of its target (its number, hosts and serial are settled later).
+pub(super) fn image_lun(
     ctx: &mut Ctx,
     path: &str,
     pool: &str,
-    target: &Target,
     img: &ImageEntry,
-    wwn_original: bool,
-) -> Result<Lun, ConfigError> {
+) -> Result<(Lun, Option<u64>), ConfigError> {
     if img.image.is_empty() {
         return Err(ctx.err(format!("{path}.image"), "expected an image name"));
     }
@@ -635,11 +764,27 @@ fn image_lun(
             )
         })?),
     };
+    // `rbd_name` names LIO's backstore only (lrbd's Runtime.backstore): the image is always
+    // `image`.
+    let backstore_name = match img.rbd_name.as_deref() {
+        Some("simple") => img.image.clone(),
+        Some(o) => {
+            ctx.warn(
+                &format!("{path}.rbd_name"),
+                format!(
+                    "lrbd knows only \"simple\"; {o:?} names the backstore {pool}-{}",
+                    img.image
+                ),
+            );
+            format!("{pool}-{}", img.image)
+        }
+        None => format!("{pool}-{}", img.image),
+    };
     let backstore = match img.backstore.as_deref().unwrap_or("rbd") {
         "rbd" => BackstoreSpec::Rbd {
             pool: pool.into(),
             namespace: img.namespace.clone().filter(|n| !n.is_empty()),
-            image: img.rbd_name.clone().unwrap_or_else(|| img.image.clone()),
+            image: img.image.clone(),
             size,
         },
         "file" => {
@@ -665,9 +810,18 @@ fn image_lun(
             "\"path\" applies to backstore \"file\" only",
         ));
     }
-    if img.lun.is_some_and(|l| l >= 16384) {
-        return Err(ctx.err(format!("{path}.lun"), "expected a LUN number below 16384"));
-    }
+    let lun = match &img.lun {
+        None => None,
+        Some(v) => {
+            let n = scalar(v).trim().parse::<u64>().ok().filter(|n| *n < 16384);
+            Some(n.ok_or_else(|| {
+                ctx.err(
+                    format!("{path}.lun"),
+                    format!("expected a LUN number below 16384 (\"2\" or 2), found {v}"),
+                )
+            })?)
+        }
+    };
     for (k, v) in [
         ("retries", &img.retries),
         ("sleep", &img.sleep),
@@ -680,6 +834,31 @@ fn image_lun(
             );
         }
     }
+    let attributes = lun_attributes(ctx, path, img)?;
+    Ok((
+        Lun {
+            lun: u64::MAX,
+            pool: pool.into(),
+            image: img.image.clone(),
+            backstore,
+            serial: String::new(),
+            owner: img.owner.clone().unwrap_or_default(),
+            initiators: img.initiator.iter().cloned().collect(),
+            hosts: Vec::new(),
+            backstore_name,
+            pinned: lun.is_some(),
+            attributes,
+        },
+        lun,
+    ))
+}
+
+/// `backstore_*` keys: LIO's backstore attributes.
+fn lun_attributes(
+    ctx: &mut Ctx,
+    path: &str,
+    img: &ImageEntry,
+) -> Result<LunAttributes, ConfigError> {
     let mut attributes = LunAttributes::default();
     for (k, v) in &img.extra {
         let kp = format!("{path}.{k}");
@@ -693,9 +872,12 @@ fn image_lun(
         };
         match attr {
             "block_size" => {
+                // LIO's choices (se_dev_set_block_size).
                 let bs = num()?;
-                if bs != 512 && bs != 4096 {
-                    return Err(ctx.err(kp, format!("expected 512 or 4096, found {bs}")));
+                if ![512, 1024, 2048, 4096].contains(&bs) {
+                    return Err(
+                        ctx.err(kp, format!("expected 512, 1024, 2048 or 4096, found {bs}"))
+                    );
                 }
                 attributes.block_size = bs;
             }
@@ -709,6 +891,17 @@ fn image_lun(
             "max_unmap_block_desc_count" => attributes.max_unmap_block_desc_count = Some(num()?),
             "max_write_same_len" => attributes.max_write_same_len = Some(num()?),
             "unmap_granularity" => attributes.unmap_granularity = Some(num()?.max(1)),
+            // T10 PI: LIO refuses a protection type the backstore cannot store, and neither
+            // RBD nor rbdgw stores protection information.
+            "pi_prot_type" | "hw_pi_prot_type" | "pi_prot_format" => {
+                if num()? != 0 {
+                    return Err(ctx.err(
+                        kp,
+                        "T10 protection information is not supported (LIO's rbd backstore has none either); use 0",
+                    ));
+                }
+                ctx.warn(&kp, "no protection information, as asked");
+            }
             "emulate_caw"
             | "emulate_3pc"
             | "emulate_dpo"
@@ -728,7 +921,6 @@ fn image_lun(
             | "hw_max_sectors"
             | "hw_queue_depth"
             | "max_unmap_lba"
-            | "pi_prot_type"
             | "unmap_zeroes_data"
             | "fabric_max_sectors" => {
                 ctx.warn(&kp, "LIO backstore attribute with no effect on rbdgw");
@@ -736,29 +928,23 @@ fn image_lun(
             _ => return Err(ctx.err(kp, format!("unknown backstore attribute {attr:?}"))),
         }
     }
-    let serial = match &img.uuid {
+    Ok(attributes)
+}
+
+/// lrbd's unit serial for an entry of `target`: `uuid` if given, else uuid3(NAMESPACE_DNS,
+/// pool + target + image), or target + image under `wwn_generate: "original"` (lrbd 1.0).
+pub(super) fn serial(img: &ImageEntry, pool: &str, target: &str, original: bool) -> String {
+    match &img.uuid {
         Some(u) => u.clone(),
         None => {
-            // lrbd: uuid3(NAMESPACE_DNS, pool + target + image); wwn_generate "original"
-            // (lrbd 1.0) used target + image.
-            let name = if wwn_original {
-                format!("{}{}", target.iqn, img.image)
+            let name = if original {
+                format!("{target}{}", img.image)
             } else {
-                format!("{pool}{}{}", target.iqn, img.image)
+                format!("{pool}{target}{}", img.image)
             };
             uuid::Uuid::new_v3(&uuid::Uuid::NAMESPACE_DNS, name.as_bytes()).to_string()
         }
-    };
-    Ok(Lun {
-        lun: img.lun.unwrap_or(u64::MAX),
-        pool: pool.into(),
-        image: img.image.clone(),
-        backstore,
-        serial,
-        owner: img.owner.clone().unwrap_or_default(),
-        initiators: img.initiator.iter().cloned().collect(),
-        attributes,
-    })
+    }
 }
 
 /// RFC 7143 §4.2.7.2: `iqn.` or `eui.` or `naa.` names.
