@@ -47,51 +47,21 @@ impl TargetRuntime {
     }
 }
 
-/// Whether `initiator` may log in to (or discover) a target, per its authentication mode:
-/// where lrbd made node ACLs, only for the initiators named on the target's image entries.
-fn admits(cfg: &Target, initiator: &str) -> bool {
+/// Whether `initiator` may log in to (or discover) a target on `host`, per its authentication
+/// mode: where lrbd made node ACLs, only the initiators named on the image entries that this
+/// host serves (lrbd made the ACLs of a host-keyed entry on its host alone).
+fn admits(cfg: &Target, host: &str, initiator: &str) -> bool {
     match cfg.auth.mode {
         AuthMode::None | AuthMode::Tpg => true,
         AuthMode::Unconfigured => false,
         AuthMode::Identified | AuthMode::TpgIdentified | AuthMode::Acls => {
-            cfg.luns.iter().any(|l| {
+            cfg.luns.iter().filter(|l| l.served_by(host)).any(|l| {
                 l.initiators
                     .iter()
                     .any(|i| i.eq_ignore_ascii_case(initiator))
             })
         }
     }
-}
-
-/// lrbd numbered the LUNs without `lun` by backstore name, so adding an image can move others
-/// to new numbers. Applied live, initiators would find another image behind a LUN number they
-/// have open; such a change is refused (pin `lun` on the images first).
-fn refuse_renumbering(old: &Config, new: &Config) -> anyhow::Result<()> {
-    for t in &new.targets {
-        let Some(o) = old
-            .targets
-            .iter()
-            .find(|o| o.iqn.eq_ignore_ascii_case(&t.iqn))
-        else {
-            continue;
-        };
-        for l in &t.luns {
-            let moved = o
-                .luns
-                .iter()
-                .find(|x| x.backstore == l.backstore && x.lun != l.lun);
-            if let Some(x) = moved {
-                bail!(
-                    "config not applied: it moves {} of {} from LUN {} to LUN {} (LUNs without \"lun\" are numbered by backstore name, as lrbd did); give the served images their current \"lun\" first",
-                    l.image,
-                    t.iqn,
-                    x.lun,
-                    l.lun
-                );
-            }
-        }
-    }
-    Ok(())
 }
 
 /// What a gateway serves under one version of the config.
@@ -397,7 +367,9 @@ impl Gateway {
     pub async fn apply(&self, config: Config) -> anyhow::Result<ApplyReport> {
         let _changing = self.serving.changing.lock().await;
         let old = self.served();
-        refuse_renumbering(&old.config, &config)?;
+        if let Some(why) = config.renumbers(&old.config) {
+            bail!("config not applied: {why}");
+        }
         let mut report = ApplyReport::default();
         let deadline = tokio::time::Instant::now() + crate::lun_open::START_PATIENCE;
         let mut opening = Vec::new();
@@ -551,7 +523,7 @@ impl Gateway {
             .targets
             .iter()
             .filter(|t| t.tpgs_of(&self.host).next().is_some())
-            .filter(|t| admits(t, initiator))
+            .filter(|t| admits(t, &self.host, initiator))
             .cloned()
             .collect()
     }
@@ -587,7 +559,7 @@ impl Directory for LoginDirectory<'_> {
             // The target exists but not behind this portal.
             return Err(LoginStatus::NOT_FOUND);
         }
-        if !admits(&t.cfg, initiator) {
+        if !admits(&t.cfg, &gw.host, initiator) {
             return Err(LoginStatus::AUTHORIZATION_FAILURE);
         }
         let acl = t.cfg.auth.acl(initiator);

@@ -152,6 +152,10 @@ enum ConfigAction {
     Store {
         #[arg(short = 'f', long)]
         file: PathBuf,
+        /// Store even if LUNs of the stored config get other numbers (running gateways
+        /// refuse such a change: stop them first).
+        #[arg(long)]
+        renumber: bool,
     },
     /// Print the stored config.
     Show,
@@ -196,10 +200,11 @@ async fn config_command(
         (p.to_string(), o.to_string())
     };
     match action {
-        ConfigAction::Store { file } => {
+        ConfigAction::Store { file, renumber } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let cfg = blocking(move || store::store(&ceph, &pool, &object, &text)).await?;
+            let cfg =
+                blocking(move || store::store(&ceph, &pool, &object, &text, renumber)).await?;
             for w in &cfg.warnings {
                 eprintln!("warning: {w}");
             }
@@ -227,7 +232,7 @@ async fn config_command(
             let text = serde_json::to_string_pretty(&doc)?;
             if store {
                 let t = text.clone();
-                blocking(move || store::store(&ceph, &pool, &object, &t)).await?;
+                blocking(move || store::store(&ceph, &pool, &object, &t, false)).await?;
                 println!("imported lrbd's config into {}", at.name());
             } else {
                 println!("{text}");

@@ -69,6 +69,22 @@ impl Drop for Serve {
     }
 }
 
+/// Runs `rbdgw ARGS EXTRA --ceph-conf <the cluster's>`; its stdout, or the test fails.
+fn rbdgw_cli(cluster: &ceph::Cluster, args: &[&str], extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_rbdgw"))
+        .args(args)
+        .args(extra)
+        .args(["--ceph-conf", &cluster.conf()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rbdgw {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn summary(args: &[String]) -> (String, Vec<String>) {
     let out = Command::new("iscsi-test-cu")
         .args([
@@ -119,19 +135,7 @@ fn seed_scenario_on_ceph() {
     std::fs::write(&file, doc.to_string()).unwrap();
     // The shared config goes to RADOS; both gateways read and watch it there.
     let at = "rados://rbd/rbdgw.config";
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_rbdgw"))
-            .args(args)
-            .args(["--at", at, "--ceph-conf", &cluster.conf()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "rbdgw {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let cli = |args: &[&str]| rbdgw_cli(&cluster, args, &["--at", at]);
     cli(&["config", "store", "-f", file.to_str().unwrap()]);
     assert_eq!(cli(&["config", "show"]), doc.to_string());
 
@@ -657,4 +661,144 @@ fn a_fenced_gateway_with_fifty_luns_recovers() {
     );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("did not close within 10 s"), "{text}");
+}
+
+/// `config import-lrbd` reads a config stored the way `lrbd -f` stored it (in every pool of
+/// the config, an empty object `lrbd.conf` with an xattr per gateway entry named by its
+/// `target` or `host`, `_<target or host>` per auth entry, and `targets` and `portals`), and
+/// the document it rebuilds plans exactly as the file did, on every host: targets, TPGs, LUN
+/// numbers and images, serials, mappings, auth and discovery auth, and lrbd's commands.
+#[test]
+fn a_config_stored_by_lrbd_imports_to_the_same_plan() {
+    let _serial = one_at_a_time();
+    let cluster = ceph::Cluster::start();
+    cluster.tool("ceph", &["osd", "pool", "create", "iscsi", "8"]);
+    let dir = Scratch::new("ceph-import-lrbd");
+    let t = "iqn.2003-01.org.linux-iscsi:igw.x86:sn.redundant";
+    let own = "iqn.2003-01.org.linux-iscsi:generic.x86:sn.abcdefghijk";
+    let doc = serde_json::json!({
+        "auth": [
+            {"target": t, "authentication": "tpg+identified",
+             "tpg": {"userid": "common", "password": "common-secret"}},
+            {"host": "igw1", "authentication": "none",
+             "discovery": {"auth": "enable", "userid": "disc", "password": "disc-secret-1"}}],
+        "targets": [
+            {"target": t, "hosts": [{"host": "igw1", "portal": "p1"}, {"host": "igw2", "portal": "p2"}]},
+            {"target": own, "host": "igw1", "wwn_generate": "original"}],
+        "portals": [{"name": "p1", "addresses": ["127.0.0.1"]}, {"name": "p2", "addresses": ["127.0.0.2 3261"]},
+                    {"name": "p3", "addresses": ["127.0.0.3"]}],
+        "pools": [
+            {"pool": "rbd", "gateways": [
+                {"target": t, "tpg": [
+                    {"image": "wood", "initiator": "iqn.1996-04.de.suse:01:a"},
+                    {"image": "city", "lun": "0", "initiator": "iqn.1996-04.de.suse:01:a"},
+                    {"image": "wood", "initiator": "iqn.1996-04.de.suse:01:b"}]},
+                {"host": "igw1", "tpg": [{"image": "archive", "portal": "p3", "rbd_name": "simple"}]},
+                {"host": "igw2", "tpg": [{"image": "spare", "initiator": "iqn.1996-04.de.suse:01:b"}]}]},
+            {"pool": "iscsi", "gateways": [
+                {"target": t, "tpg": [{"image": "city", "initiator": "iqn.1996-04.de.suse:01:b"}]}]}]
+    });
+    let original = dir.0.join("lrbd.json");
+    std::fs::write(&original, doc.to_string()).unwrap();
+    // As lrbd's Content.save wrote it.
+    for pool in ["rbd", "iscsi"] {
+        let rados = |args: &[&str]| {
+            let mut a = vec!["-p", pool];
+            a.extend_from_slice(args);
+            cluster.tool("rados", &a);
+        };
+        rados(&["create", "lrbd.conf"]);
+        let p = doc["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pool"] == pool)
+            .unwrap();
+        for g in p["gateways"].as_array().unwrap() {
+            let key = g.get("target").or(g.get("host")).unwrap().as_str().unwrap();
+            rados(&["setxattr", "lrbd.conf", key, &g.to_string()]);
+        }
+        for a in doc["auth"].as_array().unwrap() {
+            let key = a.get("target").or(a.get("host")).unwrap().as_str().unwrap();
+            rados(&["setxattr", "lrbd.conf", &format!("_{key}"), &a.to_string()]);
+        }
+        rados(&[
+            "setxattr",
+            "lrbd.conf",
+            "targets",
+            &doc["targets"].to_string(),
+        ]);
+        rados(&[
+            "setxattr",
+            "lrbd.conf",
+            "portals",
+            &doc["portals"].to_string(),
+        ]);
+    }
+    let rbdgw = |args: &[&str]| rbdgw_cli(&cluster, args, &[]);
+    let imported = dir.0.join("imported.json");
+    std::fs::write(&imported, rbdgw(&["config", "import-lrbd"])).unwrap();
+    for host in ["igw1", "igw2"] {
+        let plan = |file: &std::path::Path, extra: &[&str]| {
+            let mut a = vec!["plan", "--host", host, "--config", file.to_str().unwrap()];
+            a.extend_from_slice(extra);
+            // The first line names the config file.
+            rbdgw(&a).lines().skip(1).collect::<Vec<_>>().join("\n")
+        };
+        let want = plan(&original, &[]);
+        assert_eq!(plan(&imported, &[]), want, "plan of {host}");
+        assert_eq!(
+            plan(&imported, &["--lrbd-commands"]),
+            plan(&original, &["--lrbd-commands"]),
+            "lrbd's commands on {host}"
+        );
+        // And the plan is the one lrbd made: city (given 0), then by backstore name:
+        // "iscsi-city" < "rbd-spare" (igw2's own entry, served there alone) < "rbd-wood".
+        for line in [
+            "lun 0: rbd rbd/city",
+            "lun 1: rbd iscsi/city",
+            "lun 2: rbd rbd/spare",
+            "lun 3: rbd rbd/wood",
+        ] {
+            assert!(want.contains(line), "{host}: {line}\n{want}");
+        }
+        let disc = if host == "igw1" {
+            "discovery: CHAP user disc"
+        } else {
+            "discovery: no authentication"
+        };
+        assert!(want.contains(disc), "{host}: {want}");
+    }
+    // Stored for rbdgw, an added image that would move served LUNs is refused.
+    rbdgw(&["config", "store", "-f", imported.to_str().unwrap()]);
+    let mut more = doc.clone();
+    more["pools"][0]["gateways"][0]["tpg"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"image": "aaa", "initiator": "iqn.1996-04.de.suse:01:a"}));
+    let changed = dir.0.join("more.json");
+    std::fs::write(&changed, more.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rbdgw"))
+        .args([
+            "config",
+            "store",
+            "-f",
+            changed.to_str().unwrap(),
+            "--ceph-conf",
+            &cluster.conf(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("moves spare"),
+        "{err}"
+    );
+    rbdgw(&[
+        "config",
+        "store",
+        "--renumber",
+        "-f",
+        changed.to_str().unwrap(),
+    ]);
 }

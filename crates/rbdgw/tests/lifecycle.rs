@@ -401,6 +401,43 @@ fn sighup_reloads_the_config_with_new_portals_and_luns() {
         "a connection made through a removed portal goes on"
     );
     assert!(s.ping());
+
+    // An image whose backstore name sorts first would take LUN 0 from m0 (lrbd's numbering):
+    // refused while m0 is served as LUN 0.
+    let mut doc: serde_json::Value = serde_json::from_str(&config(&[a1], 2)).unwrap();
+    doc["pools"][0]["gateways"][0]["tpg"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"image": "a", "backstore": "memory", "size": "1M"}));
+    std::fs::write(&path, doc.to_string()).unwrap();
+    common::signal(&gw.child, 1);
+    wait_for("the renumbering refused", &|| {
+        gw.log_text().contains(
+            "config not applied: it moves m0 of iqn.2026-11.org.rbdgw:hup from LUN 0 to LUN 1",
+        )
+    });
+    let r = s.scsi_ready(0, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0], &[], 64);
+    assert_eq!(
+        u32::from_be_bytes(r.data[..4].try_into().unwrap()),
+        16,
+        "still two LUNs"
+    );
+    // Given a number of its own, it is added.
+    doc["pools"][0]["gateways"][0]["tpg"][2]["lun"] = serde_json::json!("2");
+    std::fs::write(&path, doc.to_string()).unwrap();
+    common::signal(&gw.child, 1);
+    wait_for("the numbered image added", &|| {
+        gw.log_text()
+            .contains("LUN ready target=iqn.2026-11.org.rbdgw:hup lun=2")
+    });
+    let o = s.scsi(0, &[0u8; 6], &[], 0);
+    assert_eq!(o.sense, Some((0x06, 0x3f, 0x0e)), "{o:?}");
+    let r = s.scsi_ready(0, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0], &[], 64);
+    assert_eq!(
+        u32::from_be_bytes(r.data[..4].try_into().unwrap()),
+        24,
+        "three LUNs"
+    );
 }
 
 /// A LUN whose backstore cannot be opened does not hold the others back (issue 9): the

@@ -185,20 +185,6 @@ fn place_host_entry(
     Ok(())
 }
 
-/// What makes two entries one LUN of a target: the same image (lrbd: the same backstore).
-fn identity(l: &Lun) -> String {
-    match &l.backstore {
-        super::BackstoreSpec::Rbd {
-            pool,
-            namespace,
-            image,
-            ..
-        } => format!("rbd {pool}/{}/{image}", namespace.as_deref().unwrap_or("")),
-        super::BackstoreSpec::File { path, .. } => format!("file {path}"),
-        super::BackstoreSpec::Memory { .. } => format!("memory {}/{}", l.pool, l.image),
-    }
-}
-
 /// A target's LUN merged from its entries: the LUN, its given number, the entries (indices).
 type Merged = (Lun, Option<u64>, Vec<usize>);
 
@@ -218,7 +204,7 @@ pub(super) fn place(
         }
     };
     let served: Vec<Vec<String>> = placed.iter().map(|p| hosts_of(r, p)).collect();
-    let ids: Vec<String> = placed.iter().map(|p| identity(&p.lun)).collect();
+    let ids: Vec<String> = placed.iter().map(|p| p.lun.identity()).collect();
 
     let mut merged: Vec<Vec<Merged>> = vec![Vec::new(); r.targets.len()];
     for (i, p) in placed.iter().enumerate() {
@@ -245,7 +231,7 @@ pub(super) fn place(
             );
         }
         let list = &mut merged[p.target];
-        match list.iter_mut().find(|(l, _, _)| identity(l) == ids[i]) {
+        match list.iter_mut().find(|(l, _, _)| l.identity() == ids[i]) {
             None => list.push((p.lun.clone(), p.pin, vec![i])),
             Some((l, pin, from)) => {
                 // lrbd: one backstore, one LUN, mapped to every initiator named.

@@ -224,6 +224,21 @@ pub struct Lun {
 }
 
 impl Lun {
+    /// What makes two entries one LUN of a target, and a LUN the same one in another version
+    /// of the config: the same image (lrbd: the same backstore).
+    pub fn identity(&self) -> String {
+        match &self.backstore {
+            BackstoreSpec::Rbd {
+                pool,
+                namespace,
+                image,
+                ..
+            } => format!("rbd {pool}/{}/{image}", namespace.as_deref().unwrap_or("")),
+            BackstoreSpec::File { path, .. } => format!("file {path}"),
+            BackstoreSpec::Memory { .. } => format!("memory {}/{}", self.pool, self.image),
+        }
+    }
+
     /// Whether `host` serves this LUN (given that it serves the target).
     pub fn served_by(&self, host: &str) -> bool {
         self.hosts.is_empty() || self.hosts.iter().any(|h| h == host)
@@ -300,6 +315,35 @@ impl Config {
             }
         })?;
         resolve::resolve(source_name, &doc)
+    }
+
+    /// Whether this config gives an image that `old` serves another LUN number. lrbd numbered
+    /// the LUNs without `lun` by backstore name, so adding an image can move others; applied
+    /// to running gateways, initiators would find another image behind a LUN number they have
+    /// open. Says which, and what to do.
+    pub fn renumbers(&self, old: &Config) -> Option<String> {
+        for t in &self.targets {
+            let Some(o) = old
+                .targets
+                .iter()
+                .find(|o| o.iqn.eq_ignore_ascii_case(&t.iqn))
+            else {
+                continue;
+            };
+            for l in &t.luns {
+                if let Some(x) = o
+                    .luns
+                    .iter()
+                    .find(|x| x.identity() == l.identity() && x.lun != l.lun)
+                {
+                    return Some(format!(
+                        "it moves {} of {} from LUN {} to LUN {} (LUNs without \"lun\" are numbered by backstore name, as lrbd did): give the served images their current \"lun\" first",
+                        l.image, t.iqn, x.lun, l.lun
+                    ));
+                }
+            }
+        }
+        None
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

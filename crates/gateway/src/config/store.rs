@@ -90,11 +90,30 @@ pub fn connect(ceph: &CephOptions, pool: &str) -> anyhow::Result<RadosPool> {
 }
 
 /// `lrbd -f`: validates `text` as a config, then replaces the stored one (watching gateways
-/// apply it).
-pub fn store(ceph: &CephOptions, pool: &str, object: &str, text: &str) -> anyhow::Result<Config> {
+/// apply it). A config that would move a LUN of the stored one to another number is refused
+/// (running gateways would refuse it too) unless `renumber`.
+pub fn store(
+    ceph: &CephOptions,
+    pool: &str,
+    object: &str,
+    text: &str,
+    renumber: bool,
+) -> anyhow::Result<Config> {
     let name = format!("rados://{pool}/{object}");
     let cfg = Config::parse(&name, text)?;
-    connect(ceph, pool)?
+    let rados = connect(ceph, pool)?;
+    if !renumber {
+        let current = rados
+            .read(object)
+            .with_context(|| format!("reading {name}"))?;
+        let current = current.and_then(|t| String::from_utf8(t).ok());
+        if let Some(old) = current.and_then(|t| Config::parse(&name, &t).ok()) {
+            if let Some(why) = cfg.renumbers(&old) {
+                bail!("not stored: {why} (or store with --renumber once no gateway serves them)");
+            }
+        }
+    }
+    rados
         .write_full(object, text.as_bytes())
         .with_context(|| format!("writing {name}"))?;
     Ok(cfg)

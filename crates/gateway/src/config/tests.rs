@@ -481,3 +481,42 @@ fn a_target_without_an_auth_entry_admits_nobody_and_duplicates_keep_the_last() {
     );
     assert!(c.warnings.iter().any(|w| w.contains("replaces it")));
 }
+
+#[test]
+fn a_change_that_moves_a_lun_is_recognised() {
+    let doc = |extra: &str| {
+        format!(
+            r#"{{"targets": [{{"target": "{T}", "hosts": [{{"host": "gw1", "portal": "p"}}]}}],
+            "portals": [{{"name": "p", "addresses": ["127.0.0.1"]}}],
+            "pools": [{{"pool": "rbd", "gateways": [{{"target": "{T}", "tpg": [{{"image": "m"}}{extra}]}}]}}]}}"#
+        )
+    };
+    let old = lrbd(&doc(""));
+    let moved = lrbd(&doc(r#", {"image": "a"}"#));
+    let why = moved.renumbers(&old).unwrap();
+    assert!(
+        why.contains("moves m of iqn.2003-01.org.x:t from LUN 0 to LUN 1"),
+        "{why}"
+    );
+    assert_eq!(
+        lrbd(&doc(r#", {"image": "a", "lun": "1"}"#)).renumbers(&old),
+        None
+    );
+    assert_eq!(lrbd(&doc(r#", {"image": "z"}"#)).renumbers(&old), None);
+    // Memory LUNs of one size are still different LUs.
+    let mem = |extra: &str| {
+        doc(extra).replace(
+            r#"{"image": "m"}"#,
+            r#"{"image": "m", "backstore": "memory", "size": "1M"}"#,
+        )
+    };
+    let old = lrbd(&mem(""));
+    let added = lrbd(&mem(
+        r#", {"image": "z", "backstore": "memory", "size": "1M"}"#,
+    ));
+    assert_eq!(added.renumbers(&old), None);
+    let moved = lrbd(&mem(
+        r#", {"image": "a", "backstore": "memory", "size": "1M"}"#,
+    ));
+    assert!(moved.renumbers(&old).is_some());
+}
