@@ -13,7 +13,8 @@ from fake_lio import ACL_PARAMS  # noqa: E402
 
 
 # Deliberate differences, reported apart: rbdgw announces a write cache by default (librbd's
-# writeback cache; initiators flush it with SYNCHRONIZE CACHE), LIO's rbd backstore none; and
+# writeback cache; initiators flush it with SYNCHRONIZE CACHE) and thin provisioning (UNMAP
+# and WRITE SAME discard RBD objects), LIO's rbd backstore neither unless set; and
 # lrbd wrote "1"/"0" into Yes/No login keys, which rbdgw reads as Yes/No.
 deliberate = []
 
@@ -28,9 +29,13 @@ def norm(d, side):
             for n, l in g["luns"].items():
                 l.pop("vendor", None)
                 l.pop("backstore", None)
-                if side == "rbdgw" and l["attrib"].get("emulate_write_cache") == "1":
-                    l["attrib"].pop("emulate_write_cache")
-                    deliberate.append("write cache on LUN %s of %s" % (n, t))
+                for attr, what in [("emulate_write_cache", "a write cache"),
+                                   ("emulate_tpu", "thin provisioning"),
+                                   ("emulate_tpws", None)]:
+                    if side == "rbdgw" and l["attrib"].get(attr) == "1":
+                        l["attrib"].pop(attr)
+                        if what:
+                            deliberate.append(what)
             for a in g["acls"].values():
                 for k, v in a["param"].items():
                     a["param"][k] = {"1": "Yes", "0": "No"}.get(v, v)
@@ -60,5 +65,6 @@ found = list(diff(a, b))
 for line in found:
     print(line)
 if deliberate:
-    print("deliberate: %d LUNs with a write cache" % len(deliberate))
+    print("deliberate: " + ", ".join("%d LUNs with %s" % (deliberate.count(w), w)
+                                     for w in sorted(set(deliberate))))
 sys.exit(1 if found else 0)

@@ -18,7 +18,7 @@ import uuid
 # LIO's attribute files, with their defaults (the ones lrbd's samples set must exist).
 BACKSTORE_ATTRIBS = {
     "block_size": "512", "emulate_3pc": "1", "emulate_caw": "1", "emulate_dpo": "1",
-    "emulate_fua_read": "1", "emulate_fua_write": "1", "emulate_model_alias": "1",
+    "emulate_fua_read": "1", "emulate_fua_write": "1", "emulate_model_alias": "0",
     "emulate_rest_reord": "0", "emulate_tas": "1", "emulate_tpu": "0", "emulate_tpws": "0",
     "emulate_ua_intlck_ctrl": "0", "emulate_write_cache": "0", "enforce_pr_isids": "1",
     "force_pr_aptpl": "0", "hw_block_size": "512", "hw_max_sectors": "8192",

@@ -246,6 +246,13 @@ fn lu_config(l: &Lun, at: &LunContext) -> LuConfig {
         .unwrap_or(c.max_unmap_descriptors);
     c.max_write_same_blocks = a.max_write_same_len.unwrap_or(c.max_write_same_blocks);
     c.optimal_unmap_granularity = a.unmap_granularity.unwrap_or(c.optimal_unmap_granularity);
+    c.unmap_granularity_alignment = a.unmap_granularity_alignment;
+    if let Some(v) = &a.vendor {
+        c.vendor = v.clone();
+    }
+    if let Some(p) = &a.product {
+        c.product = p.clone();
+    }
     c
 }
 

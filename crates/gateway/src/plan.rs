@@ -138,6 +138,17 @@ pub fn render(c: &Config, host: &str) -> String {
                 "    owner {} (tpg {owner_tag} active/optimized)",
                 l.owner
             );
+            if l.attributes.vendor.is_some() || l.attributes.product.is_some() {
+                let _ = writeln!(
+                    s,
+                    "    inquiry vendor {:?} product {:?}",
+                    l.attributes.vendor.as_deref().unwrap_or("RBDGW"),
+                    l.attributes
+                        .product
+                        .as_deref()
+                        .unwrap_or("(backstore and image)")
+                );
+            }
             if t.auth.mode.maps_initiators() {
                 let _ = writeln!(s, "    mapped to {}", l.initiators.join(", "));
             }
@@ -213,6 +224,20 @@ pub fn lrbd_commands(c: &Config, host: &str) -> String {
             }
             if a.write_cache {
                 attrs.push("emulate_write_cache=1".to_string());
+            }
+            if a.thin_provisioning {
+                attrs.push("emulate_tpu=1 emulate_tpws=1".to_string());
+            }
+            for (name, v) in [
+                ("max_unmap_lba_count", a.max_unmap_lba_count),
+                ("max_unmap_block_desc_count", a.max_unmap_block_desc_count),
+                ("max_write_same_len", a.max_write_same_len),
+                ("unmap_granularity", a.unmap_granularity),
+                ("unmap_granularity_alignment", a.unmap_granularity_alignment),
+            ] {
+                if let Some(n) = v {
+                    attrs.push(format!("{name}={n}"));
+                }
             }
             if !attrs.is_empty() {
                 out.push(format!(

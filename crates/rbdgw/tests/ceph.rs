@@ -85,6 +85,23 @@ fn rbdgw_cli(cluster: &ceph::Cluster, args: &[&str], extra: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The tests that failed in an `iscsi-test-cu -V` output, with CUnit's lines about them.
+fn failures(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.contains("FAILED") || l.contains("[FAILED]") {
+            out.extend(
+                lines[i.saturating_sub(3)..(i + 3).min(lines.len())]
+                    .iter()
+                    .copied(),
+            );
+            out.push("--");
+        }
+    }
+    out.join("\n")
+}
+
 fn summary(args: &[String]) -> (String, Vec<String>) {
     let out = Command::new("iscsi-test-cu")
         .args([
@@ -219,8 +236,9 @@ fn seed_scenario_on_ceph() {
     println!("SCSI family on Ceph through gw1: {}", w.join(" "));
     assert!(
         w.len() >= 5 && w[4] == "0",
-        "SCSI family on Ceph:\n{}",
-        &text[text.len().saturating_sub(4000)..]
+        "SCSI family on Ceph: {}\n{}",
+        failures(&text),
+        &text[text.len().saturating_sub(2000)..]
     );
 
     // Online resize: a live session hears CAPACITY DATA HAS CHANGED, then the new size.

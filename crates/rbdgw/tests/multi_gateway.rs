@@ -554,7 +554,7 @@ fn a_migrated_lrbd_config_is_served_as_lio_served_it() {
                     img("alpha", serde_json::json!({"initiator": ini_a, "lun": "1"})),
                     img("beta", serde_json::json!({"initiator": ini_a})),
                     img("beta", serde_json::json!({"initiator": ini_b}))]},
-                {"host": "gw1", "tpg": [img("mine", serde_json::json!({"portal": "p1"}))]}]}]
+                {"host": "gw1", "tpg": [img("mine", serde_json::json!({"portal": "p1", "vendor": "SUSE", "product": "RBD"}))]}]}]
         })
     );
     let g1 = Gateway::start(&dir.0, &config, "gw1", a1);
@@ -643,4 +643,8 @@ fn a_migrated_lrbd_config_is_served_as_lio_served_it() {
     let o = s.scsi_ready(0, &[0x12, 1, 0x80, 0x10, 0, 0], &[], 4096);
     let want = uuid::Uuid::new_v3(&uuid::Uuid::NAMESPACE_DNS, format!("{own}mine").as_bytes());
     assert_eq!(String::from_utf8_lossy(&o.data[4..]), want.to_string());
+    // The INQUIRY identity LIO gave it (lrbd set vendor SUSE on SUSE; LIO's rbd product RBD),
+    // for MPIO claims and multipath.conf sections that match on it.
+    let o = s.scsi_ready(0, &[0x12, 0, 0, 0, 96, 0], &[], 96);
+    assert_eq!(&o.data[8..32], b"SUSE    RBD             ");
 }

@@ -161,6 +161,10 @@ impl<B: BlockDevice> LogicalUnit<B> {
             v[16..20].copy_from_slice(&c.max_unmap_lba_count.to_be_bytes());
             v[20..24].copy_from_slice(&c.max_unmap_descriptors.to_be_bytes());
             v[24..28].copy_from_slice(&c.optimal_unmap_granularity.to_be_bytes());
+            if let Some(a) = c.unmap_granularity_alignment {
+                // UGAVALID and the alignment (31 bits), as LIO reports a non-zero one.
+                v[28..32].copy_from_slice(&(0x8000_0000 | (a & 0x7fff_ffff)).to_be_bytes());
+            }
         }
         v[32..40].copy_from_slice(&(c.max_write_same_blocks as u64).to_be_bytes());
         v

@@ -44,6 +44,8 @@ pub struct LuConfig {
     pub max_write_same_blocks: u32,
     pub max_compare_and_write_blocks: u8,
     pub optimal_unmap_granularity: u32,
+    /// UNMAP GRANULARITY ALIGNMENT (reported, with UGAVALID, when set).
+    pub unmap_granularity_alignment: Option<u32>,
 }
 
 impl LuConfig {
@@ -70,6 +72,7 @@ impl LuConfig {
             max_write_same_blocks: 0xffff,
             max_compare_and_write_blocks: 1,
             optimal_unmap_granularity: 8,
+            unmap_granularity_alignment: None,
         }
     }
 }

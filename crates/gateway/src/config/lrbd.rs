@@ -134,6 +134,8 @@ pub struct ImageEntry {
     pub size: Option<Value>,
     pub namespace: Option<String>,
     pub owner: Option<String>,
+    pub vendor: Option<String>,
+    pub product: Option<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }

@@ -182,6 +182,11 @@ pub struct LunAttributes {
     pub max_unmap_block_desc_count: Option<u32>,
     pub max_write_same_len: Option<u32>,
     pub unmap_granularity: Option<u32>,
+    pub unmap_granularity_alignment: Option<u32>,
+    /// INQUIRY vendor and product identification (rbdgw's `vendor`, `product`): what LIO
+    /// reported, for initiators whose multipath or MPIO claims match on them.
+    pub vendor: Option<String>,
+    pub product: Option<String>,
 }
 
 impl Default for LunAttributes {
@@ -194,6 +199,9 @@ impl Default for LunAttributes {
             max_unmap_block_desc_count: None,
             max_write_same_len: None,
             unmap_granularity: None,
+            unmap_granularity_alignment: None,
+            vendor: None,
+            product: None,
         }
     }
 }

@@ -834,7 +834,19 @@ pub(super) fn image_lun(
             );
         }
     }
-    let attributes = lun_attributes(ctx, path, img)?;
+    let mut attributes = lun_attributes(ctx, path, img)?;
+    for (key, value, len) in [("vendor", &img.vendor, 8), ("product", &img.product, 16)] {
+        let Some(v) = value else { continue };
+        // SPC-4 §6.6.2: left-aligned printable ASCII, padded with spaces.
+        if v.is_empty() || v.len() > len || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(ctx.err(
+                format!("{path}.{key}"),
+                format!("expected 1 to {len} printable ASCII characters, found {v:?}"),
+            ));
+        }
+    }
+    attributes.vendor = img.vendor.clone();
+    attributes.product = img.product.clone();
     Ok((
         Lun {
             lun: u64::MAX,
@@ -863,7 +875,7 @@ fn lun_attributes(
     for (k, v) in &img.extra {
         let kp = format!("{path}.{k}");
         let Some(attr) = k.strip_prefix("backstore_") else {
-            return Err(ctx.err(kp, "unknown key; expected image, lun, uuid, initiator, portal, rbd_name, retries, sleep, retry_errors, backstore, path, size, owner or backstore_*"));
+            return Err(ctx.err(kp, "unknown key; expected image, lun, uuid, initiator, portal, rbd_name, retries, sleep, retry_errors, backstore, path, size, namespace, owner, vendor, product or backstore_*"));
         };
         let num = || {
             scalar(v)
@@ -891,6 +903,9 @@ fn lun_attributes(
             "max_unmap_block_desc_count" => attributes.max_unmap_block_desc_count = Some(num()?),
             "max_write_same_len" => attributes.max_write_same_len = Some(num()?),
             "unmap_granularity" => attributes.unmap_granularity = Some(num()?.max(1)),
+            "unmap_granularity_alignment" => {
+                attributes.unmap_granularity_alignment = Some(num()?).filter(|a| *a != 0)
+            }
             // T10 PI: LIO refuses a protection type the backstore cannot store, and neither
             // RBD nor rbdgw stores protection information.
             "pi_prot_type" | "hw_pi_prot_type" | "pi_prot_format" => {
@@ -916,7 +931,6 @@ fn lun_attributes(
             | "is_nonrot"
             | "optimal_sectors"
             | "queue_depth"
-            | "unmap_granularity_alignment"
             | "hw_block_size"
             | "hw_max_sectors"
             | "hw_queue_depth"

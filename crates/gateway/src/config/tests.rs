@@ -520,3 +520,23 @@ fn a_change_that_moves_a_lun_is_recognised() {
     ));
     assert!(moved.renumbers(&old).is_some());
 }
+
+#[test]
+fn inquiry_identity_and_unmap_alignment() {
+    let c = lrbd(&format!(
+        r#"{{"targets": [{{"target": "{T}", "host": "gw1"}}],
+        "pools": [{{"pool": "rbd", "gateways": [{{"host": "gw1", "tpg": [
+          {{"image": "a", "vendor": "LIO-ORG", "product": "RBD", "backstore_unmap_granularity_alignment": "8"}}]}}]}}]}}"#
+    ));
+    let a = &c.targets[0].luns[0].attributes;
+    assert_eq!(
+        (a.vendor.as_deref(), a.product.as_deref()),
+        (Some("LIO-ORG"), Some("RBD"))
+    );
+    assert_eq!(a.unmap_granularity_alignment, Some(8));
+    let e = err(&format!(
+        r#"{{"targets": [{{"target": "{T}", "host": "gw1"}}],
+        "pools": [{{"pool": "rbd", "gateways": [{{"host": "gw1", "tpg": [{{"image": "a", "vendor": "NINECHARS"}}]}}]}}]}}"#
+    ));
+    assert_eq!(e.path, "pools[0].gateways[0].tpg[0].vendor");
+}
