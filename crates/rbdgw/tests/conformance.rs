@@ -1,5 +1,6 @@
 //! libiscsi's conformance suite (`iscsi-test-cu`) against `rbdgw serve`: the SCSI and iSCSI
-//! families on a memory LUN and a file LUN, the read-only suite on a write-protected target
+//! families on a memory LUN and a file LUN, the SCSI family on a LUN of 2,048-byte blocks,
+//! the read-only suite on a write-protected target
 //! and MultipathIO through two sessions. Every test's outcome is parsed from the verbose
 //! output; any failure fails this test, and every skip must be one the README explains.
 
@@ -142,8 +143,10 @@ fn libiscsi_conformance() {
         "portals": [{"name": "p1", "addresses": [addr]}],
         "pools": [{"pool": "rbd", "gateways": [
             {"target": TARGET, "tpg": [
-                {"image": "mem", "backstore": "memory", "size": "128M"},
-                {"image": "file", "backstore": "file", "path": image.display().to_string(), "size": "128M"}]},
+                {"image": "mem", "lun": 0, "backstore": "memory", "size": "128M"},
+                {"image": "file", "lun": 1, "backstore": "file", "path": image.display().to_string(), "size": "128M"},
+                // LIO's other block sizes, which lrbd configs may ask for.
+                {"image": "wide", "lun": 2, "backstore": "memory", "size": "192M", "backstore_block_size": 2048}]},
             {"target": RO_TARGET, "tpg": [{"image": "ro", "backstore": "memory", "size": "16M"}]}]}]
     });
     let gw = Gateway::start(&dir.0, &config.to_string(), "gw1", addr.parse().unwrap());
@@ -159,6 +162,11 @@ fn libiscsi_conformance() {
             );
         }
     }
+    let log = dir.0.join("SCSI-2048.log");
+    all.insert(
+        "SCSI on a memory LUN of 2,048-byte blocks".into(),
+        run_suite("SCSI", &[url(TARGET, 2)], &log),
+    );
     let log = dir.0.join("readonly.log");
     all.insert(
         "SCSI.ReadOnly on a write-protected LUN".into(),
