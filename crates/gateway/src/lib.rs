@@ -5,6 +5,7 @@ pub mod admission;
 pub mod config;
 pub mod connection;
 pub mod discovery;
+pub mod lrbd_log;
 mod lun_open;
 pub mod ownership;
 pub mod plan;

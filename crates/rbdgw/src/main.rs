@@ -579,7 +579,7 @@ fn main() -> std::process::ExitCode {
             } => {
                 let (cfg, host, _) = load(&config, host.as_deref(), &ceph.options()).await?;
                 if lrbd_commands {
-                    print!("{}", gateway::plan::lrbd_commands(&cfg, &host));
+                    print!("{}", gateway::lrbd_log::commands(&cfg, &host));
                 } else {
                     print!("{}", gateway::plan::render(&cfg, &host));
                 }

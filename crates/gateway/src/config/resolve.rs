@@ -484,8 +484,9 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
     };
     let entries = entries::ordered(&mut ctx, doc);
     let luns = entries::luns(&mut ctx, &mut r, &entries)?;
-    auth(&mut ctx, &mut r, doc)?;
-    let discovery = discovery(&mut ctx, &r, doc)?;
+    let order = auth_order(&mut ctx, doc);
+    auth(&mut ctx, &mut r, doc, &order)?;
+    let discovery = discovery(&mut ctx, &r, doc, &order)?;
     entries::place(&mut ctx, &mut r, luns)?;
 
     for t in &mut r.targets {
@@ -509,6 +510,9 @@ pub(super) fn resolve(source: &str, doc: &Document) -> Result<Config, ConfigErro
         }
         t.tpgs.sort_by_key(|g| g.tag);
     }
+    // (A credential checked once per host warns once.)
+    let mut seen = BTreeSet::new();
+    ctx.warnings.retain(|w| seen.insert(w.clone()));
     Ok(Config {
         source_name: source.into(),
         targets: r.targets,
@@ -608,13 +612,18 @@ fn auth_order(ctx: &mut Ctx, doc: &Document) -> Vec<(usize, String)> {
 /// Authentication per target: each target takes the last auth entry (in lrbd's order) that
 /// names it, or names a host whose target it is; with an `auth` section but none for it, no
 /// initiator may log in (LIO's TPG without demo mode or ACLs); with no `auth` at all, anyone.
-fn auth(ctx: &mut Ctx, r: &mut Resolver, doc: &Document) -> Result<(), ConfigError> {
+fn auth(
+    ctx: &mut Ctx,
+    r: &mut Resolver,
+    doc: &Document,
+    order: &[(usize, String)],
+) -> Result<(), ConfigError> {
     if !doc.auth.is_empty() {
         for t in &mut r.targets {
             t.auth.mode = AuthMode::Unconfigured;
         }
     }
-    for (i, _) in auth_order(ctx, doc) {
+    for &(i, _) in order {
         let a = &doc.auth[i];
         let path = format!("auth[{i}]");
         let ti = match (&a.target, &a.host) {
@@ -703,14 +712,8 @@ fn discovery(
     ctx: &mut Ctx,
     r: &Resolver,
     doc: &Document,
+    order: &[(usize, String)],
 ) -> Result<BTreeMap<String, Chap>, ConfigError> {
-    let order = auth_order(
-        &mut Ctx {
-            source: ctx.source,
-            warnings: Vec::new(),
-        },
-        doc,
-    );
     let mut hosts: Vec<&str> = Vec::new();
     for ti in 0..r.targets.len() {
         for h in r.hosts_of(ti) {
