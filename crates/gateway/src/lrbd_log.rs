@@ -1,7 +1,7 @@
 //! `rbdgw plan --lrbd-commands`: the commands lrbd would have run on a host for a config, as
 //! its log showed them (the seed's step 6), for an administrator to compare before switching.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use crate::config::{AuthMode, BackstoreSpec, Chap, Config, Target};
 
@@ -17,7 +17,7 @@ pub fn commands(c: &Config, host: &str) -> String {
     for t in c
         .targets
         .iter()
-        .filter(|t| t.tpgs.iter().any(|g| g.host == host))
+        .filter(|t| t.tpgs_of(host).next().is_some())
     {
         if t.single_host.is_some() {
             targets.insert(0, t);
@@ -27,31 +27,30 @@ pub fn commands(c: &Config, host: &str) -> String {
     }
 
     let mut maps: Vec<String> = Vec::new();
-    let mut stores: BTreeMap<String, String> = BTreeMap::new();
+    // lrbd ran its backstore commands sorted.
+    let mut stores: BTreeSet<String> = BTreeSet::new();
     for t in &targets {
         for l in luns_of(t, host) {
-            let (kind, dev) = match &l.backstore {
+            let dev = match &l.backstore {
                 BackstoreSpec::Rbd { pool, image, .. } => {
-                    ("rbd", format!("/dev/rbd/{pool}/{image}"))
+                    let map = format!("rbd -p {pool} --name client.admin map {image}");
+                    if !maps.contains(&map) {
+                        maps.push(map);
+                    }
+                    format!("/dev/rbd/{pool}/{image}")
                 }
-                BackstoreSpec::File { path, .. } => ("fileio", path.clone()),
-                BackstoreSpec::Memory { .. } => ("ramdisk", String::new()),
+                BackstoreSpec::File { path, .. } => path.clone(),
+                BackstoreSpec::Memory { .. } => String::new(),
             };
-            let map = format!("rbd -p {} --name client.admin map {}", l.pool, l.image);
-            if kind == "rbd" && !maps.contains(&map) {
-                maps.push(map);
-            }
-            stores.insert(
-                format!(
-                    "targetcli /backstores/{kind} create name={} dev={dev}",
-                    l.backstore_name
-                ),
-                format!("/backstores/{kind}/{}", l.backstore_name),
-            );
+            stores.insert(format!(
+                "targetcli /backstores/{} create name={} dev={dev}",
+                lio_kind(&l.backstore),
+                l.backstore_name
+            ));
         }
     }
     out.extend(maps);
-    out.extend(stores.keys().cloned());
+    out.extend(stores);
     for t in &targets {
         for l in luns_of(t, host) {
             let store = store_path(l);
@@ -284,13 +283,21 @@ fn luns_of<'a>(t: &'a Target, host: &str) -> Vec<&'a crate::config::Lun> {
     t.luns.iter().filter(|l| l.served_by(host)).collect()
 }
 
-fn store_path(l: &crate::config::Lun) -> String {
-    let kind = match l.backstore {
+/// LIO's backstore type for the one rbdgw uses.
+fn lio_kind(b: &BackstoreSpec) -> &'static str {
+    match b {
         BackstoreSpec::Rbd { .. } => "rbd",
         BackstoreSpec::File { .. } => "fileio",
         BackstoreSpec::Memory { .. } => "ramdisk",
-    };
-    format!("/backstores/{kind}/{}", l.backstore_name)
+    }
+}
+
+fn store_path(l: &crate::config::Lun) -> String {
+    format!(
+        "/backstores/{}/{}",
+        lio_kind(&l.backstore),
+        l.backstore_name
+    )
 }
 
 fn chap_args(c: &Chap, mu: &str, mp: &str) -> String {

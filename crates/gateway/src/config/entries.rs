@@ -281,9 +281,8 @@ pub(super) fn place(
         for (mut l, pin, from) in list {
             // One backstore per image on a host: its serial is the one the last entry of the
             // image wrote (in lrbd's order) among the targets sharing a host with this LUN.
-            let mine = hosts_of(r, &placed[from[0]]);
             let mine: Vec<String> = if l.hosts.is_empty() {
-                mine
+                r.hosts_of(ti).iter().map(|h| h.to_string()).collect()
             } else {
                 l.hosts.clone()
             };
