@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use crate::metadata::Metadata;
 use crate::{
     check_range, BackstoreError, BlockDevice, Capabilities, DataOutBuffer, Extent, FileExtent,
-    Member, Result,
+    Member, Publish, Result,
 };
 
 struct Inner {
@@ -672,7 +672,8 @@ impl BlockDevice for FileDevice {
         self.blocking(move |i| i.meta.get(&key)).await
     }
 
-    async fn metadata_set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+    // Every gateway reads the sidecar itself: stored is seen.
+    async fn metadata_set(&self, key: &str, value: Vec<u8>, _publish: Publish) -> Result<()> {
         let key = key.to_string();
         self.blocking(move |i| i.meta.set(&key, &value)).await
     }
@@ -682,6 +683,7 @@ impl BlockDevice for FileDevice {
         key: &str,
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
+        _publish: Publish,
     ) -> Result<bool> {
         let key = key.to_string();
         self.blocking(move |i| {
@@ -849,7 +851,9 @@ mod tests {
         assert_eq!(&dev.read(131072, 4096).await.unwrap()[..], &[0u8; 4096][..]);
         // Metadata round trip.
         assert_eq!(dev.metadata_get("pr").await.unwrap(), None);
-        dev.metadata_set("pr", b"v1".to_vec()).await.unwrap();
+        dev.metadata_set("pr", b"v1".to_vec(), Publish::SeenByAll)
+            .await
+            .unwrap();
         assert_eq!(dev.metadata_get("pr").await.unwrap(), Some(b"v1".to_vec()));
         dev.flush().await.unwrap();
     }
@@ -898,7 +902,7 @@ mod metadata_tests {
         let b = FileDevice::open(&p, None).unwrap();
         let g0 = b.metadata_generation();
         assert!(a
-            .metadata_compare_and_set("k", None, b"1".to_vec())
+            .metadata_compare_and_set("k", None, b"1".to_vec(), Publish::SeenByAll)
             .await
             .unwrap());
         assert!(
@@ -906,13 +910,13 @@ mod metadata_tests {
             "the other open sees the change at once"
         );
         assert!(
-            !b.metadata_compare_and_set("k", None, b"2".to_vec())
+            !b.metadata_compare_and_set("k", None, b"2".to_vec(), Publish::SeenByAll)
                 .await
                 .unwrap(),
             "stale expectation"
         );
         assert!(b
-            .metadata_compare_and_set("k", Some(b"1".to_vec()), b"2".to_vec())
+            .metadata_compare_and_set("k", Some(b"1".to_vec()), b"2".to_vec(), Publish::SeenByAll)
             .await
             .unwrap());
         assert_eq!(a.metadata_get("k").await.unwrap(), Some(b"2".to_vec()));

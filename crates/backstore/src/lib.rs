@@ -89,6 +89,19 @@ pub struct Member {
     pub starting: bool,
 }
 
+/// What a metadata change waits for before it returns, besides being stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// Every other gateway sharing the device has seen the change (or a bounded time
+    /// passed): a reservation change is in force on every path when the command that made it
+    /// completes (SPC-4 §5.9.1: reservations apply through every I_T nexus).
+    SeenByAll,
+    /// Nothing more: the others hear of it moments later. For records they follow on their
+    /// own (the ALUA owner, a handover request): a takeover must not wait out a dead
+    /// gateway's watch, which acknowledges nothing until the cluster drops it.
+    Stored,
+}
+
 /// How often a device that cannot wait for changes of its metadata is looked at.
 pub const METADATA_POLL: Duration = Duration::from_millis(200);
 
@@ -144,7 +157,12 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn metadata_get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
 
     /// Replaces a small persistent metadata value, atomically.
-    fn metadata_set(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<()>> + Send;
+    fn metadata_set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        publish: Publish,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Replaces a metadata value only if it still holds `expected` (`None`: absent), atomically
     /// against every gateway sharing the device; `Ok(false)` when it did not.
@@ -153,6 +171,7 @@ pub trait BlockDevice: Send + Sync + 'static {
         key: &str,
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
+        publish: Publish,
     ) -> impl Future<Output = Result<bool>> + Send;
 
     /// A counter that changes whenever any gateway changes the metadata; reading it must be
@@ -271,16 +290,17 @@ impl BlockDevice for Device {
     async fn metadata_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         dispatch!(self, d => d.metadata_get(key).await)
     }
-    async fn metadata_set(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        dispatch!(self, d => d.metadata_set(key, value).await)
+    async fn metadata_set(&self, key: &str, value: Vec<u8>, publish: Publish) -> Result<()> {
+        dispatch!(self, d => d.metadata_set(key, value, publish).await)
     }
     async fn metadata_compare_and_set(
         &self,
         key: &str,
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
+        publish: Publish,
     ) -> Result<bool> {
-        dispatch!(self, d => d.metadata_compare_and_set(key, expected, value).await)
+        dispatch!(self, d => d.metadata_compare_and_set(key, expected, value, publish).await)
     }
     fn metadata_generation(&self) -> u64 {
         dispatch!(self, d => d.metadata_generation())

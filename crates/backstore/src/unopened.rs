@@ -6,7 +6,9 @@
 
 use bytes::Bytes;
 
-use crate::{BackstoreError, BlockDevice, Capabilities, DataOutBuffer, Extent, Member, Result};
+use crate::{
+    BackstoreError, BlockDevice, Capabilities, DataOutBuffer, Extent, Member, Publish, Result,
+};
 
 /// A device that is not open: every data and lock call fails with
 /// [`BackstoreError::NotOpen`]; its metadata is empty.
@@ -46,7 +48,7 @@ impl BlockDevice for Unopened {
     async fn metadata_get(&self, _key: &str) -> Result<Option<Vec<u8>>> {
         Ok(None)
     }
-    async fn metadata_set(&self, _key: &str, _value: Vec<u8>) -> Result<()> {
+    async fn metadata_set(&self, _key: &str, _value: Vec<u8>, _publish: Publish) -> Result<()> {
         Err(BackstoreError::NotOpen)
     }
     async fn metadata_compare_and_set(
@@ -54,6 +56,7 @@ impl BlockDevice for Unopened {
         _key: &str,
         _expected: Option<Vec<u8>>,
         _value: Vec<u8>,
+        _publish: Publish,
     ) -> Result<bool> {
         Err(BackstoreError::NotOpen)
     }

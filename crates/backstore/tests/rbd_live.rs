@@ -5,7 +5,7 @@
 mod ceph;
 
 use backstore::rbd::{RbdConfig, RbdDevice};
-use backstore::{BackstoreError, BlockDevice};
+use backstore::{BackstoreError, BlockDevice, Publish};
 use bytes::Bytes;
 use ceph::Cluster;
 
@@ -182,7 +182,7 @@ async fn rbd_engine_io_on_a_live_cluster() {
     assert_eq!(dev.metadata_get("pr_state").await.unwrap(), None);
     let g = other.metadata_generation();
     assert!(dev
-        .metadata_compare_and_set("pr_state", None, b"v1".to_vec())
+        .metadata_compare_and_set("pr_state", None, b"v1".to_vec(), Publish::SeenByAll)
         .await
         .unwrap());
     assert!(
@@ -195,23 +195,104 @@ async fn rbd_engine_io_on_a_live_cluster() {
     );
     assert!(
         !other
-            .metadata_compare_and_set("pr_state", None, b"v2".to_vec())
+            .metadata_compare_and_set("pr_state", None, b"v2".to_vec(), Publish::SeenByAll)
             .await
             .unwrap(),
         "stale expectation"
     );
     assert!(other
-        .metadata_compare_and_set("pr_state", Some(b"v1".to_vec()), b"v2".to_vec())
+        .metadata_compare_and_set(
+            "pr_state",
+            Some(b"v1".to_vec()),
+            b"v2".to_vec(),
+            Publish::SeenByAll
+        )
         .await
         .unwrap());
     assert_eq!(
         dev.metadata_get("pr_state").await.unwrap(),
         Some(b"v2".to_vec())
     );
-    dev.metadata_set("alua_owner", b"2".to_vec()).await.unwrap();
+    dev.metadata_set("alua_owner", b"2".to_vec(), Publish::Stored)
+        .await
+        .unwrap();
     assert_eq!(
         other.metadata_get("alua_owner").await.unwrap(),
         Some(b"2".to_vec())
+    );
+    // A hung gateway (stopped, cut off) keeps its watch until the cluster times it out, and
+    // acknowledges nothing meanwhile. A reservation change still waits (boundedly) for it; an
+    // ownership record does not: a takeover would otherwise wait out the gateway it replaces.
+    let watchers = || {
+        cluster
+            .try_tool("rados", &["-p", "rbd", "listwatchers", "rbdgw.presence"])
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let before = watchers();
+    let mut hung = std::process::Command::new("rados")
+        .args([
+            "-c",
+            &cluster.conf(),
+            "-p",
+            "rbd",
+            "watch",
+            "rbdgw.presence",
+        ])
+        // (It watches until its input ends.)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("rados watch");
+    let t0 = std::time::Instant::now();
+    while watchers() <= before {
+        assert!(
+            t0.elapsed().as_secs() < 30,
+            "the hung watcher registers: {before} before, {:?}",
+            hung.try_wait()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Hung, not dead (SIGSTOP): its connection stays up and the cluster keeps its watch.
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &hung.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let g = other.metadata_generation();
+    let t0 = std::time::Instant::now();
+    dev.metadata_set("alua_owner", b"3".to_vec(), Publish::Stored)
+        .await
+        .unwrap();
+    let stored = t0.elapsed();
+    while other.metadata_generation() == g {
+        assert!(t0.elapsed().as_secs() < 5, "the live gateway hears of it");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let heard = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    assert!(dev
+        .metadata_compare_and_set(
+            "pr_state",
+            Some(b"v2".to_vec()),
+            b"v3".to_vec(),
+            Publish::SeenByAll
+        )
+        .await
+        .unwrap());
+    let seen = t0.elapsed();
+    hung.kill().unwrap();
+    hung.wait().unwrap();
+    println!("with a hung watcher: stored {stored:?} (heard {heard:?}), seen by all {seen:?}");
+    assert!(
+        stored.as_millis() < 1000 && heard.as_millis() < 1000,
+        "an ownership record waits for no hung gateway: {stored:?}, heard {heard:?}"
+    );
+    assert!(
+        seen.as_millis() >= 1500,
+        "a reservation change waits for every watcher, the hung one boundedly: {seen:?}"
     );
     drop(other);
     drop(dev);

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backstore::BlockDevice;
+use backstore::{BlockDevice, Publish};
 use scsi::{Asc, SenseData, SenseKey};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -327,7 +327,7 @@ impl Ownership {
                 // answer.
                 let mine = self.my_tag.to_string().into_bytes();
                 let _ = dev
-                    .metadata_compare_and_set(REQUEST_KEY, Some(mine), Vec::new())
+                    .metadata_compare_and_set(REQUEST_KEY, Some(mine), Vec::new(), Publish::Stored)
                     .await;
                 info!(
                     lun = self.lu.config().lun,
@@ -349,7 +349,7 @@ impl Ownership {
         if let Err(e) = self
             .lu
             .device()
-            .metadata_set(OWNER_KEY, tag.to_string().into_bytes())
+            .metadata_set(OWNER_KEY, tag.to_string().into_bytes(), Publish::Stored)
             .await
         {
             warn!(
@@ -379,7 +379,11 @@ impl Ownership {
         self.asked.store(true, Ordering::Release);
         self.lu
             .device()
-            .metadata_set(REQUEST_KEY, self.my_tag.to_string().into_bytes())
+            .metadata_set(
+                REQUEST_KEY,
+                self.my_tag.to_string().into_bytes(),
+                Publish::Stored,
+            )
             .await
             .is_ok()
     }

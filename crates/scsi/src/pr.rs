@@ -4,7 +4,7 @@
 //! The persistent state is one serializable [`PrState`], saved in the backstore's metadata so
 //! that APTPL survives restarts (and, through shared metadata, is one state for all gateways).
 
-use backstore::BlockDevice;
+use backstore::{BlockDevice, Publish};
 use serde::{Deserialize, Serialize};
 
 use crate::abort::AbortScope;
@@ -395,7 +395,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
             }
             if self
                 .dev
-                .metadata_compare_and_set(METADATA_KEY, old, new)
+                .metadata_compare_and_set(METADATA_KEY, old, new, Publish::SeenByAll)
                 .await
                 .map_err(|e| self.metadata_error(e))?
             {

@@ -50,6 +50,15 @@ pub(super) async fn run<K: Send + 'static>(
     keep: K,
     submit: impl FnOnce(ffi::Completion, &mut K) -> c_int,
 ) -> Result<(c_int, K), c_int> {
+    start(keep, submit)?.await.map_err(|_| -libc::ECANCELED)
+}
+
+/// Submits an operation as [`run`] does, at once, and hands back what its completion will
+/// send: the caller may await it or leave the operation to finish on its own.
+pub(super) fn start<K: Send + 'static>(
+    keep: K,
+    submit: impl FnOnce(ffi::Completion, &mut K) -> c_int,
+) -> Result<oneshot::Receiver<(c_int, K)>, c_int> {
     let a = api().map_err(|_| -libc::ENOSYS)?;
     let (tx, rx) = oneshot::channel();
     let ctx = Box::into_raw(Box::new(InFlight { tx, keep }));
@@ -70,5 +79,5 @@ pub(super) async fn run<K: Send + 'static>(
             return Err(rc);
         }
     }
-    rx.await.map_err(|_| -libc::ECANCELED)
+    Ok(rx)
 }

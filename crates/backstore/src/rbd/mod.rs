@@ -25,7 +25,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use crate::{
-    check_range, BackstoreError, BlockDevice, Capabilities, DataOutBuffer, Extent, Member, Result,
+    check_range, BackstoreError, BlockDevice, Capabilities, DataOutBuffer, Extent, Member, Publish,
+    Result,
 };
 use ffi::{api, Completion};
 
@@ -968,10 +969,12 @@ impl BlockDevice for RbdDevice {
         self.state_outcome(r)
     }
 
-    async fn metadata_set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+    async fn metadata_set(&self, key: &str, value: Vec<u8>, publish: Publish) -> Result<()> {
         let h = self.state_handle()?;
         let s = h.state()?;
-        let r = s.compare_and_set(key, None, &value, false, h.clone()).await;
+        let r = s
+            .compare_and_set(key, None, &value, false, publish, h.clone())
+            .await;
         self.state_outcome(r).map(|_| ())
     }
 
@@ -980,11 +983,12 @@ impl BlockDevice for RbdDevice {
         key: &str,
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
+        publish: Publish,
     ) -> Result<bool> {
         let h = self.state_handle()?;
         let s = h.state()?;
         let r = s
-            .compare_and_set(key, expected.as_deref(), &value, true, h.clone())
+            .compare_and_set(key, expected.as_deref(), &value, true, publish, h.clone())
             .await;
         self.state_outcome(r)
     }

@@ -15,13 +15,14 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CString};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::aio;
 use super::ffi::{self, api};
 use super::{ceph_err, cstr, EBLOCKLISTED};
-use crate::{BackstoreError, Member, Result};
+use crate::{BackstoreError, Member, Publish, Result};
 
 /// The payload of a liveness ping; any other notify announces a change of the state.
 pub(super) const PING: &[u8] = b"rbdgw-ping";
@@ -498,6 +499,7 @@ impl SharedState {
         expected: Option<&[u8]>,
         value: &[u8],
         compare: bool,
+        publish: Publish,
         keep: KeepAlive,
     ) -> Result<bool> {
         let a = api().map_err(BackstoreError::Other)?;
@@ -543,41 +545,49 @@ impl SharedState {
             return Err(ceph_err(&format!("updating {key}"), rc as i64));
         }
         self.watch.changes.bump();
-        self.announce(key, keep).await;
+        let seen = self.announce(key, keep);
+        if publish == Publish::SeenByAll {
+            seen.await;
+        } else {
+            tokio::spawn(seen);
+        }
         Ok(true)
     }
 
     /// Tells every gateway that `key` changed: a notify on the pool's presence object (or on
-    /// this object, for one that is watched itself) that returns once every watcher has
-    /// seen it, or after [`NOTIFY_TIMEOUT_MS`].
-    async fn announce(&self, key: &str, keep: KeepAlive) {
-        let Ok(a) = api() else { return };
-        let (oid, payload) = match &self.announce_on {
-            Some((oid, payload)) => (oid, payload.as_slice()),
-            None => (&self.oid, &[][..]),
-        };
-        let reply = NotifyReply(std::ptr::null_mut(), 0);
-        // SAFETY: librados copies the payload at submission; the reply's pointers stay put in
-        // the operation's context until it completes.
-        let r = aio::run((reply, keep), |c, (reply, _)| unsafe {
-            (a.rados_aio_notify)(
-                self.ioctx,
-                oid.as_ptr(),
-                c,
-                payload.as_ptr() as *const c_char,
-                payload.len() as c_int,
-                NOTIFY_TIMEOUT_MS,
-                &mut reply.0,
-                &mut reply.1,
-            )
-        })
-        .await;
-        let rc = match r {
-            Ok((rc, _)) => rc,
-            Err(rc) => rc,
-        };
-        if rc < 0 {
-            tracing::warn!("notifying the watchers of {key} failed: {rc}");
+    /// this object, for one that is watched itself), sent at once; the future resolves once
+    /// every watcher has seen it, or after [`NOTIFY_TIMEOUT_MS`].
+    fn announce(&self, key: &str, keep: KeepAlive) -> impl Future<Output = ()> + Send + 'static {
+        let key = key.to_string();
+        let started = api().map_err(|_| -libc::ENOSYS).and_then(|a| {
+            let (oid, payload) = match &self.announce_on {
+                Some((oid, payload)) => (oid, payload.as_slice()),
+                None => (&self.oid, &[][..]),
+            };
+            let reply = NotifyReply(std::ptr::null_mut(), 0);
+            // SAFETY: librados copies the payload at submission; the reply's pointers stay put
+            // in the operation's context until it completes.
+            aio::start((reply, keep), |c, (reply, _)| unsafe {
+                (a.rados_aio_notify)(
+                    self.ioctx,
+                    oid.as_ptr(),
+                    c,
+                    payload.as_ptr() as *const c_char,
+                    payload.len() as c_int,
+                    NOTIFY_TIMEOUT_MS,
+                    &mut reply.0,
+                    &mut reply.1,
+                )
+            })
+        });
+        async move {
+            let rc = match started {
+                Ok(done) => done.await.map_or(-libc::ECANCELED, |(rc, _)| rc),
+                Err(rc) => rc,
+            };
+            if rc < 0 {
+                tracing::warn!("notifying the watchers of {key} failed: {rc}");
+            }
         }
     }
 }
