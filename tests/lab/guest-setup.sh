@@ -4,13 +4,14 @@
 ip addr add 192.168.0.33/24 dev eth0
 cat > /etc/iscsi/iscsid.conf <<CONF
 node.session.timeo.replacement_timeout = 5
-node.conn[0].timeo.noop_out_interval = 2
-node.conn[0].timeo.noop_out_timeout = 3
+node.conn[0].timeo.noop_out_interval = 1
+node.conn[0].timeo.noop_out_timeout = 2
 node.conn[0].timeo.login_timeout = 5
 CONF
 cat > /etc/multipath.conf <<CONF
 defaults {
     polling_interval 1
+    max_polling_interval 2
     find_multipaths no
     user_friendly_names yes
 }

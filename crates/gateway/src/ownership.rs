@@ -122,6 +122,8 @@ struct View {
     pinged: Option<Instant>,
     /// Since when this gateway's own pings come back (None: it cannot tell now).
     healthy_since: Option<Instant>,
+    /// Since when they do not.
+    failing_since: Option<Instant>,
 }
 
 impl View {
@@ -143,6 +145,20 @@ impl View {
             }
         }
         self.healthy_since.get_or_insert(now);
+        self.failing_since = None;
+    }
+
+    fn failed(&mut self, now: Instant) {
+        self.healthy_since = None;
+        self.failing_since.get_or_insert(now);
+    }
+
+    /// Whether this gateway has been unable to tell who is alive for about as long as the
+    /// others take to call it gone ([`ABSENT_AFTER`] after its last answer, which came a ping
+    /// before its first failed one): from then on they may have taken its LUs over.
+    fn isolated(&self, now: Instant) -> bool {
+        self.failing_since
+            .is_some_and(|t| now.duration_since(t) + PING_EVERY >= ABSENT_AFTER)
     }
 }
 
@@ -510,7 +526,18 @@ impl Ownership {
             v.pinged = Some(now);
             match &members {
                 Ok(m) => v.record(m, now),
-                Err(_) => v.healthy_since = None,
+                Err(_) => v.failed(now),
+            }
+            if self.lu.set_isolated(v.isolated(now)) {
+                if v.isolated(now) {
+                    warn!(
+                        lun,
+                        "this gateway's pings do not come back: another gateway may take the LU \
+                         over, so its paths no longer report active/optimized"
+                    );
+                } else {
+                    info!(lun, "this gateway's pings come back again");
+                }
             }
             let healthy_for = v.healthy_since.map(|t| now.duration_since(t));
             let holder_alive = v
@@ -766,5 +793,22 @@ mod tests {
             vec![&2],
             "one holder at a time"
         );
+    }
+
+    #[test]
+    fn a_gateway_whose_pings_fail_is_isolated_when_the_others_would_call_it_gone() {
+        let t0 = Instant::now();
+        let mut v = View::default();
+        v.record(&[], t0);
+        // Its last answer came at t0; the next ping, a second later, fails, and so on.
+        let first_failure = t0 + PING_EVERY;
+        v.failed(first_failure);
+        v.failed(first_failure + PING_EVERY);
+        assert!(v.healthy_since.is_none());
+        let gone_to_others = t0 + ABSENT_AFTER;
+        assert!(!v.isolated(gone_to_others - Duration::from_millis(1)));
+        assert!(v.isolated(gone_to_others));
+        v.record(&[], gone_to_others + PING_EVERY);
+        assert!(!v.isolated(gone_to_others + PING_EVERY), "back");
     }
 }

@@ -42,11 +42,32 @@ impl<B: BlockDevice> LogicalUnit<B> {
         if tag != self.cfg.local_tpg && st.gone_tpgs.contains(&tag) {
             return AccessState::Unavailable;
         }
+        if tag == self.cfg.local_tpg && st.isolated {
+            // The others may have taken the LU over by now: not optimized, yet still
+            // active, so that an initiator left with this path (every gateway cut off from
+            // the cluster for a moment) keeps its I/O waiting here rather than failing it.
+            return AccessState::ActiveNonOptimized;
+        }
         match st.owner_tpg {
             None => AccessState::ActiveOptimized,
             Some(owner) if owner == tag => AccessState::ActiveOptimized,
             Some(_) => AccessState::ActiveNonOptimized,
         }
+    }
+
+    /// Marks this gateway as cut off from the shared state (its own pings have not come back
+    /// for a while) or back. A gateway cut off cannot know whether the others took its LUs
+    /// over: a partitioned ex-owner whose link came back reported itself optimized until it
+    /// learned it had been fenced, and the initiator sent its writes there. Announced like
+    /// an owner change; true when it changed.
+    pub fn set_isolated(&self, isolated: bool) -> bool {
+        let mut st = self.state();
+        if st.isolated == isolated {
+            return false;
+        }
+        st.isolated = isolated;
+        st.ua_all(crate::sense::Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, None);
+        true
     }
 
     /// The owning TPG (Active/Optimized), if one is set.

@@ -98,6 +98,9 @@ pub(crate) struct LuState {
     pub owner_tpg: Option<u16>,
     /// TPGs whose gateways are gone (not answering): Unavailable.
     pub gone_tpgs: Vec<u16>,
+    /// This gateway cannot tell who is alive (its own pings do not come back): its port is
+    /// never reported Active/Optimized meanwhile (`alua::AccessState`).
+    pub isolated: bool,
     /// Abort orders for the transport, not yet handed over (see [`LogicalUnit::on_task_abort`]).
     pub aborts: Vec<(AbortScope, Option<ItNexus>)>,
 }

@@ -456,6 +456,33 @@ async fn alua_owner_changes_reach_every_nexus() {
         Asc::ASYMMETRIC_ACCESS_STATE_CHANGED,
     );
     assert_eq!(rtpg(&lu, &a).await, vec![(1, 1), (2, 1), (3, 0)]);
+    // This gateway owns the LU and is cut off from the shared state: it no longer reports
+    // itself optimized (the others may have taken over), but stays active; announced both
+    // ways, and a repeat changes nothing.
+    lu.set_owner_tpg(Some(2));
+    let _ = run(&lu, &a, &[0x00], &[]).await;
+    assert!(lu.set_isolated(true));
+    assert!(!lu.set_isolated(true));
+    check(
+        &run(&lu, &a, &[0x00], &[]).await,
+        SenseKey::UnitAttention,
+        Asc::ASYMMETRIC_ACCESS_STATE_CHANGED,
+    );
+    assert_eq!(rtpg(&lu, &a).await, vec![(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(
+        run(&lu, &a, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[])
+            .await
+            .status,
+        ScsiStatus::Good,
+        "an isolated gateway still serves (active/non-optimized)"
+    );
+    assert!(lu.set_isolated(false));
+    check(
+        &run(&lu, &a, &[0x00], &[]).await,
+        SenseKey::UnitAttention,
+        Asc::ASYMMETRIC_ACCESS_STATE_CHANGED,
+    );
+    assert_eq!(rtpg(&lu, &a).await, vec![(1, 1), (2, 0), (3, 1)]);
 }
 
 /// The abort orders a LU hands to its transport, collected.

@@ -227,8 +227,13 @@ impl PoolLiveness {
             if !self.leading.swap(true, Ordering::AcqRel) {
                 let _lead = Leading(&self.leading);
                 let started = Instant::now();
+                // A cluster out of reach may never complete the notify: the round ends by
+                // ROUND_WAIT regardless (the operation finishes on its own, or never).
                 let answers = match &self.state {
-                    Some(s) => s.ping().await.map(|p| collect(&p)),
+                    Some(s) => match tokio::time::timeout(ROUND_WAIT, s.ping()).await {
+                        Ok(r) => r.map(|p| collect(&p)),
+                        Err(_) => Err(-libc::ETIMEDOUT),
+                    },
                     None => Err(-libc::ENOTCONN),
                 };
                 let r = Arc::new(Round { started, answers });
