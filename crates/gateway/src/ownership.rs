@@ -528,8 +528,9 @@ impl Ownership {
                 Ok(m) => v.record(m, now),
                 Err(_) => v.failed(now),
             }
-            if self.lu.set_isolated(v.isolated(now)) {
-                if v.isolated(now) {
+            let isolated = v.isolated(now);
+            if self.lu.set_isolated(isolated) {
+                if isolated {
                     warn!(
                         lun,
                         "this gateway's pings do not come back: another gateway may take the LU \
