@@ -122,8 +122,10 @@ struct View {
     pinged: Option<Instant>,
     /// Since when this gateway's own pings come back (None: it cannot tell now).
     healthy_since: Option<Instant>,
-    /// Since when they do not.
-    failing_since: Option<Instant>,
+    /// When its last ping came back.
+    last_ok: Option<Instant>,
+    /// When it started following the LU (its view is as fresh as the records it read then).
+    started: Option<Instant>,
 }
 
 impl View {
@@ -145,20 +147,22 @@ impl View {
             }
         }
         self.healthy_since.get_or_insert(now);
-        self.failing_since = None;
+        self.last_ok = Some(now);
     }
 
-    fn failed(&mut self, now: Instant) {
+    fn failed(&mut self) {
         self.healthy_since = None;
-        self.failing_since.get_or_insert(now);
     }
 
-    /// Whether this gateway has been unable to tell who is alive for about as long as the
-    /// others take to call it gone ([`ABSENT_AFTER`] after its last answer, which came a ping
-    /// before its first failed one): from then on they may have taken its LUs over.
+    /// Whether this gateway has heard nothing for as long as the others take to call it
+    /// gone ([`ABSENT_AFTER`] since its last answer came back, or since it started): from
+    /// then on they may have taken its LUs over, and what it knows of the owner is stale.
+    /// Its pings failed (cut off, fenced) or never went out (the process was stopped: then
+    /// this holds from the moment it runs again, before its next ping).
     fn isolated(&self, now: Instant) -> bool {
-        self.failing_since
-            .is_some_and(|t| now.duration_since(t) + PING_EVERY >= ABSENT_AFTER)
+        self.last_ok
+            .or(self.started)
+            .is_some_and(|t| now.saturating_duration_since(t) >= ABSENT_AFTER)
     }
 }
 
@@ -265,7 +269,11 @@ impl Ownership {
         }
         // The first ping goes out from the background loop: a LU starts without waiting
         // for the answers.
-        lock(&o.view).pinged = Some(Instant::now());
+        {
+            let mut v = lock(&o.view);
+            v.pinged = Some(Instant::now());
+            v.started = v.pinged;
+        }
         o.refresh().await;
         if recorded.is_none() && !o.is_owner() {
             o.lu.set_owner_tpg(configured_owner);
@@ -515,31 +523,61 @@ impl Ownership {
         }
     }
 
+    /// Reports this gateway's port as isolated (see [`View::isolated`]) or not any more.
+    fn note_isolation(&self, v: &View, now: Instant) {
+        let isolated = v.isolated(now);
+        if self.lu.set_isolated(isolated) {
+            let lun = self.lu.config().lun;
+            if isolated {
+                warn!(
+                    lun,
+                    "this gateway has not heard from the cluster for {} ms: another gateway may \
+                     take the LU over, so its paths no longer report active/optimized and it \
+                     refuses logins",
+                    v.last_ok
+                        .or(v.started)
+                        .map_or(0, |t| now.duration_since(t).as_millis())
+                );
+            } else {
+                info!(lun, "this gateway's pings come back again");
+            }
+        }
+    }
+
+    /// Whether this gateway cannot tell now who owns the LU: it has not heard from the
+    /// others for as long as they take to call it gone, or Ceph fenced it and it has not
+    /// reconnected. What it knows of the owner may be stale then, and an initiator that
+    /// logged in would read it (REPORT TARGET PORT GROUPS applies to every path): a fenced
+    /// ex-owner back from a partition showed every path non-optimized, and writes sent to
+    /// it waited there for its reconnection (10 s).
+    pub fn cannot_tell(&self) -> bool {
+        let dev = self.lu.device();
+        (dev.opened() && !dev.available()) || lock(&self.view).isolated(Instant::now())
+    }
+
     /// Pings, then acts if this gateway is the desired owner.
     async fn look_around(&self) {
         let dev = self.lu.device();
         let lun = self.lu.config().lun;
+        // (After a stop, before the ping: it may take a while to come back.)
+        self.note_isolation(&lock(&self.view), Instant::now());
         let members = dev.members().await;
+        if members.is_ok() && lock(&self.view).isolated(Instant::now()) {
+            // Back after a silence: the owner may have changed meanwhile (a notify missed
+            // while cut off); read it before initiators are told to look again.
+            if let Some(owner) = parse_tag(dev.metadata_get(OWNER_KEY).await.ok().flatten()) {
+                self.note_owner(owner);
+            }
+        }
         let now = Instant::now();
         let (desired, holder_alive, holder_gone, recorded_alive, healthy_for) = {
             let mut v = lock(&self.view);
             v.pinged = Some(now);
             match &members {
                 Ok(m) => v.record(m, now),
-                Err(_) => v.failed(now),
+                Err(_) => v.failed(),
             }
-            let isolated = v.isolated(now);
-            if self.lu.set_isolated(isolated) {
-                if isolated {
-                    warn!(
-                        lun,
-                        "this gateway's pings do not come back: another gateway may take the LU \
-                         over, so its paths no longer report active/optimized"
-                    );
-                } else {
-                    info!(lun, "this gateway's pings come back again");
-                }
-            }
+            self.note_isolation(&v, now);
             let healthy_for = v.healthy_since.map(|t| now.duration_since(t));
             let holder_alive = v
                 .holding
@@ -802,14 +840,22 @@ mod tests {
         let mut v = View::default();
         v.record(&[], t0);
         // Its last answer came at t0; the next ping, a second later, fails, and so on.
-        let first_failure = t0 + PING_EVERY;
-        v.failed(first_failure);
-        v.failed(first_failure + PING_EVERY);
+        v.failed();
+        v.failed();
         assert!(v.healthy_since.is_none());
         let gone_to_others = t0 + ABSENT_AFTER;
         assert!(!v.isolated(gone_to_others - Duration::from_millis(1)));
         assert!(v.isolated(gone_to_others));
         v.record(&[], gone_to_others + PING_EVERY);
         assert!(!v.isolated(gone_to_others + PING_EVERY), "back");
+        // Stopped (SIGSTOP) past that point: isolated as soon as it runs, before it pings.
+        assert!(v.isolated(gone_to_others + PING_EVERY + ABSENT_AFTER));
+        // Just started, nothing heard yet: as fresh as the records it read at start.
+        let fresh = View {
+            started: Some(t0),
+            ..View::default()
+        };
+        assert!(!fresh.isolated(t0 + PING_EVERY));
+        assert!(fresh.isolated(t0 + ABSENT_AFTER), "never heard back");
     }
 }

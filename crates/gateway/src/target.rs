@@ -562,6 +562,23 @@ impl Directory for LoginDirectory<'_> {
         if !admits(&t.cfg, &gw.host, initiator) {
             return Err(LoginStatus::AUTHORIZATION_FAILURE);
         }
+        // A session starts by reading the port groups, which apply to every path: while this
+        // gateway cannot tell who owns a LU of the target (cut off, fenced), the login waits
+        // (RFC 7143 §11.13.5: service unavailable, the initiator retries).
+        if let Some(lun) = t
+            .owners
+            .iter()
+            .find_map(|(lun, o)| o.cannot_tell().then_some(*lun))
+        {
+            tracing::info!(
+                target = %name,
+                initiator,
+                lun,
+                "login refused for now (service unavailable): this gateway cannot tell who \
+                 owns the LUN (cut off from the cluster or fenced, reconnecting)"
+            );
+            return Err(LoginStatus::SERVICE_UNAVAILABLE);
+        }
         let acl = t.cfg.auth.acl(initiator);
         let auth = match t.cfg.auth.mode {
             AuthMode::None | AuthMode::Identified | AuthMode::Unconfigured => AuthPolicy::None,
