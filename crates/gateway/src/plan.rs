@@ -161,3 +161,73 @@ pub fn render(c: &Config, host: &str) -> String {
     }
     s
 }
+
+/// What replacing config `old` with `new` changes on each host, as a unified diff of the two
+/// plans (`render`); hosts of either config, in order, with an empty diff for a host whose
+/// plan stays the same. The source names are left out: only what is served counts.
+pub fn diff(old: &Config, new: &Config) -> Vec<(String, String)> {
+    let mut hosts = old.hosts();
+    for h in new.hosts() {
+        if !hosts.contains(&h) {
+            hosts.push(h);
+        }
+    }
+    let plan = |c: &Config, h: &str| -> String {
+        render(c, h)
+            .lines()
+            .filter(|l| !l.starts_with("config: "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    hosts
+        .into_iter()
+        .map(|h| {
+            let (a, b) = (plan(old, &h), plan(new, &h));
+            let d = if a == b {
+                String::new()
+            } else {
+                similar::TextDiff::from_lines(&a, &b)
+                    .unified_diff()
+                    .context_radius(2)
+                    .header(&format!("{h} (stored)"), &format!("{h} (new)"))
+                    .to_string()
+            };
+            (h, d)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: &str = r#"{"auth": [{"target": "iqn.2026-11.org.rbdgw:t", "authentication": "none"}],
+      "targets": [{"target": "iqn.2026-11.org.rbdgw:t",
+                   "hosts": [{"host": "gw1", "portal": "p1"}, {"host": "gw2", "portal": "p2"}]}],
+      "portals": [{"name": "p1", "addresses": ["127.0.0.1:3260"]},
+                  {"name": "p2", "addresses": ["127.0.0.2:3260"]}],
+      "pools": [{"pool": "rbd", "gateways": [{"target": "iqn.2026-11.org.rbdgw:t", "tpg": [
+        {"image": "a", "lun": 0}]}]}]}"#;
+
+    #[test]
+    fn diff_names_each_host_and_what_changes_there() {
+        let old = Config::parse("old", ONE).unwrap();
+        assert!(diff(&old, &Config::parse("same, other name", ONE).unwrap())
+            .iter()
+            .all(|(_, d)| d.is_empty()));
+        let two = ONE.replace(
+            r#"{"image": "a", "lun": 0}"#,
+            r#"{"image": "a", "lun": 0}, {"image": "b", "lun": 1}"#,
+        );
+        let d = diff(&old, &Config::parse("new", &two).unwrap());
+        assert_eq!(
+            d.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>(),
+            ["gw1", "gw2"]
+        );
+        for (h, text) in &d {
+            assert!(text.contains(&format!("--- {h} (stored)")), "{text}");
+            assert!(text.contains("+  lun 1: rbd rbd/b"), "{text}");
+            assert!(!text.contains("-  lun 0"), "{text}");
+        }
+    }
+}

@@ -11,6 +11,10 @@ use gateway::config::{local_addresses, local_hostname, Config};
 use gateway::server::Server;
 use gateway::target::{CephOptions, Gateway};
 
+mod config_cmd;
+mod sd_notify;
+use config_cmd::{ConfigAction, Outcome};
+
 #[derive(Parser)]
 #[command(
     name = "rbdgw",
@@ -123,9 +127,9 @@ enum Command {
         #[command(flatten)]
         ceph: CephArgs,
     },
-    /// The shared config kept in Ceph (what lrbd -f, -o and -W did).
+    /// The shared config: stored in Ceph (what lrbd -f, -o and -W did), checked, compared.
     Config {
-        /// Where it lives.
+        /// Where it lives (`diff` also takes a file).
         #[arg(long, default_value = "rados://rbd/rbdgw.config", value_parser = parse_source, global = true)]
         at: ConfigSource,
         #[command(flatten)]
@@ -145,101 +149,11 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
-enum ConfigAction {
-    /// Validate a config file, then replace the stored config with it; running gateways
-    /// apply it.
-    Store {
-        #[arg(short = 'f', long)]
-        file: PathBuf,
-        /// Store even if LUNs of the stored config get other numbers (running gateways
-        /// refuse such a change: stop them first).
-        #[arg(long)]
-        renumber: bool,
-    },
-    /// Print the stored config.
-    Show,
-    /// Remove the stored config.
-    Wipe,
-    /// Read the config an lrbd deployment stored (xattrs of `lrbd.conf` in each pool) and
-    /// print it as one document, or store it with --store.
-    ImportLrbd {
-        /// Pools to read (default: every pool).
-        #[arg(long)]
-        pool: Vec<String>,
-        /// Validate and store the result at `--at` instead of printing it.
-        #[arg(long)]
-        store: bool,
-    },
-}
-
-fn rados_location(at: &ConfigSource) -> anyhow::Result<(&str, &str)> {
-    match at {
-        ConfigSource::Rados { pool, object } => Ok((pool, object)),
-        ConfigSource::File(p) => anyhow::bail!(
-            "--at {}: the config commands work on a rados:// location",
-            p.display()
-        ),
-    }
-}
-
 /// Runs a blocking Ceph call off the runtime.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
     tokio::task::spawn_blocking(f).await?
-}
-
-async fn config_command(
-    at: ConfigSource,
-    ceph: CephOptions,
-    action: ConfigAction,
-) -> anyhow::Result<()> {
-    let (pool, object) = {
-        let (p, o) = rados_location(&at)?;
-        (p.to_string(), o.to_string())
-    };
-    match action {
-        ConfigAction::Store { file, renumber } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let cfg =
-                blocking(move || store::store(&ceph, &pool, &object, &text, renumber)).await?;
-            for w in &cfg.warnings {
-                eprintln!("warning: {w}");
-            }
-            println!(
-                "stored {} ({} targets, hosts: {})",
-                at.name(),
-                cfg.targets.len(),
-                cfg.hosts().join(", ")
-            );
-        }
-        ConfigAction::Show => {
-            let src = at.clone();
-            print!("{}", blocking(move || src.fetch(&ceph)).await?);
-        }
-        ConfigAction::Wipe => {
-            if blocking(move || store::wipe(&ceph, &pool, &object)).await? {
-                println!("removed {}", at.name());
-            } else {
-                println!("{} did not exist", at.name());
-            }
-        }
-        ConfigAction::ImportLrbd { pool: pools, store } => {
-            let c = ceph.clone();
-            let doc = blocking(move || store::import_lrbd(&c, &pools)).await?;
-            let text = serde_json::to_string_pretty(&doc)?;
-            if store {
-                let t = text.clone();
-                blocking(move || store::store(&ceph, &pool, &object, &t, false)).await?;
-                println!("imported lrbd's config into {}", at.name());
-            } else {
-                println!("{text}");
-            }
-        }
-    }
-    Ok(())
 }
 
 fn init_logging() {
@@ -404,13 +318,22 @@ async fn serve(
     let gw = Gateway::open(cfg, &host, ceph).await?;
     let server = Server::bind(gw, limits).await?;
     tracing::info!(host = %host, config = %config.name(), "serving");
+    // Every portal listens (connections queue from here on): ready for systemd (Type=notify).
+    sd_notify::notify(&format!(
+        "READY=1\nSTATUS=serving {host} on {} portal addresses",
+        server.gateway().listen_addresses().len()
+    ));
     tokio::spawn(follow_config(
         server.gateway().clone(),
         config.clone(),
         ceph.clone(),
         text,
     ));
-    server.run(termination(), Duration::from_secs(5)).await;
+    let stop = async {
+        termination().await;
+        sd_notify::notify("STOPPING=1\nSTATUS=logging initiators out, closing images");
+    };
+    server.run(stop, Duration::from_secs(5)).await;
     Ok(())
 }
 
@@ -559,6 +482,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // A command's "no" (an invalid file to `config check`, changes to `config diff`), and the
+    // status of a failure.
+    let mut negative = false;
+    let mut failure_status = 1u8;
     let result = rt.block_on(async {
         match cli.command {
             Command::Serve {
@@ -586,7 +513,19 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::Config { at, ceph, action } => {
-                config_command(at, ceph.options(), action).await
+                // diff(1)'s statuses for `diff`: 1 when the files differ, 2 on trouble.
+                failure_status = if matches!(action, ConfigAction::Diff { .. }) {
+                    2
+                } else {
+                    1
+                };
+                match config_cmd::run(at, ceph.options(), action).await? {
+                    Outcome::Done => Ok(()),
+                    Outcome::Negative => {
+                        negative = true;
+                        Ok(())
+                    }
+                }
             }
             Command::Demo { dir, port } => {
                 report_open_file_limit(&Limits::default());
@@ -607,10 +546,11 @@ fn main() -> std::process::ExitCode {
         );
     }
     match result {
+        Ok(()) if negative => std::process::ExitCode::from(1),
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rbdgw: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(failure_status)
         }
     }
 }

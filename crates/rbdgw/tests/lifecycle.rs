@@ -47,6 +47,74 @@ fn plan_shows_the_seed_as_lrbd_applied_it() {
     assert!(text.contains("wwid naa.6001405"), "{text}");
 }
 
+/// `config check` validates without storing (exit 0 / 1, the error naming the key);
+/// `config diff` shows what a new file changes on each host of the stored one (exit 0 when
+/// nothing, 1 when something, 2 when the stored one cannot be read: diff(1)'s statuses).
+#[test]
+fn config_check_and_diff_speak_to_scripts() {
+    let dir = Scratch::new("lifecycle-config-check");
+    let seed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/seed-config.json"
+    );
+    let out = rbdgw(&["config", "check", seed]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("valid: 1 targets, 1 LUNs, hosts: testscsi.novalocal, scsifirst"),
+        "{out:?}"
+    );
+    let bad = dir.0.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"targets": [{"target": "iqn.2026-11.org.x:t", "hots": []}]}"#,
+    )
+    .unwrap();
+    let out = rbdgw(&["config", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("targets[0]"),
+        "{out:?}"
+    );
+
+    let changed = dir.0.join("changed.json");
+    std::fs::write(
+        &changed,
+        std::fs::read_to_string(seed)
+            .unwrap()
+            .replace("wuxingyi", "other"),
+    )
+    .unwrap();
+    let out = rbdgw(&[
+        "config",
+        "diff",
+        "--at",
+        seed,
+        "-f",
+        changed.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for host in ["testscsi.novalocal", "scsifirst"] {
+        assert!(text.contains(&format!("+++ {host} (new)")), "{text}");
+    }
+    assert!(text.contains("-  lun 0: rbd rbd/wuxingyi"), "{text}");
+    assert!(text.contains("+  lun 0: rbd rbd/other"), "{text}");
+    let out = rbdgw(&["config", "diff", "--at", seed, "-f", seed]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("scsifirst: unchanged"));
+    let missing = dir.0.join("missing.json");
+    let out = rbdgw(&[
+        "config",
+        "diff",
+        "--at",
+        missing.to_str().unwrap(),
+        "-f",
+        seed,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
 #[test]
 fn bad_config_and_busy_portal_fail_before_serving() {
     let dir = Scratch::new("lifecycle-errors");
@@ -518,6 +586,60 @@ fn a_lun_that_cannot_open_is_not_ready_and_serves_once_it_can() {
     let r = s.scsi_ready(1, &[0x28, 0, 0, 0, 0, 7, 0, 0, 1, 0], &[], 512);
     assert_eq!(r.data, block);
     assert!(gw.log_text().contains("LUN serving: its backstore opened"));
+}
+
+/// `Type=notify`: READY=1 reaches the service manager's socket once the portal accepts
+/// connections (not before), and STOPPING=1 on SIGTERM (sd_notify(3)'s protocol, with a
+/// socket of the test's standing in for systemd's).
+#[test]
+fn readiness_is_told_to_systemd_once_the_portals_listen() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = Scratch::new("lifecycle-notify");
+    let sock_path = dir.0.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = serde_json::json!({
+        "targets": [{"target": "iqn.2026-11.org.rbdgw:notify", "hosts": [{"host": "gw1", "portal": "p1"}]}],
+        "portals": [{"name": "p1", "addresses": [addr.to_string()]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": "iqn.2026-11.org.rbdgw:notify", "tpg": [
+            {"image": "m", "backstore": "memory", "size": "1M"}]}]}]
+    });
+    let cfg = dir.0.join("config.json");
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let log = dir.0.join("gw1.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rbdgw"))
+        .args(["serve", "--config", cfg.to_str().unwrap(), "--host", "gw1"])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("READY=1 within 15 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    // Told ready: the portal must accept now, at once.
+    let accepted = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500));
+    common::signal(&child, 15);
+    let n = sock.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
+    let stopping = String::from_utf8_lossy(&buf[..n]).to_string();
+    let status = child.wait().unwrap();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
+    assert!(
+        msg.contains("STATUS=serving gw1 on 1 portal addresses"),
+        "{msg}"
+    );
+    assert!(
+        accepted.is_ok(),
+        "told ready before listening: {accepted:?}"
+    );
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert!(
+        status.success(),
+        "{status:?}\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
 }
 
 /// The shipped systemd unit is one systemd accepts (`systemd-analyze verify`, on an instance
