@@ -204,6 +204,12 @@ impl Admission {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Open connections, normal sessions and discovery sessions, now.
+    pub fn open(&self) -> (usize, usize, usize) {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (st.connections, st.sessions, st.discovery.len())
+    }
+
     /// How many times each refusal happened.
     pub fn refused(&self) -> Vec<(Refusal, u64)> {
         Refusal::ALL
@@ -215,6 +221,7 @@ impl Admission {
     /// Counts a refusal, and logs it unless this source had one like it recently.
     fn refuse(&self, st: &mut State, source: IpAddr, why: Refusal, what: &str) {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics().refusal(why.as_str());
         let now = Instant::now();
         if st.logged.len() >= MAX_TRACKED_SOURCES {
             st.logged

@@ -7,6 +7,7 @@ pub mod connection;
 pub mod discovery;
 pub mod lrbd_log;
 mod lun_open;
+pub mod metrics;
 pub mod ownership;
 pub mod plan;
 pub mod server;

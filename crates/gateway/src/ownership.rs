@@ -479,6 +479,7 @@ impl Ownership {
     fn note_owner(&self, tag: u16) {
         // (Learning the owner at start is no change initiators must follow.)
         if self.lu.owner_tpg().is_some_and(|o| o != tag) {
+            crate::metrics::metrics().alua_changes.inc();
             *lock(&self.owner_changed_at) = Some(Instant::now());
         }
         self.lu.set_owner_tpg(Some(tag));
@@ -679,7 +680,7 @@ impl Ownership {
     async fn fence_holder(&self) -> bool {
         let lun = self.lu.config().lun;
         match self.lu.device().break_ownership().await {
-            Ok(true) => {}
+            Ok(true) => crate::metrics::metrics().fencings.inc(),
             Ok(false) => return false,
             Err(e) => {
                 warn!(lun, "fencing the gone lock holder failed: {e}");
@@ -716,6 +717,7 @@ impl Ownership {
             warn!(lun, "releasing the ownership lock failed: {e}");
         }
         self.yielding.store(false, Ordering::Release);
+        crate::metrics::metrics().lock_handovers.inc();
         info!(lun, to_tpg = to, "handed the write lock over");
     }
 

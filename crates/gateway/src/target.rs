@@ -25,9 +25,31 @@ pub struct TargetRuntime {
     pub luns: BTreeMap<u64, Arc<Lu>>,
     /// ALUA ownership per LUN (absent for targets only described, not served, here).
     pub owners: BTreeMap<u64, Arc<crate::ownership::Ownership>>,
+    /// The I/O counters of each LUN.
+    pub io: BTreeMap<u64, Arc<crate::metrics::LunIo>>,
 }
 
 impl TargetRuntime {
+    fn new(
+        cfg: Target,
+        luns: BTreeMap<u64, Arc<Lu>>,
+        owners: BTreeMap<u64, Arc<crate::ownership::Ownership>>,
+    ) -> TargetRuntime {
+        let m = crate::metrics::metrics();
+        let io = cfg
+            .luns
+            .iter()
+            .filter(|l| luns.contains_key(&l.lun))
+            .map(|l| (l.lun, m.lun_io(&cfg.iqn, l.lun, &l.image)))
+            .collect();
+        TargetRuntime {
+            cfg,
+            luns,
+            owners,
+            io,
+        }
+    }
+
     /// The LUNs `initiator` may see here: in the modes that map initiators (lrbd's node ACLs),
     /// those whose entries name it; otherwise every LUN (LIO's demo mode).
     pub fn visible_luns(&self, initiator: &str) -> Vec<u64> {
@@ -178,11 +200,7 @@ impl OpeningTarget {
                 self.owners.insert(n, o);
             }
         }
-        TargetRuntime {
-            cfg: self.cfg,
-            luns: self.luns,
-            owners: self.owners,
-        }
+        TargetRuntime::new(self.cfg, self.luns, self.owners)
     }
 }
 
@@ -300,13 +318,10 @@ impl Serving {
             return false;
         };
         let old = &cur.targets[i];
-        let mut t = TargetRuntime {
-            cfg: old.cfg.clone(),
-            luns: old.luns.clone(),
-            owners: old.owners.clone(),
-        };
-        t.luns.insert(lun, lu);
-        t.owners.insert(lun, owner);
+        let (mut luns, mut owners) = (old.luns.clone(), old.owners.clone());
+        luns.insert(lun, lu);
+        owners.insert(lun, owner);
+        let t = TargetRuntime::new(old.cfg.clone(), luns, owners);
         let mut targets = cur.targets.clone();
         targets[i] = Arc::new(t);
         self.replace(Served {

@@ -12,6 +12,7 @@ use gateway::server::Server;
 use gateway::target::{CephOptions, Gateway};
 
 mod config_cmd;
+mod metrics_http;
 mod sd_notify;
 use config_cmd::{ConfigAction, Outcome};
 
@@ -109,6 +110,9 @@ enum Command {
         /// machine, else this machine's name).
         #[arg(long)]
         host: Option<String>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (ceph-iscsi used port 9287).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
         #[command(flatten)]
         ceph: CephArgs,
         #[command(flatten)]
@@ -310,6 +314,7 @@ async fn serve(
     host: Option<&str>,
     ceph: &CephOptions,
     limits: Limits,
+    metrics: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     let (cfg, host, text) = load(config, host, ceph).await?;
     for w in &cfg.warnings {
@@ -317,6 +322,9 @@ async fn serve(
     }
     let gw = Gateway::open(cfg, &host, ceph).await?;
     let server = Server::bind(gw, limits).await?;
+    if let Some(addr) = metrics {
+        metrics_http::serve(addr, server.admission().clone()).await?;
+    }
     tracing::info!(host = %host, config = %config.name(), "serving");
     // Every portal listens (connections queue from here on): ready for systemd (Type=notify).
     sd_notify::notify(&format!(
@@ -491,12 +499,13 @@ fn main() -> std::process::ExitCode {
             Command::Serve {
                 config,
                 host,
+                metrics,
                 ceph,
                 limits,
             } => {
                 let limits = limits.limits();
                 report_open_file_limit(&limits);
-                serve(&config, host.as_deref(), &ceph.options(), limits).await
+                serve(&config, host.as_deref(), &ceph.options(), limits, metrics).await
             }
             Command::Plan {
                 config,

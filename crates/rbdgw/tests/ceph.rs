@@ -364,21 +364,27 @@ fn seed_scenario_on_ceph() {
     }
     let takeover = t0.elapsed();
     common::signal(&g1.child, 18); // SIGCONT
-    // Back, gw1 still takes itself for the owner and Ceph has not told it otherwise yet: a
-    // login there would read stale port groups, so it is refused for now (service
-    // unavailable, RFC 7143 §11.13.5) until gw1 has heard from the cluster again.
+                                   // Back, gw1 still takes itself for the owner and Ceph has not told it otherwise yet: a
+                                   // login there would read stale port groups, so it is refused for now (service
+                                   // unavailable, RFC 7143 §11.13.5) until gw1 has heard from the cluster again.
     let login_status = || {
         let mut c = Client::connect(a1.parse().unwrap());
         let pdu = c.login_pdu(
             1,
             Some(3),
-            &format!("InitiatorName=iqn.2026-11.org.rbdgw:late|TargetName={TARGET}|SessionType=Normal|"),
+            &format!(
+                "InitiatorName=iqn.2026-11.org.rbdgw:late|TargetName={TARGET}|SessionType=Normal|"
+            ),
         );
         c.send(&pdu);
         let r = c.recv().expect("a login response");
         (r.bhs.0[36], r.bhs.0[37])
     };
-    assert_eq!(login_status(), (3, 1), "a login to the fenced ex-owner waits");
+    assert_eq!(
+        login_status(),
+        (3, 1),
+        "a login to the fenced ex-owner waits"
+    );
     let late = loop {
         let p = s1
             .recv_timeout(Duration::from_secs(30))
@@ -406,11 +412,17 @@ fn seed_scenario_on_ceph() {
     assert!(o.data == new);
     let t2 = Instant::now();
     while login_status() != (0, 0) {
-        assert!(t2.elapsed() < Duration::from_secs(15), "gw1 admits logins again");
+        assert!(
+            t2.elapsed() < Duration::from_secs(15),
+            "gw1 admits logins again"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let log1 = std::fs::read_to_string(&g1.log).unwrap_or_default();
-    assert!(log1.contains("login refused for now (service unavailable)"), "{log1}");
+    assert!(
+        log1.contains("login refused for now (service unavailable)"),
+        "{log1}"
+    );
     assert!(log1.contains("blocklisted"), "gw1 logs its fencing");
     println!(
         "fencing: gw2 took over {:.1} s after gw1 stopped; gw1's late write answered {:?}; \

@@ -384,6 +384,8 @@ impl Driver {
             .get(&lun)
             .filter(|_| crate::ownership::needs_ownership(cmd.cdb[0]))
             .cloned();
+        let io = s.target.io.get(&lun).cloned();
+        let arrived = std::time::Instant::now();
         let mut task = Box::pin(async move {
             let mut cmd = cmd;
             let data_out = std::mem::take(&mut cmd.data_out);
@@ -421,6 +423,10 @@ impl Driver {
             } else {
                 scsi::no_such_lun(&cdb)
             };
+            if let Some(op) = io.as_deref().and_then(|io| io.of(cdb[0])) {
+                let moved = (resp.status == scsi::ScsiStatus::Good).then_some(edtl as u64);
+                op.done(arrived.elapsed(), moved);
+            }
             if tasks.finish(itt) {
                 let _ = tx.send(Out::Scsi(Box::new(cmd.done(resp)))).await;
             }

@@ -220,8 +220,12 @@ pub async fn serve(
             }
             match done {
                 None => continue,
-                Some(Ok(res)) => return Some(res),
+                Some(Ok(res)) => {
+                    crate::metrics::metrics().login(true, "");
+                    return Some(res);
+                }
                 Some(Err(status)) => {
+                    crate::metrics::metrics().login(false, crate::metrics::login_refusal(status));
                     info!(
                         ?peer,
                         status = format_args!("{:#06x}", status.0),
