@@ -141,6 +141,12 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (roff: rbdgw.1 and one per subcommand, rbdgw-serve.1, …) into
+    /// DIR, as the Debian package ships them.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
     /// The embedded default: one 1 GiB file image served by two gateways on 127.0.0.1 and
     /// 127.0.0.2.
     Demo {
@@ -401,6 +407,24 @@ async fn demo(dir: &Path, port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `name.1` for `cmd`, then `name-SUB.1` for each of its visible subcommands, down the
+/// tree (the pages clap_mangen's SEE ALSO-style list of subcommands refers to).
+fn write_manpages(cmd: &clap::Command, name: &str, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let page = cmd.clone().name(name.to_string());
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page).render(&mut out)?;
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        if sub.get_name() == "help" {
+            continue;
+        }
+        write_manpages(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+    }
+    Ok(())
+}
+
 /// Large I/O buffers (up to MaxBurstLength, 1 MiB and more) come from the heap and are reused:
 /// by default glibc maps each one freshly and unmaps it on free, and the page faults, page
 /// clearing and mmap-lock contention were a fifth of the CPU of 1 MiB writes in a profile.
@@ -535,6 +559,20 @@ fn main() -> std::process::ExitCode {
                         Ok(())
                     }
                 }
+            }
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "rbdgw",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
+            Command::Manpages { dir } => {
+                use clap::CommandFactory;
+                write_manpages(&Cli::command(), "rbdgw", &dir)
             }
             Command::Demo { dir, port } => {
                 report_open_file_limit(&Limits::default());
