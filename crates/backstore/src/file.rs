@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use crate::metadata::Metadata;
 use crate::{
     check_range, BackstoreError, BlockDevice, Capabilities, DataOutBuffer, Extent, FileExtent,
-    Member, Publish, Result,
+    Member, Publish, Result, Standing,
 };
 
 struct Inner {
@@ -36,15 +36,12 @@ struct Inner {
     /// OFD-locked for as long as the device is open: the kernel releases it when the
     /// process dies, which is how the other gateways see it gone.
     presence: std::sync::Mutex<Option<(u16, File)>>,
-    /// What the presence file says: this gateway is still starting the LU.
-    starting: std::sync::atomic::AtomicBool,
+    /// What the presence file says ([`Standing`] as u8).
+    said: std::sync::atomic::AtomicU8,
     /// The file lives in memory (tmpfs, a memfd): its I/O never waits for a device, so it
     /// runs on the calling thread instead of paying a hand-off to the blocking pool.
     in_memory: bool,
 }
-
-/// A presence file's content while its gateway starts the LU.
-const STARTING: &[u8] = b"starting";
 
 /// Reads from this size on are sent from the file (see `read_extent`).
 const EXTENT_MIN: usize = 64 * 1024;
@@ -122,7 +119,7 @@ impl FileDevice {
         FileDevice {
             inner: Arc::new(Inner {
                 lock_held: std::sync::atomic::AtomicBool::new(false),
-                starting: std::sync::atomic::AtomicBool::new(false),
+                said: std::sync::atomic::AtomicU8::new(Standing::Serving as u8),
                 presence: std::sync::Mutex::new(None),
                 in_memory: on_tmpfs(&file),
                 file,
@@ -361,18 +358,17 @@ impl Inner {
     }
 
     /// Takes this gateway's presence lock once.
-    /// Joins as TPG `tag`, or says whether it is still `starting` the LU: the presence file
-    /// holds `starting` meanwhile, and nothing after.
-    fn join(&self, tag: u16, starting: bool) -> Result<()> {
+    /// Joins as TPG `tag`, or says its new standing: the presence file holds `starting` or
+    /// `draining`, and nothing while serving.
+    fn join(&self, tag: u16, standing: Standing) -> Result<()> {
         let mut p = self.presence.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, f)) = p.as_ref().filter(|(t, _)| *t == tag) {
-            if self.meta.dir().is_some() && !starting {
-                // Whatever it said, it says nothing now: serving.
-                f.set_len(0)?;
+            if self.meta.dir().is_some() {
+                say(f, standing)?;
             }
             // Only once the file says so (a failed write is tried again at the next beat).
-            self.starting
-                .store(starting, std::sync::atomic::Ordering::Release);
+            self.said
+                .store(standing as u8, std::sync::atomic::Ordering::Release);
             return Ok(());
         }
         let Some(dir) = self.meta.dir() else {
@@ -391,13 +387,9 @@ impl Inner {
                 self.path.as_deref().unwrap_or(Path::new("?")).display()
             )));
         }
-        f.set_len(0)?;
-        if starting {
-            use std::io::Write;
-            (&f).write_all(STARTING)?;
-        }
-        self.starting
-            .store(starting, std::sync::atomic::Ordering::Release);
+        say(&f, standing)?;
+        self.said
+            .store(standing as u8, std::sync::atomic::Ordering::Release);
         *p = Some((tag, f));
         Ok(())
     }
@@ -415,6 +407,8 @@ impl Inner {
                 tag,
                 holds_lock: self.lock_held.load(std::sync::atomic::Ordering::Acquire),
                 starting: false,
+                draining: self.said.load(std::sync::atomic::Ordering::Acquire)
+                    == Standing::Draining as u8,
             })
             .into_iter()
             .collect();
@@ -440,18 +434,30 @@ impl Inner {
                 Err(e) => return Err(e.into()),
             };
             if ofd_locked(&f)? {
-                let mut said = [0u8; STARTING.len()];
+                let mut said = [0u8; 16];
                 let n = std::io::Read::read(&mut (&f), &mut said).unwrap_or(0);
+                let standing = std::str::from_utf8(&said[..n])
+                    .ok()
+                    .and_then(Standing::from_word)
+                    .unwrap_or_default();
                 out.push(Member {
                     tag,
                     holds_lock: false,
-                    starting: said[..n] == *STARTING,
+                    starting: standing == Standing::Starting,
+                    draining: standing == Standing::Draining,
                 });
             }
         }
         out.sort_by_key(|m| m.tag);
         Ok(out)
     }
+}
+
+/// Writes a presence file's content: its gateway's standing word (nothing while serving).
+fn say(f: &File, standing: Standing) -> Result<()> {
+    f.set_len(0)?;
+    f.write_all_at(standing.word().as_bytes(), 0)?;
+    Ok(())
 }
 
 /// Creates the missing image `path` with `size` bytes, atomically: the file is sized under a
@@ -729,7 +735,7 @@ impl BlockDevice for FileDevice {
         Ok(false)
     }
 
-    async fn heartbeat(&self, tag: u16, starting: bool) -> Result<()> {
+    async fn heartbeat(&self, tag: u16, standing: Standing) -> Result<()> {
         let joined = self
             .inner
             .presence
@@ -737,14 +743,11 @@ impl BlockDevice for FileDevice {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .is_some_and(|(t, _)| *t == tag);
-        let said = self
-            .inner
-            .starting
-            .load(std::sync::atomic::Ordering::Acquire);
-        if joined && said == starting {
+        let said = self.inner.said.load(std::sync::atomic::Ordering::Acquire);
+        if joined && said == standing as u8 {
             return Ok(());
         }
-        self.blocking(move |i| i.join(tag, starting)).await
+        self.blocking(move |i| i.join(tag, standing)).await
     }
 
     async fn members(&self) -> Result<Vec<Member>> {

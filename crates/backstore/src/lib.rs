@@ -87,6 +87,39 @@ pub struct Member {
     /// It is still starting the LU (it has not yet decided whether the LU lost power): it
     /// is no witness that the LU kept running.
     pub starting: bool,
+    /// It is being drained for maintenance: it serves no I/O and owns nothing.
+    pub draining: bool,
+}
+
+/// What a gateway says of itself on a device it serves ([`BlockDevice::heartbeat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Standing {
+    /// Still starting the LU.
+    Starting,
+    #[default]
+    Serving,
+    /// Drained for maintenance (`rbdgw drain`): the others take its LUs over.
+    Draining,
+}
+
+impl Standing {
+    /// The word a gateway adds to its presence (an earlier version says nothing: serving).
+    pub fn word(self) -> &'static str {
+        match self {
+            Standing::Starting => "starting",
+            Standing::Serving => "",
+            Standing::Draining => "draining",
+        }
+    }
+
+    pub fn from_word(w: &str) -> Option<Standing> {
+        match w {
+            "starting" => Some(Standing::Starting),
+            "" => Some(Standing::Serving),
+            "draining" => Some(Standing::Draining),
+            _ => None,
+        }
+    }
 }
 
 /// What a metadata change waits for before it returns, besides being stored.
@@ -215,10 +248,10 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// file: the kernel frees the lock of a dead process, and nothing can fence a live one).
     fn break_ownership(&self) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Declares this gateway, TPG `tag`, present on the device, and whether it is still
-    /// `starting` the LU. A live gateway calls it at least every second: one that stops (a
-    /// stalled control loop) is soon taken for absent.
-    fn heartbeat(&self, tag: u16, starting: bool) -> impl Future<Output = Result<()>> + Send;
+    /// Declares this gateway, TPG `tag`, present on the device, and its standing (starting
+    /// the LU, serving, draining). A live gateway calls it at least every second: one that
+    /// stops (a stalled control loop) is soon taken for absent.
+    fn heartbeat(&self, tag: u16, standing: Standing) -> impl Future<Output = Result<()>> + Send;
 
     /// The gateways present on the device now, this one included once it beat. An error
     /// means this gateway cannot tell now (RBD: cut off from the OSDs); nobody may be taken
@@ -331,8 +364,8 @@ impl BlockDevice for Device {
         dispatch!(self, d => d.break_ownership().await)
     }
 
-    async fn heartbeat(&self, tag: u16, starting: bool) -> Result<()> {
-        dispatch!(self, d => d.heartbeat(tag, starting).await)
+    async fn heartbeat(&self, tag: u16, standing: Standing) -> Result<()> {
+        dispatch!(self, d => d.heartbeat(tag, standing).await)
     }
 
     async fn members(&self) -> Result<Vec<Member>> {

@@ -81,7 +81,7 @@ impl BlockDevice for Unopened {
     async fn break_ownership(&self) -> Result<bool> {
         Err(BackstoreError::NotOpen)
     }
-    async fn heartbeat(&self, _tag: u16, _starting: bool) -> Result<()> {
+    async fn heartbeat(&self, _tag: u16, _standing: crate::Standing) -> Result<()> {
         Err(BackstoreError::NotOpen)
     }
     async fn members(&self) -> Result<Vec<Member>> {

@@ -365,8 +365,8 @@ async fn fenced_client_child() {
     };
     let a = open(&cfg).await.unwrap().unwrap();
     let b = open(&cfg).await.unwrap().unwrap();
-    a.heartbeat(1, false).await.unwrap();
-    b.heartbeat(2, false).await.unwrap();
+    a.heartbeat(1, backstore::Standing::Serving).await.unwrap();
+    b.heartbeat(2, backstore::Standing::Serving).await.unwrap();
     let tags =
         |m: Vec<backstore::Member>| m.iter().map(|m| (m.tag, m.holds_lock)).collect::<Vec<_>>();
     assert!(a.try_acquire_ownership().await.unwrap());
@@ -389,8 +389,8 @@ async fn fenced_client_child() {
                 t0.elapsed() < Duration::from_secs(30),
                 "round {round}: the idle fenced client noticed and reconnected"
             );
-            a.heartbeat(1, false).await.unwrap();
-            b.heartbeat(2, false).await.unwrap();
+            a.heartbeat(1, backstore::Standing::Serving).await.unwrap();
+            b.heartbeat(2, backstore::Standing::Serving).await.unwrap();
             if round == 0 {
                 let _ = a.members().await;
             }
@@ -402,8 +402,8 @@ async fn fenced_client_child() {
         let t0 = Instant::now();
         let run_for = Duration::from_secs(12) + if round == 1 { soak() } else { Duration::ZERO };
         while t0.elapsed() < run_for {
-            a.heartbeat(1, false).await.unwrap();
-            b.heartbeat(2, false).await.unwrap();
+            a.heartbeat(1, backstore::Standing::Serving).await.unwrap();
+            b.heartbeat(2, backstore::Standing::Serving).await.unwrap();
             let m = a.members().await.unwrap();
             assert_eq!(tags(m), vec![(1, false), (2, true)], "round {round}");
             assert_eq!(a.read(0, 4096).await.unwrap()[0], round as u8 + 1);

@@ -44,6 +44,7 @@ pub(crate) struct LunContext {
     pub port_groups: Vec<TargetPortGroup>,
     pub ceph: CephOptions,
     pub aborts: TaskAborts,
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LunContext {
@@ -54,6 +55,7 @@ impl LunContext {
         port_groups: Vec<TargetPortGroup>,
         ceph: CephOptions,
         aborts: TaskAborts,
+        draining: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         LunContext {
             iqn,
@@ -62,6 +64,7 @@ impl LunContext {
             port_groups,
             ceph,
             aborts,
+            draining,
         }
     }
 }
@@ -283,7 +286,7 @@ async fn open_lun(
         let _ = to_sessions.send(Arc::new(a));
     }));
     lu.load_persistent_state().await;
-    let o = Ownership::start(lu.clone(), at.local_tag, owner_tag).await;
+    let o = Ownership::start(lu.clone(), at.local_tag, owner_tag, at.draining.clone()).await;
     info!(target = %at.iqn, lun = l.lun, backstore = l.backstore.kind(), image = %l.image, serial = %l.serial, bytes = size, "LUN ready");
     Ok((lu, o))
 }

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backstore::{BlockDevice, Publish};
+use backstore::{BlockDevice, Publish, Standing};
 use scsi::{Asc, SenseData, SenseKey};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -118,6 +118,8 @@ struct View {
     seen: HashMap<u16, Instant>,
     /// Gateways whose last answer said they hold the lock.
     holding: HashMap<u16, Instant>,
+    /// Gateways whose last answer said they are drained.
+    draining: std::collections::HashSet<u16>,
     /// When this gateway last pinged.
     pinged: Option<Instant>,
     /// Since when this gateway's own pings come back (None: it cannot tell now).
@@ -138,6 +140,11 @@ impl View {
     fn record(&mut self, members: &[backstore::Member], now: Instant) {
         for m in members {
             self.seen.insert(m.tag, now);
+            if m.draining {
+                self.draining.insert(m.tag);
+            } else {
+                self.draining.remove(&m.tag);
+            }
             if m.holds_lock {
                 // A lock has one holder: whoever held it before does no longer.
                 self.holding.clear();
@@ -170,6 +177,8 @@ impl View {
 pub struct Ownership {
     lu: Arc<Lu>,
     my_tag: u16,
+    /// The gateway is drained (`rbdgw drain`): shared by all its LUs.
+    draining: Arc<AtomicBool>,
     preference: Vec<u16>,
     owned: AtomicBool,
     /// Handing over: writes wait instead of taking the lock back.
@@ -218,12 +227,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Ownership {
     /// Sets up ownership at start: the configured owner takes the lock if it is free and no
     /// other gateway is recorded as the owner.
-    pub async fn start(lu: Arc<Lu>, my_tag: u16, configured_owner: Option<u16>) -> Arc<Ownership> {
+    pub async fn start(
+        lu: Arc<Lu>,
+        my_tag: u16,
+        configured_owner: Option<u16>,
+        draining: Arc<AtomicBool>,
+    ) -> Arc<Ownership> {
         let tags: Vec<u16> = lu.config().port_groups.iter().map(|g| g.tag).collect();
         let o = Arc::new(Ownership {
             preference: preference(&tags, configured_owner),
             lu,
             my_tag,
+            draining,
             owned: AtomicBool::new(false),
             yielding: AtomicBool::new(false),
             writes_in_flight: AtomicU32::new(0),
@@ -242,7 +257,7 @@ impl Ownership {
         let dev = o.lu.device();
         // Present, but as starting: a gateway starting at the same moment is no witness that
         // the LU kept running, nor is this one to it.
-        if let Err(e) = dev.heartbeat(my_tag, true).await {
+        if let Err(e) = dev.heartbeat(my_tag, Standing::Starting).await {
             warn!(lun = o.lu.config().lun, "cannot announce this gateway: {e}");
         }
         let before = o.lu.reservation_snapshot().await;
@@ -257,11 +272,12 @@ impl Ownership {
                 }
             }
         }
-        if let Err(e) = dev.heartbeat(my_tag, false).await {
+        if let Err(e) = dev.heartbeat(my_tag, o.standing()).await {
             warn!(lun = o.lu.config().lun, "cannot announce this gateway: {e}");
         }
         let recorded = parse_tag(dev.metadata_get(OWNER_KEY).await.ok().flatten());
         if configured_owner == Some(my_tag)
+            && !o.is_draining()
             && (recorded.is_none() || recorded == Some(my_tag))
             && o.try_take().await
         {
@@ -332,6 +348,24 @@ impl Ownership {
             }
         }
         true
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    fn standing(&self) -> Standing {
+        if self.is_draining() {
+            Standing::Draining
+        } else {
+            Standing::Serving
+        }
+    }
+
+    /// Where a drain of this gateway stands for the LU: whether it still holds the write lock
+    /// and whether it is still the ALUA owner (both false: nothing is lost if it stops).
+    pub fn still_held(&self) -> (bool, bool) {
+        (self.is_owner(), self.lu.owner_tpg() == Some(self.my_tag))
     }
 
     pub fn is_owner(&self) -> bool {
@@ -417,7 +451,7 @@ impl Ownership {
     async fn refresh(&self) {
         let dev = self.lu.device();
         let lun = self.lu.config().lun;
-        let _ = dev.heartbeat(self.my_tag, false).await;
+        let _ = dev.heartbeat(self.my_tag, self.standing()).await;
         // A reservation change or reset through another gateway acts here without waiting
         // for a command (PREEMPT AND ABORT of a write waiting for its data).
         self.lu.poll_shared().await;
@@ -506,10 +540,20 @@ impl Ownership {
     /// can tell.
     fn desired(&self, view: &View, now: Instant) -> Option<u16> {
         view.healthy_since?;
+        let live = |t: &u16| *t == self.my_tag || view.alive(*t, now);
+        let drained = |t: &u16| {
+            if *t == self.my_tag {
+                self.is_draining()
+            } else {
+                view.draining.contains(t)
+            }
+        };
+        // A drained gateway takes nothing, unless every live one is drained.
         self.preference
             .iter()
             .copied()
-            .find(|t| *t == self.my_tag || view.alive(*t, now))
+            .find(|t| live(t) && !drained(t))
+            .or_else(|| self.preference.iter().copied().find(live))
     }
 
     /// Records this gateway as the ALUA owner when the rule says so and it holds the lock.
@@ -543,6 +587,26 @@ impl Ownership {
                 info!(lun, "this gateway's pings come back again");
             }
         }
+    }
+
+    /// Reports the drained gateways' ports as standby: the others' as they say, and this
+    /// one's while it is drained and another gateway is there to take its I/O (alone, a
+    /// drained gateway goes on serving: its I/O has nowhere else to go).
+    fn note_standby(&self, v: &View, now: Instant) {
+        let mut standby: Vec<u16> = v
+            .draining
+            .iter()
+            .copied()
+            .filter(|t| *t != self.my_tag && v.alive(*t, now))
+            .collect();
+        let successor = self
+            .preference
+            .iter()
+            .any(|t| *t != self.my_tag && v.alive(*t, now) && !v.draining.contains(t));
+        if self.is_draining() && successor {
+            standby.push(self.my_tag);
+        }
+        self.lu.set_standby_tpgs(standby);
     }
 
     /// Whether this gateway cannot tell now who owns the LU: it has not heard from the
@@ -579,6 +643,7 @@ impl Ownership {
                 Err(_) => v.failed(),
             }
             self.note_isolation(&v, now);
+            self.note_standby(&v, now);
             let healthy_for = v.healthy_since.map(|t| now.duration_since(t));
             let holder_alive = v
                 .holding
@@ -615,6 +680,14 @@ impl Ownership {
                 .collect()
         };
         self.lu.set_gone_tpgs(gone);
+        if let Some(to) = desired.filter(|d| *d != self.my_tag) {
+            if self.is_draining() && self.is_owner() {
+                // Drained: the lock goes to the successor, which takes it once free and
+                // becomes the ALUA owner; writes still sent here are turned away (standby).
+                info!(lun, to_tpg = to, "drained: handing the LU over");
+                self.hand_over(to).await;
+            }
+        }
         if desired != Some(self.my_tag) || !dev.available() {
             return;
         }
@@ -723,6 +796,13 @@ impl Ownership {
 
     /// Admits one write: on the lock holder at once; elsewhere after the holder handed over.
     pub async fn write_guard(self: &Arc<Self>) -> Result<WriteGuard, SenseData> {
+        if self.lu.access_state(self.my_tag) == scsi::alua::AccessState::Standby {
+            // Drained: no write moves the lock back here (SPC-4 §5.16.2.4.4).
+            return Err(SenseData::new(
+                SenseKey::NotReady,
+                Asc::LU_NOT_ACCESSIBLE_STANDBY,
+            ));
+        }
         loop {
             if self.is_owner() {
                 self.writes_in_flight.fetch_add(1, Ordering::AcqRel);
@@ -817,6 +897,7 @@ mod tests {
             tag,
             holds_lock,
             starting: false,
+            draining: false,
         };
         v.record(&[m(1, true), m(2, false)], t0);
         assert!(v.alive(1, t0 + Duration::from_secs(3)));
@@ -834,6 +915,15 @@ mod tests {
             vec![&2],
             "one holder at a time"
         );
+        // A drained gateway says so in its answers, until it is undrained.
+        let drained = backstore::Member {
+            draining: true,
+            ..m(3, false)
+        };
+        v.record(&[drained], t0 + Duration::from_secs(5));
+        assert!(v.draining.contains(&3) && v.alive(3, t0 + Duration::from_secs(5)));
+        v.record(&[m(3, false)], t0 + Duration::from_secs(6));
+        assert!(!v.draining.contains(&3));
     }
 
     #[test]

@@ -240,6 +240,7 @@ fn start_target(
         port_groups,
         serving.ceph.clone(),
         serving.aborts.clone(),
+        serving.draining.clone(),
     ));
     // Every LUN opens at once (up to 32 images at a time per gateway): each spends about a
     // second on the image and on asking who else serves it, which one after another made
@@ -281,6 +282,8 @@ pub(crate) struct Serving {
     changing: tokio::sync::Mutex<()>,
     pub ceph: CephOptions,
     pub aborts: TaskAborts,
+    /// `rbdgw drain`: this gateway hands its LUs over and serves no I/O.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Serving {
@@ -348,6 +351,7 @@ impl Gateway {
             changing: tokio::sync::Mutex::new(()),
             ceph: ceph.clone(),
             aborts: aborts.clone(),
+            draining: Default::default(),
         });
         let changing = serving.changing.lock().await;
         let deadline = tokio::time::Instant::now() + crate::lun_open::START_PATIENCE;
@@ -465,6 +469,43 @@ impl Gateway {
             .collect();
         report.removed_portals = before.into_iter().filter(|a| !after.contains(a)).collect();
         Ok(report)
+    }
+
+    /// `rbdgw drain` / `undrain`: a drained gateway hands its LUs over to the others (each
+    /// LU within a ping, about a second), reports its ports in standby on every gateway, and
+    /// serves no I/O; undrained, it serves again and takes its own LUs back (failback).
+    pub fn set_draining(&self, on: bool) {
+        if self.serving.draining.swap(on, Ordering::AcqRel) != on {
+            tracing::warn!(
+                host = %self.host,
+                "{}",
+                if on {
+                    "drained for maintenance: handing every LU over to the other gateways"
+                } else {
+                    "undrained: serving again"
+                }
+            );
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.serving.draining.load(Ordering::Acquire)
+    }
+
+    /// The LUs this gateway still holds, as `(target, lun, holds the write lock, is the
+    /// ALUA owner)`: a drain is complete when none is left.
+    pub fn still_held(&self) -> Vec<(String, u64, bool, bool)> {
+        let served = self.served();
+        let mut out = Vec::new();
+        for t in &served.targets {
+            for (lun, o) in &t.owners {
+                let (lock, owner) = o.still_held();
+                if lock || owner {
+                    out.push((t.cfg.iqn.clone(), *lun, lock, owner));
+                }
+            }
+        }
+        out
     }
 
     /// The config version being served.

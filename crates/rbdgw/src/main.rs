@@ -12,6 +12,7 @@ use gateway::server::Server;
 use gateway::target::{CephOptions, Gateway};
 
 mod config_cmd;
+mod control;
 mod metrics_http;
 mod sd_notify;
 use config_cmd::{ConfigAction, Outcome};
@@ -113,6 +114,10 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR/metrics (ceph-iscsi used port 9287).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Listen for `rbdgw drain` / `undrain` on this Unix socket (the systemd unit:
+        /// /run/rbdgw/<host>.sock).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
         #[command(flatten)]
         ceph: CephArgs,
         #[command(flatten)]
@@ -140,6 +145,26 @@ enum Command {
         ceph: CephArgs,
         #[command(subcommand)]
         action: ConfigAction,
+    },
+    /// Planned maintenance: hand this host's LUs over to the other gateways (their paths
+    /// become active/optimized, this one's standby), wait until it holds none, then say that
+    /// stopping it is harmless. Exit 1 if some are still held after --wait seconds.
+    Drain {
+        /// The gateway host (its control socket /run/rbdgw/HOST.sock).
+        #[arg(long)]
+        host: Option<String>,
+        /// The control socket, if not the host's default.
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Back from maintenance: the gateway serves again and takes its own LUs back.
+    Undrain {
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
     },
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
@@ -321,6 +346,7 @@ async fn serve(
     ceph: &CephOptions,
     limits: Limits,
     metrics: Option<std::net::SocketAddr>,
+    control: Option<&Path>,
 ) -> anyhow::Result<()> {
     let (cfg, host, text) = load(config, host, ceph).await?;
     for w in &cfg.warnings {
@@ -330,6 +356,9 @@ async fn serve(
     let server = Server::bind(gw, limits).await?;
     if let Some(addr) = metrics {
         metrics_http::serve(addr, server.admission().clone()).await?;
+    }
+    if let Some(path) = control {
+        control::serve(path, server.gateway().clone())?;
     }
     tracing::info!(host = %host, config = %config.name(), "serving");
     // Every portal listens (connections queue from here on): ready for systemd (Type=notify).
@@ -405,6 +434,34 @@ async fn demo(dir: &Path, port: u16) -> anyhow::Result<()> {
         let _ = t.await;
     }
     Ok(())
+}
+
+/// The control socket named, or the host's default, or the only one in /run/rbdgw.
+fn control_path(host: Option<&str>, control: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = control {
+        return Ok(p);
+    }
+    if let Some(h) = host {
+        return Ok(control::default_path(h));
+    }
+    let socks: Vec<PathBuf> = std::fs::read_dir("/run/rbdgw")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    match socks.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => anyhow::bail!("no gateway control socket in /run/rbdgw: use --host or --control"),
+        many => anyhow::bail!(
+            "several gateways run here ({}): use --host",
+            many.iter()
+                .filter_map(|p| p.file_stem()?.to_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// Writes `name.1` for `cmd`, then `name-SUB.1` for each of its visible subcommands, down the
@@ -524,12 +581,36 @@ fn main() -> std::process::ExitCode {
                 config,
                 host,
                 metrics,
+                control,
                 ceph,
                 limits,
             } => {
                 let limits = limits.limits();
                 report_open_file_limit(&limits);
-                serve(&config, host.as_deref(), &ceph.options(), limits, metrics).await
+                let c = ceph.options();
+                serve(
+                    &config,
+                    host.as_deref(),
+                    &c,
+                    limits,
+                    metrics,
+                    control.as_deref(),
+                )
+                .await
+            }
+            Command::Drain {
+                host,
+                control,
+                wait,
+            } => {
+                let path = control_path(host.as_deref(), control)?;
+                if !control::drain(&path, Duration::from_secs(wait)).await? {
+                    negative = true;
+                }
+                Ok(())
+            }
+            Command::Undrain { host, control } => {
+                control::undrain(&control_path(host.as_deref(), control)?).await
             }
             Command::Plan {
                 config,

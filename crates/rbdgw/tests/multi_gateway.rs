@@ -648,3 +648,101 @@ fn a_migrated_lrbd_config_is_served_as_lio_served_it() {
     let o = s.scsi_ready(0, &[0x12, 0, 0, 0, 96, 0], &[], 96);
     assert_eq!(&o.data[8..32], b"SUSE    RBD             ");
 }
+
+/// `rbdgw drain`: the owner hands its LU over, the successor becomes active/optimized on
+/// both gateways, the drained one is reported in standby everywhere and turns I/O away (NOT
+/// READY, standby); the drain command returns once nothing is held there and says stopping
+/// is harmless; `undrain` brings it back, and it takes its LU back (failback).
+#[test]
+fn drain_hands_the_lun_over_and_undrain_takes_it_back() {
+    let dir = Scratch::new("drain");
+    let port = free_port();
+    let addrs: Vec<String> = (1..=2).map(|i| format!("127.0.0.{i}:{port}")).collect();
+    let image = dir.0.join("drain.img");
+    let config = serde_json::json!({
+        "auth": [{"target": TARGET, "authentication": "none"}],
+        "targets": [{"target": TARGET, "hosts": [
+            {"host": "gw1", "portal": "p1"}, {"host": "gw2", "portal": "p2"}]}],
+        "portals": [{"name": "p1", "addresses": [addrs[0]]}, {"name": "p2", "addresses": [addrs[1]]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": TARGET, "tpg": [
+            {"image": "drain", "backstore": "file", "path": image.display().to_string(), "size": "16M", "owner": "gw1"}]}]}]
+    })
+    .to_string();
+    let sock = |i: usize| dir.0.join(format!("gw{i}.sock"));
+    let gws: Vec<Gateway> = (0..2)
+        .map(|i| {
+            Gateway::start_with(
+                &dir.0,
+                &config,
+                &format!("gw{}", i + 1),
+                addrs[i].parse().unwrap(),
+                &["--control", sock(i + 1).to_str().unwrap()],
+            )
+        })
+        .collect();
+    let mut s: Vec<Client> = (0..2)
+        .map(|i| {
+            let mut c = Client::connect(addrs[i].parse().unwrap());
+            c.login("iqn.2026-11.org.rbdgw:drain", Some(TARGET), "");
+            c
+        })
+        .collect();
+    let all_agree = |s: &mut [Client], want: &[(u16, u8)]| s.iter_mut().all(|c| rtpg(c) == want);
+    wait_for("gw1 to be the owner", || {
+        all_agree(&mut s, &[(1, 0), (2, 1)])
+    });
+    assert_eq!(s[0].scsi_ready(0, &write10(1), &[1u8; 512], 0).status, 0);
+
+    let t0 = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_rbdgw"))
+        .args([
+            "drain",
+            "--control",
+            sock(1).to_str().unwrap(),
+            "--wait",
+            "20",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("stopping it is harmless now"), "{said}");
+    println!("drain: {:.1?} ({})", t0.elapsed(), said.trim());
+    // Both gateways agree: gw2 optimized, gw1 standby.
+    wait_for("gw2 optimized and gw1 standby everywhere", || {
+        s.iter_mut().all(|c| {
+            while pending_ua(c).is_some() {}
+            rtpg(c) == [(1, 2), (2, 0)]
+        })
+    });
+    // I/O through the drained gateway is turned away; through gw2 it is served at once.
+    let o = s[0].scsi(0, &write10(2), &[2u8; 512], 0);
+    assert_eq!(o.sense, Some((0x02, 0x04, 0x0b)), "standby: {o:?}");
+    let o = s[0].scsi(0, &[0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0], &[], 512);
+    assert_eq!(o.sense, Some((0x02, 0x04, 0x0b)), "standby: {o:?}");
+    assert_eq!(s[1].scsi_ready(0, &write10(2), &[2u8; 512], 0).status, 0);
+    let o = s[1].scsi_ready(0, &[0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0], &[], 512);
+    assert_eq!(o.data, vec![1u8; 512], "gw1's write is there");
+    assert!(gws[0].log_text().contains("drained: handing the LU over"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_rbdgw"))
+        .args(["undrain", "--control", sock(1).to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // gw1 serves again (non-optimized at first), is used, and takes its LU back.
+    let back = wait_for("gw1 the owner again, on both gateways", || {
+        let _ = s[0].scsi(0, &[0; 6], &[], 0);
+        s.iter_mut().all(|c| {
+            while pending_ua(c).is_some() {}
+            rtpg(c) == [(1, 0), (2, 1)]
+        })
+    });
+    println!("undrain: gw1 the owner again after {back:.1?}");
+    assert_eq!(s[0].scsi_ready(0, &write10(3), &[3u8; 512], 0).status, 0);
+    drop(gws);
+}

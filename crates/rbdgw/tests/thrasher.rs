@@ -318,13 +318,15 @@ fn thrash_three_gateways_on_rbd() {
     let cfg = dir.0.join("config.json");
     std::fs::write(&cfg, config.to_string()).unwrap();
     let conf = cluster.conf();
+    let control = |i: usize| dir.0.join(format!("gw{}.sock", i + 1));
     let start = |i: usize| {
-        NsGateway::start(
+        NsGateway::start_with(
             &lab.gws[i],
             &cfg,
             &format!("gw{}", i + 1),
             Some(&conf),
             dir.0.join(format!("gw{}.log", i + 1)),
+            &["--control", control(i).to_str().unwrap()],
         )
     };
     let mut gws: Vec<NsGateway> = (0..3).map(start).collect();
@@ -556,6 +558,100 @@ fn thrash_three_gateways_on_rbd() {
             || c.tail.join("\n"),
         );
     }
+    // Planned maintenance (`rbdgw drain`) during the writes: gw1 drained, then stopped and
+    // started again; gw2 drained and undrained. No write may wait more than 2 s.
+    let t_d = Instant::now();
+    let drain = |i: usize, verb: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbdgw"))
+            .args([
+                verb,
+                "--control",
+                control(i).to_str().unwrap(),
+                "--wait",
+                "30",
+            ])
+            .output()
+            .expect("run rbdgw drain");
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{verb} gw{}: {said}{}",
+            i + 1,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        said
+    };
+    let mut drains = Vec::new();
+    for (i, restart) in [(0usize, true), (1, false)] {
+        let t0 = Instant::now();
+        let said = drain(i, "drain");
+        let drained_in = t0.elapsed();
+        let moved = c.wait(Duration::from_secs(30), |c| {
+            c.optimized().is_some_and(|o| !o.contains(&i))
+        });
+        if restart {
+            assert!(gws[i].terminate(), "gw{} did not stop on SIGTERM", i + 1);
+            c.pump(Duration::from_secs(5));
+            gws[i] = start(i);
+        } else {
+            c.pump(Duration::from_secs(5));
+            drain(i, "undrain");
+        }
+        let back = c.wait(Duration::from_secs(90), |c| {
+            c.all_paths_up()
+                && c.optimized().is_some_and(|mut o| {
+                    o.sort_unstable();
+                    o == vec![0, 1]
+                })
+        });
+        println!(
+            "drain gw{}: {} in {drained_in:.1?}; optimized path moved off it in the VM after              {moved:.1?}; {} and its LU back {back:.1?} later",
+            i + 1,
+            said.trim(),
+            if restart { "stopped, restarted" } else { "undrained" }
+        );
+        ensure(
+            moved.is_some() && back.is_some(),
+            || format!("drain of gw{}: paths {:?}", i + 1, c.paths),
+            || {
+                format!(
+                    "{}
+{}",
+                    c.tail.join(
+                        "
+"
+                    ),
+                    logs(&gws)
+                )
+            },
+        );
+        drains.push((i, drained_in, moved, back));
+    }
+    let drain_stall = c
+        .stalls
+        .iter()
+        .filter(|(t, _)| *t >= t_d)
+        .map(|(_, ms)| *ms)
+        .max()
+        .unwrap_or(0);
+    println!("drains: slowest write {drain_stall} ms (writes of 1 s and more are reported)");
+    ensure(
+        c.errors.is_empty() && drain_stall <= 2000,
+        || {
+            format!(
+                "drains: slowest write {drain_stall} ms, errors {:?}",
+                c.errors
+            )
+        },
+        || {
+            format!(
+                "{}
+{}",
+                c.tail.join("\n"),
+                logs(&gws)
+            )
+        },
+    );
     writeln!(vm_in, "stop").unwrap();
     vm_in.flush().unwrap();
     let finished = c.wait(Duration::from_secs(300), |c| c.done || !c.errors.is_empty());

@@ -42,6 +42,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
         if tag != self.cfg.local_tpg && st.gone_tpgs.contains(&tag) {
             return AccessState::Unavailable;
         }
+        if st.standby_tpgs.contains(&tag) {
+            return AccessState::Standby;
+        }
         if tag == self.cfg.local_tpg && st.isolated {
             // The others may have taken the LU over by now: not optimized, yet still
             // active, so that an initiator left with this path (every gateway cut off from
@@ -98,6 +101,18 @@ impl<B: BlockDevice> LogicalUnit<B> {
         let mut st = self.state();
         if st.gone_tpgs != gone {
             st.gone_tpgs = gone;
+            st.ua_all(crate::sense::Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, None);
+        }
+    }
+
+    /// Marks the TPGs whose gateways are drained for maintenance (this one's too) as Standby
+    /// (SPC-4 §5.16.2.4.4): initiators keep those paths but send them no I/O. A change is
+    /// announced like an owner change.
+    pub fn set_standby_tpgs(&self, mut standby: Vec<u16>) {
+        standby.sort_unstable();
+        let mut st = self.state();
+        if st.standby_tpgs != standby {
+            st.standby_tpgs = standby;
             st.ua_all(crate::sense::Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, None);
         }
     }

@@ -98,6 +98,8 @@ pub(crate) struct LuState {
     pub owner_tpg: Option<u16>,
     /// TPGs whose gateways are gone (not answering): Unavailable.
     pub gone_tpgs: Vec<u16>,
+    /// TPGs whose gateways are drained for maintenance, this one's included: Standby.
+    pub standby_tpgs: Vec<u16>,
     /// This gateway cannot tell who is alive (its own pings do not come back): its port is
     /// never reported Active/Optimized meanwhile (`alua::AccessState`).
     pub isolated: bool,
@@ -362,6 +364,33 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 Asc::LU_NOT_ACCESSIBLE_UNAVAILABLE
             };
             return Err(SenseData::new(SenseKey::NotReady, asc));
+        }
+        // SPC-4 §5.16.2.4.4: through a port in standby (its gateway drained) only the commands
+        // that describe or configure the LU are processed; the others are answered NOT READY,
+        // and the initiator sends them on another path at once.
+        if self.access_state(self.cfg.local_tpg) == crate::alua::AccessState::Standby
+            && !matches!(
+                op,
+                0x12 | 0x4c
+                    | 0x4d
+                    | 0x15
+                    | 0x55
+                    | 0x1a
+                    | 0x5a
+                    | 0xa0
+                    | 0x1c
+                    | 0x1d
+                    | 0xa3
+                    | 0xa4
+                    | 0x03
+                    | 0x5e
+                    | 0x5f
+            )
+        {
+            return Err(SenseData::new(
+                SenseKey::NotReady,
+                Asc::LU_NOT_ACCESSIBLE_STANDBY,
+            ));
         }
         if let Some(resp) = self.reservation_conflict(cmd) {
             return Ok(resp);

@@ -624,3 +624,55 @@ async fn an_unopened_lun_is_described_and_unavailable() {
     }
     assert_eq!(rtpg(&lu, &n).await, vec![(1, 0x0), (2, 0x3)]);
 }
+
+/// SPC-4 §5.16.2.4.4: a drained gateway's port is in standby, on every gateway's report; through
+/// it, I/O and TEST UNIT READY are answered NOT READY, TARGET PORT IN STANDBY STATE, while the
+/// commands that describe the LU still work; the change is announced both ways.
+#[tokio::test]
+async fn a_drained_port_is_standby_and_serves_no_io() {
+    use crate::alua::TargetPortGroup;
+    let mut c = LuConfig::new(
+        0,
+        "0123abcd-0000-0000-0000-000000000001",
+        "iqn.2026-11.org.rbdgw:t",
+    );
+    c.local_tpg = 1;
+    c.port_groups = (1..=2)
+        .map(|tag| TargetPortGroup {
+            tag,
+            relative_port: tag,
+        })
+        .collect();
+    let lu = LogicalUnit::new(c, FileDevice::memory(1 << 20).unwrap());
+    lu.set_owner_tpg(Some(2));
+    let a = nexus(1);
+    ready(&lu, &a).await;
+    lu.set_standby_tpgs(vec![1]);
+    check(
+        &run(&lu, &a, &[0x00], &[]).await,
+        SenseKey::UnitAttention,
+        Asc::ASYMMETRIC_ACCESS_STATE_CHANGED,
+    );
+    assert_eq!(rtpg(&lu, &a).await, vec![(1, 2), (2, 0)]);
+    check(
+        &run(&lu, &a, &[0x00], &[]).await,
+        SenseKey::NotReady,
+        Asc::LU_NOT_ACCESSIBLE_STANDBY,
+    );
+    check(
+        &run(&lu, &a, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]).await,
+        SenseKey::NotReady,
+        Asc::LU_NOT_ACCESSIBLE_STANDBY,
+    );
+    let inq = run(&lu, &a, &[0x12, 0, 0, 0, 96, 0], &[]).await;
+    assert_eq!(inq.status, ScsiStatus::Good);
+    // Back from maintenance.
+    lu.set_standby_tpgs(vec![]);
+    check(
+        &run(&lu, &a, &[0x00], &[]).await,
+        SenseKey::UnitAttention,
+        Asc::ASYMMETRIC_ACCESS_STATE_CHANGED,
+    );
+    assert_eq!(run(&lu, &a, &[0x00], &[]).await.status, ScsiStatus::Good);
+    assert_eq!(rtpg(&lu, &a).await, vec![(1, 1), (2, 0)]);
+}

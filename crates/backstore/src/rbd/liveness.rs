@@ -290,8 +290,8 @@ mod tests {
             .unwrap()
             .insert("rbdgw.b2".into(), Arc::downgrade(&b));
         assert_eq!(answer(&images), None, "not joined yet: no answer");
-        a.beat(2, false);
-        b.beat(2, false);
+        a.beat(2, crate::Standing::Serving);
+        b.beat(2, crate::Standing::Serving);
         b.lock_held.store(true, Ordering::Release);
         let mine = answer(&images).unwrap();
         let other = "rbdgw.a1 1 1\nrbdgw.a1 1 1\nbroken line\nrbdgw.c3 x 1\n".to_string();

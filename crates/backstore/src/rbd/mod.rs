@@ -1106,8 +1106,8 @@ impl BlockDevice for RbdDevice {
         .await
     }
 
-    async fn heartbeat(&self, tag: u16, starting: bool) -> Result<()> {
-        self.inner.presence.beat(tag, starting);
+    async fn heartbeat(&self, tag: u16, standing: crate::Standing) -> Result<()> {
+        self.inner.presence.beat(tag, standing);
         Ok(())
     }
 

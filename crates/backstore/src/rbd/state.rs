@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, Weak};
 use super::aio;
 use super::ffi::{self, api};
 use super::{ceph_err, cstr, EBLOCKLISTED};
-use crate::{BackstoreError, Member, Publish, Result};
+use crate::{BackstoreError, Member, Publish, Result, Standing};
 
 /// The payload of a liveness ping; any other notify announces a change of the state.
 pub(super) const PING: &[u8] = b"rbdgw-ping";
@@ -48,15 +48,16 @@ pub(super) struct Presence {
     pub lock_held: AtomicBool,
     /// When the gateway's control loop last beat (ms on [`monotonic_ms`]).
     beat_ms: AtomicU64,
-    /// The gateway is still starting the LU.
-    starting: AtomicBool,
+    /// The gateway's standing ([`Standing`] as u8).
+    standing: std::sync::atomic::AtomicU8,
 }
 
 impl Presence {
-    /// The gateway's control loop is alive and serves TPG `tag` (or is `starting` to).
-    pub fn beat(&self, tag: u16, starting: bool) {
+    /// The gateway's control loop is alive and serves TPG `tag` (or is starting to, or
+    /// draining).
+    pub fn beat(&self, tag: u16, standing: Standing) {
         self.tag.store(tag, Ordering::Release);
-        self.starting.store(starting, Ordering::Release);
+        self.standing.store(standing as u8, Ordering::Release);
         self.beat_ms.store(monotonic_ms(), Ordering::Release);
     }
 
@@ -68,14 +69,14 @@ impl Presence {
     fn answer_at(&self, now_ms: u64) -> Option<String> {
         let tag = self.tag.load(Ordering::Acquire);
         let fresh = now_ms.saturating_sub(self.beat_ms.load(Ordering::Acquire)) < BEAT_STALE_MS;
-        let starting = if self.starting.load(Ordering::Acquire) {
-            " starting"
-        } else {
-            ""
+        let standing = match self.standing.load(Ordering::Acquire) {
+            s if s == Standing::Starting as u8 => " starting",
+            s if s == Standing::Draining as u8 => " draining",
+            _ => "",
         };
         (tag != 0 && fresh).then(|| {
             format!(
-                "{tag} {}{starting}",
+                "{tag} {}{standing}",
                 u8::from(self.lock_held.load(Ordering::Acquire))
             )
         })
@@ -620,19 +621,18 @@ impl Drop for SharedState {
 }
 
 /// An answer to [`PING`] for one image: `"<tag> <holds the lock: 0|1>"`, then `" starting"`
-/// while the gateway starts the LU (an earlier version never says it: it counts as serving).
+/// while the gateway starts the LU or `" draining"` while it is drained (an earlier version
+/// says neither: it counts as serving).
 pub(super) fn parse_answer(p: &[u8]) -> Option<Member> {
     let s = std::str::from_utf8(p).ok()?;
     let (tag, rest) = s.split_once(' ')?;
-    let (held, starting) = match rest.split_once(' ') {
-        Some((held, "starting")) => (held, true),
-        Some(_) => return None,
-        None => (rest, false),
-    };
+    let (held, word) = rest.split_once(' ').unwrap_or((rest, ""));
+    let standing = Standing::from_word(word)?;
     Some(Member {
         tag: tag.parse().ok().filter(|t| *t != 0)?,
         holds_lock: held == "1",
-        starting,
+        starting: standing == Standing::Starting,
+        draining: standing == Standing::Draining,
     })
 }
 
@@ -733,7 +733,7 @@ mod tests {
     fn ping_answers_round_trip() {
         let p = Presence::default();
         assert_eq!(p.answer(), None, "not joined: no answer");
-        p.beat(3, true);
+        p.beat(3, Standing::Starting);
         let a = p.answer().unwrap();
         assert_eq!(
             parse_answer(a.as_bytes()),
@@ -741,9 +741,10 @@ mod tests {
                 tag: 3,
                 holds_lock: false,
                 starting: true,
+                draining: false,
             })
         );
-        p.beat(3, false);
+        p.beat(3, Standing::Serving);
         assert!(
             !parse_answer(p.answer().unwrap().as_bytes())
                 .unwrap()
@@ -756,6 +757,7 @@ mod tests {
                 tag: 2,
                 holds_lock: true,
                 starting: false,
+                draining: false,
             })
         );
         p.lock_held.store(true, Ordering::Release);

@@ -108,6 +108,18 @@ impl NsGateway {
         ceph_conf: Option<&str>,
         log: PathBuf,
     ) -> NsGateway {
+        Self::start_with(ns, config, host, ceph_conf, log, &[])
+    }
+
+    /// Like [`NsGateway::start`], with more `serve` arguments.
+    pub fn start_with(
+        ns: &str,
+        config: &Path,
+        host: &str,
+        ceph_conf: Option<&str>,
+        log: PathBuf,
+        extra: &[&str],
+    ) -> NsGateway {
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -120,6 +132,7 @@ impl NsGateway {
             .arg(config)
             .args(["--host", host])
             .args(ceph_conf.map(|c| ["--ceph-conf", c]).into_iter().flatten())
+            .args(extra)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(
@@ -179,6 +192,19 @@ impl NsGateway {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for it to exit (up to 30 s).
+    pub fn terminate(&mut self) -> bool {
+        super::signal(&self.child, 15);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// SIGSTOP / SIGCONT, by its PID.
