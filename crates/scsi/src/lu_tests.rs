@@ -386,24 +386,25 @@ async fn rtpg<B: BlockDevice>(lu: &LogicalUnit<B>, n: &ItNexus) -> Vec<(u16, u8)
         .collect()
 }
 
-/// SPC-4 §5.16.2.6: an ALUA owner change is announced on every nexus of this gateway — the
-/// new owner's own paths included — and REPORT TARGET PORT GROUPS agrees with it.
-#[tokio::test]
-async fn alua_owner_changes_reach_every_nexus() {
+/// A 1 MiB memory LU seen from TPG `local` of port groups 1..=`groups`.
+fn lu_in_groups(serial: &str, local: u16, groups: u16) -> LogicalUnit<FileDevice> {
     use crate::alua::TargetPortGroup;
-    let mut c = LuConfig::new(
-        0,
-        "0123abcd-0000-0000-0000-000000000000",
-        "iqn.2026-11.org.rbdgw:t",
-    );
-    c.local_tpg = 2;
-    c.port_groups = (1..=3)
+    let mut c = LuConfig::new(0, serial, "iqn.2026-11.org.rbdgw:t");
+    c.local_tpg = local;
+    c.port_groups = (1..=groups)
         .map(|tag| TargetPortGroup {
             tag,
             relative_port: tag,
         })
         .collect();
-    let lu = LogicalUnit::new(c, FileDevice::memory(1 << 20).unwrap());
+    LogicalUnit::new(c, FileDevice::memory(1 << 20).unwrap())
+}
+
+/// SPC-4 §5.16.2.6: an ALUA owner change is announced on every nexus of this gateway — the
+/// new owner's own paths included — and REPORT TARGET PORT GROUPS agrees with it.
+#[tokio::test]
+async fn alua_owner_changes_reach_every_nexus() {
+    let lu = lu_in_groups("0123abcd-0000-0000-0000-000000000000", 2, 3);
     lu.set_owner_tpg(Some(1));
     let (a, b) = (nexus(1), nexus(2));
     ready(&lu, &a).await;
@@ -630,20 +631,7 @@ async fn an_unopened_lun_is_described_and_unavailable() {
 /// commands that describe the LU still work; the change is announced both ways.
 #[tokio::test]
 async fn a_drained_port_is_standby_and_serves_no_io() {
-    use crate::alua::TargetPortGroup;
-    let mut c = LuConfig::new(
-        0,
-        "0123abcd-0000-0000-0000-000000000001",
-        "iqn.2026-11.org.rbdgw:t",
-    );
-    c.local_tpg = 1;
-    c.port_groups = (1..=2)
-        .map(|tag| TargetPortGroup {
-            tag,
-            relative_port: tag,
-        })
-        .collect();
-    let lu = LogicalUnit::new(c, FileDevice::memory(1 << 20).unwrap());
+    let lu = lu_in_groups("0123abcd-0000-0000-0000-000000000001", 1, 2);
     lu.set_owner_tpg(Some(2));
     let a = nexus(1);
     ready(&lu, &a).await;
