@@ -12,4 +12,5 @@ pub mod ownership;
 pub mod plan;
 pub mod server;
 pub mod session;
+pub mod status;
 pub mod target;

@@ -231,6 +231,16 @@ pub struct LunIo {
 }
 
 impl LunIo {
+    /// Read commands, write commands, bytes read, bytes written, so far.
+    pub fn totals(&self) -> [u64; 4] {
+        [
+            self.read.commands.get(),
+            self.write.commands.get(),
+            self.read.bytes.get(),
+            self.write.bytes.get(),
+        ]
+    }
+
     /// The direction of a CDB's data, for the commands counted: READ and WRITE (6, 10, 12,
     /// 16; SBC-3 §5), WRITE AND VERIFY, COMPARE AND WRITE. Others (inquiry, TEST UNIT READY,
     /// reservations) are not I/O.

@@ -25,8 +25,25 @@ impl SessionKey {
     }
 }
 
+/// What `rbdgw status` shows of a session.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SessionInfo {
+    pub initiator: String,
+    /// The ISID, as 12 hex digits.
+    pub isid: String,
+    pub target: String,
+    /// The portal it logged in through, and where from.
+    pub portal: String,
+    pub peer: String,
+    /// When it logged in (seconds since the Unix epoch).
+    pub since: u64,
+    pub header_digest: bool,
+    pub data_digest: bool,
+}
+
 struct Entry {
     tsih: u16,
+    info: SessionInfo,
     kill: watch::Sender<bool>,
     done: oneshot::Receiver<()>,
 }
@@ -46,13 +63,20 @@ pub struct SessionRegistry {
 impl SessionRegistry {
     /// Registers a new session; an older one with the same key is told to end and awaited
     /// (up to `grace`), so that its commands complete before the new session starts.
-    pub async fn register(&self, key: SessionKey, tsih: u16, grace: Duration) -> SessionHandle {
+    pub async fn register(
+        &self,
+        key: SessionKey,
+        tsih: u16,
+        info: SessionInfo,
+        grace: Duration,
+    ) -> SessionHandle {
         let (kill_tx, kill_rx) = watch::channel(false);
         let (done_tx, done_rx) = oneshot::channel();
         let old = self.lock().insert(
             key,
             Entry {
                 tsih,
+                info,
                 kill: kill_tx,
                 done: done_rx,
             },
@@ -83,6 +107,11 @@ impl SessionRegistry {
     /// Is a session with this identity live (a login with it reinstates it)?
     pub fn contains(&self, key: &SessionKey) -> bool {
         self.lock().contains_key(key)
+    }
+
+    /// The live sessions.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        self.lock().values().map(|e| e.info.clone()).collect()
     }
 
     pub fn count(&self) -> usize {

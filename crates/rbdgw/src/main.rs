@@ -123,6 +123,18 @@ enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// What every gateway of the config is doing, from any host: up or down (and since
+    /// when), portals, sessions, and per LUN the ALUA state each gateway reports, the write
+    /// lock, the reservation and I/O rates (as the gateways last published them).
+    Status {
+        #[arg(long, default_value = "rados://rbd/rbdgw.config", value_parser = parse_source)]
+        config: ConfigSource,
+        /// The documents as published, as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ceph: CephArgs,
+    },
     /// Print what a host would serve: targets, TPGs, portals, LUNs, auth.
     Plan {
         #[arg(long, value_parser = parse_source)]
@@ -360,6 +372,7 @@ async fn serve(
     if let Some(path) = control {
         control::serve(path, server.gateway().clone())?;
     }
+    gateway::status::spawn_publisher(server.gateway().clone(), ceph.clone());
     tracing::info!(host = %host, config = %config.name(), "serving");
     // Every portal listens (connections queue from here on): ready for systemd (Type=notify).
     sd_notify::notify(&format!(
@@ -597,6 +610,37 @@ fn main() -> std::process::ExitCode {
                     control.as_deref(),
                 )
                 .await
+            }
+            Command::Status { config, json, ceph } => {
+                let c = ceph.options();
+                let (src, c2) = (config.clone(), c.clone());
+                let (cfg, _) = blocking(move || src.load(&c2)).await?;
+                let cfg2 = cfg.clone();
+                let found = blocking(move || Ok(gateway::status::collect(&cfg2, &c))).await?;
+                if json {
+                    let doc: serde_json::Map<String, serde_json::Value> = found
+                        .iter()
+                        .map(|(h, st)| {
+                            let v = match st {
+                                Ok(g) => serde_json::json!({
+                                    "up": gateway::status::is_up(g), "published": g}),
+                                Err(why) => serde_json::json!({"up": false, "error": why}),
+                            };
+                            (h.clone(), v)
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                } else {
+                    print!("{}", gateway::status::render(&cfg, &found));
+                }
+                if found
+                    .iter()
+                    .any(|(_, st)| !st.as_ref().is_ok_and(gateway::status::is_up))
+                {
+                    // Some gateway is down or unknown: scripts and monitoring can tell.
+                    negative = true;
+                }
+                Ok(())
             }
             Command::Drain {
                 host,

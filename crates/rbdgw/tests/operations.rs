@@ -194,3 +194,132 @@ impl OutputWithStdin for std::process::Command {
         )
     }
 }
+
+/// `rbdgw status` from anywhere: two gateways on one file image publish their state beside
+/// it; status shows both up with their sessions (initiator, ISID, portal, digests), the LUN's
+/// ALUA states as each gateway reports them, the write lock's holder, the reservation and I/O
+/// rates; a killed gateway shows as down with how long ago it was seen, and the exit status
+/// says so.
+#[test]
+fn status_shows_every_gateway_and_a_dead_one_as_down() {
+    let dir = Scratch::new("operations-status");
+    let port = free_port();
+    let addrs: Vec<String> = (1..=2).map(|i| format!("127.0.0.{i}:{port}")).collect();
+    let image = dir.0.join("st.img");
+    let target = "iqn.2026-11.org.rbdgw:status";
+    let config = serde_json::json!({
+        "auth": [{"target": target, "authentication": "none"}],
+        "targets": [{"target": target, "hosts": [
+            {"host": "gw1", "portal": "p1"}, {"host": "gw2", "portal": "p2"}]}],
+        "portals": [{"name": "p1", "addresses": [addrs[0]]}, {"name": "p2", "addresses": [addrs[1]]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": target, "tpg": [
+            {"image": "st", "backstore": "file", "path": image.display().to_string(), "size": "16M", "owner": "gw1"}]}]}]
+    })
+    .to_string();
+    let cfg = dir.0.join("shared.json");
+    std::fs::write(&cfg, &config).unwrap();
+    let mut gws: Vec<Gateway> = (0..2)
+        .map(|i| {
+            Gateway::start(
+                &dir.0,
+                &config,
+                &format!("gw{}", i + 1),
+                addrs[i].parse().unwrap(),
+            )
+        })
+        .collect();
+    let mut c = Client::connect(addrs[0].parse().unwrap());
+    c.login(
+        "iqn.2026-11.org.rbdgw:status-init",
+        Some(target),
+        "HeaderDigest=CRC32C|",
+    );
+    let _ = c.scsi(0, &[0, 0, 0, 0, 0, 0], &[], 0);
+    // A registration and a reservation (Write Exclusive - Registrants Only), then writes.
+    let (cdb, p) = common::reservations::prout(0, 0, 0, 0xabc);
+    assert_eq!(c.scsi_ready(0, &cdb, &p, 0).status, 0);
+    let (cdb, p) = common::reservations::prout(1, 5, 0xabc, 0);
+    assert_eq!(c.scsi_ready(0, &cdb, &p, 0).status, 0);
+    let status = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbdgw"))
+            .args(["status", "--config", cfg.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        for i in 0..20 {
+            assert_eq!(
+                c.scsi_ready(0, &write10(i * 8, 8), &[7u8; 4096], 0).status,
+                0
+            );
+        }
+        let (code, text) = status(&[]);
+        if code == Some(0) && text.contains("writes/s") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never showed both up and the I/O:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("{text}");
+    assert!(text.contains("gateway gw1: up"), "{text}");
+    assert!(text.contains("gateway gw2: up"), "{text}");
+    // (The test client's ISIDs: 80 1234 56 and a counter.)
+    let session = "session iqn.2026-11.org.rbdgw:status-init isid 80123456";
+    let via = format!(" → {target} via {} from 127.0.0.1:", addrs[0]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(session) && l.contains(&via)),
+        "{text}"
+    );
+    assert!(text.contains("digests header CRC32C data none"), "{text}");
+    assert!(
+        text.contains(&format!("LUN 0 of {target}: file {}", image.display())),
+        "{text}"
+    );
+    assert!(text.contains("write lock: gw1"), "{text}");
+    for who in ["gw1", "gw2"] {
+        assert!(
+            text.contains(&format!(
+                "ALUA as {who} reports it: tpg 1 (gw1) active/optimized, tpg 2 (gw2) active/non-optimized"
+            )),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("reservation: Write Exclusive - Registrants Only, held by iqn.2026-11.org.rbdgw:status-init; 1 keys registered"),
+        "{text}"
+    );
+    let (_, json) = status(&["--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["gw1"]["up"], true, "{json}");
+    assert_eq!(
+        v["gw1"]["published"]["luns"][0]["write_lock"], true,
+        "{json}"
+    );
+
+    // gw2 dies: down, with how long ago it was last seen; status exits 1.
+    drop(gws.remove(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let (code, text) = status(&[]);
+        if code == Some(1) && text.contains("gateway gw2: DOWN, last seen") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gw2 never shown down:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(text.contains("gateway gw1: up"), "{text}");
+    drop(gws);
+}

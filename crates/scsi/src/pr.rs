@@ -28,6 +28,18 @@ pub enum PrType {
 }
 
 impl PrType {
+    /// SPC-4's name of the type (Table 172).
+    pub fn name(self) -> &'static str {
+        match self {
+            PrType::WriteExclusive => "Write Exclusive",
+            PrType::ExclusiveAccess => "Exclusive Access",
+            PrType::WriteExclusiveRegistrantsOnly => "Write Exclusive - Registrants Only",
+            PrType::ExclusiveAccessRegistrantsOnly => "Exclusive Access - Registrants Only",
+            PrType::WriteExclusiveAllRegistrants => "Write Exclusive - All Registrants",
+            PrType::ExclusiveAccessAllRegistrants => "Exclusive Access - All Registrants",
+        }
+    }
+
     fn from_u8(v: u8) -> Option<PrType> {
         use PrType::*;
         Some(match v {
@@ -414,6 +426,23 @@ impl<B: BlockDevice> LogicalUnit<B> {
 
     /// The reservation state as it is now, to compare with later ([`Self::power_loss`]);
     /// None when it cannot be read.
+    /// The persistent reservation as this gateway last read it: its type and holder (the
+    /// initiator name; every registrant for the all-registrants types), and how many keys are
+    /// registered.
+    pub fn reservation_summary(&self) -> (Option<(&'static str, String)>, usize) {
+        let st = self.state();
+        let r = st.pr.reservation.as_ref().map(|r| {
+            let holder = match r.kind {
+                PrType::WriteExclusiveAllRegistrants | PrType::ExclusiveAccessAllRegistrants => {
+                    "every registrant".to_string()
+                }
+                _ => r.holder.initiator.clone(),
+            };
+            (r.kind.name(), holder)
+        });
+        (r, st.pr.registrations.len())
+    }
+
     pub async fn reservation_snapshot(&self) -> Option<Vec<u8>> {
         let v = self.dev.metadata_get(METADATA_KEY).await.ok()?;
         Some(

@@ -179,9 +179,21 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
             anyhow::bail!("target {name} vanished")
         };
         let key = SessionKey::new(&login.initiator_name, login.isid, &target.cfg.iqn);
+        let info = crate::session::SessionInfo {
+            initiator: login.initiator_name.clone(),
+            isid: login.isid.iter().map(|b| format!("{b:02x}")).collect(),
+            target: target.cfg.iqn.clone(),
+            portal: listen.to_string(),
+            peer: peer.map_or_else(String::new, |p| p.to_string()),
+            since: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            header_digest: reader.decoder.header_digest,
+            data_digest: reader.decoder.data_digest,
+        };
         handle = Some(
             gw.sessions
-                .register(key.clone(), login.tsih, Duration::from_secs(10))
+                .register(key.clone(), login.tsih, info, Duration::from_secs(10))
                 .await,
         );
         session_key = Some(key);
