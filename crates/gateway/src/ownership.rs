@@ -75,6 +75,9 @@ const YIELD_AFTER: Duration = Duration::from_secs(3);
 /// the old group; the owner then yields to a non-owner path only after [`YIELD_SETTLING`],
 /// whether its own paths pause or not. Just under [`HANDOVER_WAIT`], so the waiting write is
 /// still served.
+/// A drained gateway that still holds the lock after its successor became the owner hands
+/// it over once no write came for this long (the initiator moved its I/O).
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
 const SETTLING: Duration = Duration::from_secs(20);
 const YIELD_SETTLING: Duration = Duration::from_secs(4);
 
@@ -589,24 +592,47 @@ impl Ownership {
         }
     }
 
-    /// Reports the drained gateways' ports as standby: the others' as they say, and this
-    /// one's while it is drained and another gateway is there to take its I/O (alone, a
-    /// drained gateway goes on serving: its I/O has nowhere else to go).
+    /// Reports the drained gateways' ports as standby once their successor is the ALUA owner
+    /// and they no longer hold the lock. Until then a drained gateway goes on serving: the
+    /// initiator, told of the new owner, moves its I/O there at its own pace (multipathd's
+    /// next look), and the lock follows its first write there; turning writes away earlier
+    /// sent them, retried, to any other path, and one waited 4 s for the lock there. Alone, a
+    /// drained gateway stays the owner and serves on: its I/O has nowhere else to go.
     fn note_standby(&self, v: &View, now: Instant) {
+        let owner = self.lu.owner_tpg();
         let mut standby: Vec<u16> = v
             .draining
             .iter()
             .copied()
-            .filter(|t| *t != self.my_tag && v.alive(*t, now))
+            .filter(|t| {
+                *t != self.my_tag
+                    && v.alive(*t, now)
+                    && owner != Some(*t)
+                    && !v.holding.contains_key(t)
+            })
             .collect();
-        let successor = self
-            .preference
-            .iter()
-            .any(|t| *t != self.my_tag && v.alive(*t, now) && !v.draining.contains(t));
-        if self.is_draining() && successor {
+        if self.drained_here() {
             standby.push(self.my_tag);
         }
         self.lu.set_standby_tpgs(standby);
+    }
+
+    /// Drained, and done here: another gateway owns the LU and this one holds no lock.
+    fn drained_here(&self) -> bool {
+        self.is_draining()
+            && !self.is_owner()
+            && self.lu.owner_tpg().is_some_and(|o| o != self.my_tag)
+    }
+
+    /// How long since a write here last ran (zero while one runs).
+    fn write_idle(&self) -> Duration {
+        if self.writes_in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(
+            (self.epoch.elapsed().as_millis() as u64)
+                .saturating_sub(self.last_write_ms.load(Ordering::Relaxed)),
+        )
     }
 
     /// Whether this gateway cannot tell now who owns the LU: it has not heard from the
@@ -681,9 +707,13 @@ impl Ownership {
         };
         self.lu.set_gone_tpgs(gone);
         if let Some(to) = desired.filter(|d| *d != self.my_tag) {
-            if self.is_draining() && self.is_owner() {
-                // Drained: the lock goes to the successor, which takes it once free and
-                // becomes the ALUA owner; writes still sent here are turned away (standby).
+            if self.is_draining()
+                && self.is_owner()
+                && self.lu.owner_tpg() != Some(self.my_tag)
+                && self.write_idle() >= DRAIN_IDLE
+            {
+                // Drained, the successor is the ALUA owner and the initiator no longer writes
+                // here: the lock goes there (its first write would have asked for it).
                 info!(lun, to_tpg = to, "drained: handing the LU over");
                 self.hand_over(to).await;
             }
@@ -723,6 +753,22 @@ impl Ownership {
             );
             self.set_alua_owner(self.my_tag).await;
             self.ask_for_lock().await;
+            return;
+        }
+        // The owner is drained (`rbdgw drain`): its successor becomes the owner at once and the
+        // initiator moves its I/O here while the drained one still serves; the lock follows
+        // (the drained gateway hands it over as soon as it is no longer the owner).
+        let recorded_drained = self
+            .lu
+            .owner_tpg()
+            .is_some_and(|t| t != self.my_tag && lock(&self.view).draining.contains(&t));
+        if recorded_drained {
+            info!(
+                lun,
+                tpg = self.my_tag,
+                "the owner is drained; taking over as its successor"
+            );
+            self.set_alua_owner(self.my_tag).await;
             return;
         }
         let configured = self.preference.first() == Some(&self.my_tag);
@@ -796,8 +842,9 @@ impl Ownership {
 
     /// Admits one write: on the lock holder at once; elsewhere after the holder handed over.
     pub async fn write_guard(self: &Arc<Self>) -> Result<WriteGuard, SenseData> {
-        if self.lu.access_state(self.my_tag) == scsi::alua::AccessState::Standby {
-            // Drained: no write moves the lock back here (SPC-4 §5.16.2.4.4).
+        if self.drained_here() {
+            // Drained and another gateway owns the LU: no write moves the lock back here
+            // (SPC-4 §5.16.2.4.4: the port is in standby).
             return Err(SenseData::new(
                 SenseKey::NotReady,
                 Asc::LU_NOT_ACCESSIBLE_STANDBY,

@@ -563,13 +563,12 @@ fn thrash_three_gateways_on_rbd() {
     let t_d = Instant::now();
     let drain = |i: usize, verb: &str| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbdgw"))
-            .args([
-                verb,
-                "--control",
-                control(i).to_str().unwrap(),
-                "--wait",
-                "30",
-            ])
+            .args([verb, "--control", control(i).to_str().unwrap()])
+            .args(if verb == "drain" {
+                &["--wait", "30"][..]
+            } else {
+                &[]
+            })
             .output()
             .expect("run rbdgw drain");
         let said = String::from_utf8_lossy(&out.stdout).to_string();
