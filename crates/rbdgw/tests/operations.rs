@@ -95,6 +95,13 @@ fn metrics_follow_the_io_and_pass_promtool() {
 
     let (status, text) = http_get(metrics, "/metrics");
     assert!(status.contains(" 200 "), "{status}");
+    // (An excerpt for whoever reads the test's output.)
+    for l in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.contains("_bucket") && !l.contains("op=\"read\""))
+    {
+        println!("{l}");
+    }
     let lun = r#"image="disk",lun="0",op="#;
     let series = |family: &str, op: &str| format!(r#"{family}{{{lun}"{op}",target="{TARGET}"}}"#);
     for (family, op, want) in [
