@@ -532,11 +532,7 @@ impl Ownership {
         if settling {
             return since.elapsed() >= YIELD_SETTLING;
         }
-        let idle = self.writes_in_flight.load(Ordering::Acquire) == 0
-            && (self.epoch.elapsed().as_millis() as u64)
-                .saturating_sub(self.last_write_ms.load(Ordering::Relaxed))
-                >= YIELD_IDLE.as_millis() as u64;
-        idle || since.elapsed() >= YIELD_AFTER
+        self.write_idle() >= YIELD_IDLE || since.elapsed() >= YIELD_AFTER
     }
 
     /// The desired owner (the first live gateway in the preference order), if this gateway
