@@ -123,8 +123,9 @@ fn snapshot(
     let now = now_secs();
     let mut luns = Vec::new();
     for t in &served.targets {
-        for (n, lu) in &t.luns {
-            let Some(l) = t.cfg.luns.iter().find(|l| l.lun == *n) else {
+        for l in &t.cfg.luns {
+            let n = &l.lun;
+            let Some(lu) = t.luns.get(n) else {
                 continue;
             };
             let alua = t
@@ -355,7 +356,7 @@ pub fn render(cfg: &Config, found: &[(String, Result<GatewayStatus, String>)]) -
                     let _ = writeln!(
                         s,
                         "  session {} isid {} → {} via {} from {}, {} ago, digests header {} data {}",
-                        x.initiator,
+                        x.initiator.escape_debug(),
                         x.isid,
                         x.target,
                         x.portal,
@@ -428,7 +429,8 @@ pub fn render(cfg: &Config, found: &[(String, Result<GatewayStatus, String>)]) -
             Some((kind, holder)) => {
                 let _ = writeln!(
                     s,
-                    "  reservation: {kind}, held by {holder}; {} keys registered",
+                    "  reservation: {kind}, held by {}; {} keys registered",
+                    holder.escape_debug(),
                     first.registered_keys
                 );
             }

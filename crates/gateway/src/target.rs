@@ -627,7 +627,7 @@ impl Directory for LoginDirectory<'_> {
             .find_map(|(lun, o)| o.cannot_tell().then_some(*lun))
         {
             tracing::info!(
-                target = %name,
+                target = %t.cfg.iqn,
                 initiator,
                 lun,
                 "login refused for now (service unavailable): this gateway cannot tell who \
