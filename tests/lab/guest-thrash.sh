@@ -38,13 +38,24 @@ writer() {
   done
   echo done > /tmp/done.$m
 }
-# One line per map: each path as sdX:priority:dm state-checker state, from multipathd's own
-# view (`multipath -ll` would run the checkers itself and block on a stopped gateway).
+# One line per map: the guest's uptime (centiseconds) when multipathd answered, then each
+# path as sdX:priority:dm state-checker state, from multipathd's own view (`multipath -ll`
+# would run the checkers itself and block on a stopped gateway). The host times failovers
+# by the guest's clock, not by when a line reaches it.
 paths() {
-  multipathd show paths raw format "%m|%d|%p|%t|%T" 2>/dev/null | awk -F'|' '
+  p=$(multipathd show paths raw format "%m|%d|%p|%t|%T" 2>/dev/null)
+  read -r up _ </proc/uptime
+  echo "$p" | awk -F'|' -v t="${up%.*}${up#*.}" '
     $1 ~ /^mpath/ {gsub(/ /, "", $5); line[$1] = line[$1] " " $2 ":" $3 ":" $4 "-" $5}
-    END {for (m in line) print "RBDGW-THRASH: PATHS " m line[m]}'
+    END {for (m in line) print "RBDGW-THRASH: PATHS " t " " m line[m]}'
 }
+# Whatever multipathd logs (a path failed or came back, priorities changed, a group switched)
+# prints the paths at once (after a burst of lines, 0.2 s of quiet): a slow TCG guest's
+# once-a-loop lines come only every two seconds or so.
+tail -n 0 -F /tmp/multipathd.log 2>/dev/null | while read -r _; do
+  while read -r -t 0.2 _; do :; done
+  paths
+done &
 writer mpatha & writer mpathb &
 echo "RBDGW-THRASH: RUNNING"
 while :; do

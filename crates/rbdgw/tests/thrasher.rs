@@ -48,11 +48,18 @@ enum Fault {
 
 /// What the VM said, as it said it.
 struct Console {
-    rx: mpsc::Receiver<String>,
+    /// Each console line with when it reached the host.
+    rx: mpsc::Receiver<(Instant, String)>,
     /// sdX -> gateway index.
     sd_gateway: HashMap<String, usize>,
     /// The last PATHS line of each map: (sdX, path priority, dm state-checker state).
     paths: HashMap<String, Vec<(String, u32, String)>>,
+    /// The guest's boot on the host's clock: the earliest of (arrival − guest uptime) over its
+    /// timed lines (a line reaches the host after it was written, never before).
+    guest_boot: Option<Instant>,
+    /// After each PATHS line: its guest time (centiseconds since boot) and what `optimized`
+    /// said then, so that failovers are timed by the sample that first showed the new state.
+    samples: Vec<(u64, Option<Vec<usize>>)>,
     stalls: Vec<(Instant, u64)>,
     errors: Vec<String>,
     verified: Vec<String>,
@@ -61,7 +68,7 @@ struct Console {
 }
 
 impl Console {
-    fn take(&mut self, line: &str) {
+    fn take(&mut self, at: Instant, line: &str) {
         println!("vm| {line}");
         self.tail.push(line.to_string());
         if self.tail.len() > 60 {
@@ -77,8 +84,14 @@ impl Console {
                     self.sd_gateway.insert(w[1].to_string(), g);
                 }
             }
-            Some("PATHS") if w.len() >= 2 => {
-                let p = w[2..]
+            Some("PATHS") if w.len() >= 3 => {
+                let Ok(cs) = w[1].parse::<u64>() else {
+                    return;
+                };
+                if let Some(boot) = at.checked_sub(Duration::from_millis(cs * 10)) {
+                    self.guest_boot = Some(self.guest_boot.map_or(boot, |b| b.min(boot)));
+                }
+                let p = w[3..]
                     .iter()
                     .filter_map(|x| {
                         let mut f = x.split(':');
@@ -89,7 +102,9 @@ impl Console {
                         ))
                     })
                     .collect();
-                self.paths.insert(w[1].to_string(), p);
+                self.paths.insert(w[2].to_string(), p);
+                let o = self.optimized();
+                self.samples.push((cs, o));
             }
             Some("STALL") => {
                 let ms = m
@@ -111,7 +126,7 @@ impl Console {
         let end = Instant::now() + d;
         while let Some(left) = end.checked_duration_since(Instant::now()) {
             match self.rx.recv_timeout(left) {
-                Ok(l) => self.take(&l),
+                Ok((at, l)) => self.take(at, &l),
                 Err(mpsc::RecvTimeoutError::Timeout) => return,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     std::thread::sleep(left);
@@ -138,6 +153,22 @@ impl Console {
             out.push(*self.sd_gateway.get(&best[0].0)?);
         }
         Some(out)
+    }
+
+    /// When (on the host's clock) the VM first showed one optimized path per map, on gateways
+    /// that `ok` accepts, from `t` on: `t` itself if its last sample before `t` did (the
+    /// failure changed nothing it uses), else the first such sample taken after.
+    fn optimized_since(&self, t: Instant, ok: impl Fn(&[usize]) -> bool) -> Option<Instant> {
+        let boot = self.guest_boot?;
+        let at = |cs: u64| boot + Duration::from_millis(cs * 10);
+        let fine = |o: &Option<Vec<usize>>| o.as_deref().is_some_and(&ok);
+        let before = self.samples.iter().rev().find(|(cs, _)| at(*cs) < t);
+        if before.is_some_and(|(_, o)| fine(o)) {
+            return Some(t);
+        }
+        self.samples
+            .iter()
+            .find_map(|(cs, o)| (at(*cs) >= t && fine(o)).then(|| at(*cs)))
     }
 
     /// Whether every path of both maps works.
@@ -339,7 +370,7 @@ fn thrash_three_gateways_on_rbd() {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
+            if tx.send((Instant::now(), l)).is_err() {
                 return;
             }
         }
@@ -348,6 +379,8 @@ fn thrash_three_gateways_on_rbd() {
         rx,
         sd_gateway: HashMap::new(),
         paths: HashMap::new(),
+        guest_boot: None,
+        samples: Vec::new(),
         stalls: Vec::new(),
         errors: Vec::new(),
         verified: Vec::new(),
@@ -423,11 +456,10 @@ fn thrash_three_gateways_on_rbd() {
             {
                 takeover_after = Some(t_f.elapsed());
             }
-            if optimized_after.is_none()
-                && c.optimized()
-                    .is_some_and(|o| o.iter().all(|g| !victims.contains(g)))
-            {
-                optimized_after = Some(t_f.elapsed());
+            if optimized_after.is_none() {
+                optimized_after = c
+                    .optimized_since(t_f, |o| o.iter().all(|g| !victims.contains(g)))
+                    .map(|at| at - t_f);
             }
             c.pump(Duration::from_millis(200));
         }
@@ -604,7 +636,7 @@ fn thrash_three_gateways_on_rbd() {
                 })
         });
         println!(
-            "drain gw{}: {} in {drained_in:.1?}; optimized path moved off it in the VM after              {moved:.1?}; {} and its LU back {back:.1?} later",
+            "drain gw{}: {} in {drained_in:.1?}; optimized path moved off it in the VM after {moved:.1?}; {} and its LU back {back:.1?} later",
             i + 1,
             said.trim(),
             if restart { "stopped, restarted" } else { "undrained" }
@@ -612,17 +644,7 @@ fn thrash_three_gateways_on_rbd() {
         ensure(
             moved.is_some() && back.is_some(),
             || format!("drain of gw{}: paths {:?}", i + 1, c.paths),
-            || {
-                format!(
-                    "{}
-{}",
-                    c.tail.join(
-                        "
-"
-                    ),
-                    logs(&gws)
-                )
-            },
+            || format!("{}\n{}", c.tail.join("\n"), logs(&gws)),
         );
         drains.push((i, drained_in, moved, back));
     }
@@ -642,14 +664,7 @@ fn thrash_three_gateways_on_rbd() {
                 c.errors
             )
         },
-        || {
-            format!(
-                "{}
-{}",
-                c.tail.join("\n"),
-                logs(&gws)
-            )
-        },
+        || format!("{}\n{}", c.tail.join("\n"), logs(&gws)),
     );
     writeln!(vm_in, "stop").unwrap();
     vm_in.flush().unwrap();
