@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod config;
 pub mod connection;
+mod copy_targets;
 pub mod discovery;
 pub mod lrbd_log;
 mod lun_open;

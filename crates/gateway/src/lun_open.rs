@@ -45,28 +45,7 @@ pub(crate) struct LunContext {
     pub ceph: CephOptions,
     pub aborts: TaskAborts,
     pub draining: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl LunContext {
-    pub fn new(
-        iqn: String,
-        write_protect: bool,
-        local_tag: u16,
-        port_groups: Vec<TargetPortGroup>,
-        ceph: CephOptions,
-        aborts: TaskAborts,
-        draining: Arc<std::sync::atomic::AtomicBool>,
-    ) -> Self {
-        LunContext {
-            iqn,
-            write_protect,
-            local_tag,
-            port_groups,
-            ceph,
-            aborts,
-            draining,
-        }
-    }
+    pub copy_targets: Arc<dyn scsi::CopyTargets<Device>>,
 }
 
 /// A LUN as served: its LU, and its ALUA ownership once its backstore is open.
@@ -285,6 +264,7 @@ async fn open_lun(
         // (No receiver: no session here has tasks to abort.)
         let _ = to_sessions.send(Arc::new(a));
     }));
+    lu.set_copy_targets(at.copy_targets.clone());
     lu.load_persistent_state().await;
     let o = Ownership::start(lu.clone(), at.local_tag, owner_tag, at.draining.clone()).await;
     info!(target = %at.iqn, lun = l.lun, backstore = l.backstore.kind(), image = %l.image, serial = %l.serial, bytes = size, "LUN ready");

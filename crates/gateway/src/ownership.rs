@@ -380,7 +380,11 @@ impl Ownership {
         let dev = self.lu.device();
         match dev.try_acquire_ownership().await {
             Ok(true) => {
-                self.owned.store(true, Ordering::Release);
+                // (Taken twice at once, by a write and by the control loop: the lock is
+                // ours already; the first says so, once.)
+                if self.owned.swap(true, Ordering::AcqRel) {
+                    return true;
+                }
                 lock(&self.view).holding.clear();
                 self.asked.store(false, Ordering::Release);
                 *lock(&self.orphan_since) = None;

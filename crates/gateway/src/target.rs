@@ -233,15 +233,16 @@ fn start_target(
     let reusable = prev.filter(|p| same_groups(&p.cfg.tpgs) && p.cfg.attributes == t.attributes);
     let mut luns = BTreeMap::new();
     let mut owners = BTreeMap::new();
-    let at = Arc::new(LunContext::new(
-        t.iqn.clone(),
-        t.attributes.write_protect,
-        local.tag,
+    let at = Arc::new(LunContext {
+        iqn: t.iqn.clone(),
+        write_protect: t.attributes.write_protect,
+        local_tag: local.tag,
         port_groups,
-        serving.ceph.clone(),
-        serving.aborts.clone(),
-        serving.draining.clone(),
-    ));
+        ceph: serving.ceph.clone(),
+        aborts: serving.aborts.clone(),
+        draining: serving.draining.clone(),
+        copy_targets: serving.copy_targets.clone(),
+    });
     // Every LUN opens at once (up to 32 images at a time per gateway): each spends about a
     // second on the image and on asking who else serves it, which one after another made
     // 1,000 LUNs take a quarter of an hour to start.
@@ -284,10 +285,12 @@ pub(crate) struct Serving {
     pub aborts: TaskAborts,
     /// `rbdgw drain`: this gateway hands its LUs over and serves no I/O.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the LUs' copy managers find each other.
+    pub copy_targets: Arc<crate::copy_targets::GatewayCopyTargets>,
 }
 
 impl Serving {
-    fn served(&self) -> Arc<Served> {
+    pub(crate) fn served(&self) -> Arc<Served> {
         self.served
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -341,7 +344,8 @@ impl Gateway {
     /// background, see [`crate::lun_open`]).
     pub async fn open(config: Config, host: &str, ceph: &CephOptions) -> anyhow::Result<Gateway> {
         let aborts = tokio::sync::broadcast::channel(TASK_ABORTS_QUEUED).0;
-        let serving = Arc::new(Serving {
+        let serving = Arc::new_cyclic(|me| Serving {
+            copy_targets: Arc::new(crate::copy_targets::GatewayCopyTargets::new(me.clone())),
             served: std::sync::RwLock::new(Arc::new(Served {
                 config: config.clone(),
                 targets: Vec::new(),

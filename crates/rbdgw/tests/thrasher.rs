@@ -364,9 +364,9 @@ fn thrash_three_gateways_on_rbd() {
 
     let guest = common::vm::lab_guest(include_str!("../../../tests/lab/guest-thrash.sh"));
     let (kernel, initrd) = common::vm::build_vm(&dir.0, &guest);
-    let mut vm = common::vm::spawn_on_tap(&lab.br, &kernel, &initrd, true);
-    let mut vm_in = vm.stdin.take().expect("console in");
-    let out = vm.stdout.take().expect("console out");
+    let mut vm = common::vm::Vm(common::vm::spawn_on_tap(&lab.br, &kernel, &initrd, true));
+    let mut vm_in = vm.0.stdin.take().expect("console in");
+    let out = vm.0.stdout.take().expect("console out");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(out).lines().map_while(Result::ok) {
@@ -679,8 +679,7 @@ fn thrash_three_gateways_on_rbd() {
         },
         || format!("{}\n{}", c.tail.join("\n"), logs(&gws)),
     );
-    let _ = vm.kill();
-    let _ = vm.wait();
+    drop(vm);
     println!("thrasher seed {seed}:");
     for (i, r) in report.iter().enumerate() {
         println!(

@@ -1,4 +1,4 @@
-//! INQUIRY (SPC-4 §6.6): standard data and the VPD pages 0x00, 0x80, 0x83 (SPC-4 §7.8),
+//! INQUIRY (SPC-4 §6.6): standard data and the VPD pages 0x00, 0x80, 0x83, 0x8F (SPC-4 §7.8),
 //! 0xB0, 0xB1, 0xB2 (SBC-3 §6.6).
 
 use backstore::BlockDevice;
@@ -11,7 +11,7 @@ use crate::{CmdResult, ScsiCommand, ScsiResponse};
 /// Version descriptors (SPC-4 Table 144): SAM-5, iSCSI, SPC-4, SBC-3.
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00a0, 0x0960, 0x0460, 0x04c0];
 
-const SUPPORTED_VPD: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
+const SUPPORTED_VPD: [u8; 7] = [0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2];
 
 /// The NAA IEEE Registered Extended designator (NAA 6, SPC-4 §7.8.6.6.5) made as Linux LIO
 /// makes it: the IEEE company id 0x001405, then the hexadecimal digits of the unit serial
@@ -73,6 +73,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
             0x00 => SUPPORTED_VPD.to_vec(),
             0x80 => self.cfg.serial.as_bytes().to_vec(),
             0x83 => self.device_identification(),
+            0x8f => crate::xcopy::third_party_copy_vpd(self.cfg.block_size),
             0xb0 => self.block_limits(),
             0xb1 => {
                 let mut v = vec![0u8; 0x3c];
@@ -97,7 +98,8 @@ impl<B: BlockDevice> LogicalUnit<B> {
         d[2] = 0x06; // SPC-4
         d[3] = 0x10 | 0x02; // HISUP, response data format 2
         d[4] = (d.len() - 5) as u8;
-        d[5] = 0x10; // TPGS=01b: implicit ALUA (SPC-4 §6.4.2)
+        // TPGS=01b: implicit ALUA (SPC-4 §6.4.2); 3PC: a copy manager (EXTENDED COPY).
+        d[5] = 0x10 | 0x08;
         d[6] = if self.cfg.port_groups.len() > 1 {
             0x10
         } else {
@@ -121,9 +123,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
         // Binary code set, association LU, type NAA.
         designator(&mut v, 0x01, 0x03, &naa_designator(&self.cfg.serial));
         // ASCII, association LU, type T10 vendor ID: vendor then serial.
-        let mut t10 = padded_ascii(&self.cfg.vendor, 8);
-        t10.extend_from_slice(self.cfg.serial.as_bytes());
-        designator(&mut v, 0x02, 0x01, &t10);
+        designator(&mut v, 0x02, 0x01, &self.t10_vendor_designator());
         let tpg = self.cfg.local_tpg;
         let rel = self
             .cfg
@@ -145,6 +145,13 @@ impl<B: BlockDevice> LogicalUnit<B> {
         designator(&mut v, 0x53, 0x98, &nul_pad4(&name_port));
         designator(&mut v, 0x53, 0xa8, &nul_pad4(&self.cfg.target_name));
         v
+    }
+
+    /// The T10 vendor ID designator: the vendor, padded to 8 bytes, then the serial.
+    pub(crate) fn t10_vendor_designator(&self) -> Vec<u8> {
+        let mut t10 = padded_ascii(&self.cfg.vendor, 8);
+        t10.extend_from_slice(self.cfg.serial.as_bytes());
+        t10
     }
 
     /// VPD 0xB0 (SBC-3 §6.6.4).

@@ -8,7 +8,8 @@
 //! capacity), [`inquiry`] (standard INQUIRY and VPD pages), [`mode`] (MODE SENSE/SELECT),
 //! [`reports`] (REPORT LUNS, supported opcodes and task management functions), [`pr`]
 //! (persistent reservations and RESERVE/RELEASE), [`alua`] (target port groups), [`abort`]
-//! (tasks aborted on behalf of another nexus).
+//! (tasks aborted on behalf of another nexus), [`xcopy`] and [`copy_manager`] (EXTENDED COPY
+//! and RECEIVE COPY RESULTS).
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use bytes::Bytes;
 pub mod abort;
 pub mod alua;
 mod cdb;
+pub mod copy_manager;
 pub mod inquiry;
 pub mod lu;
 pub mod mode;
@@ -24,9 +26,11 @@ pub mod pr;
 pub mod reports;
 pub mod sbc;
 pub mod sense;
+pub mod xcopy;
 
 pub use abort::{AbortScope, TaskAbort};
 pub use alua::{AccessState, TargetPortGroup};
+pub use copy_manager::CopyTargets;
 pub use lu::{LogicalUnit, LuConfig};
 pub use sense::{Asc, ScsiStatus, SenseData, SenseKey};
 
@@ -167,6 +171,7 @@ pub fn data_out_length(cdb: &[u8], block_size: u32) -> u64 {
         0x42 | 0x55 => be16(cdb, 7) as u64,
         0x15 => cdb::get(cdb, 4) as u64,
         0x5f => be32(cdb, 5) as u64,
+        0x83 => be32(cdb, 10) as u64,
         _ => 0,
     }
 }
@@ -247,5 +252,7 @@ mod tests {
     }
 }
 
+#[cfg(test)]
+mod copy_tests;
 #[cfg(test)]
 mod lu_tests;

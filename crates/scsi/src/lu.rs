@@ -105,6 +105,9 @@ pub(crate) struct LuState {
     pub isolated: bool,
     /// Abort orders for the transport, not yet handed over (see [`LogicalUnit::on_task_abort`]).
     pub aborts: Vec<(AbortScope, Option<ItNexus>)>,
+    /// EXTENDED COPY lists with an identifier, running or held for RECEIVE COPY RESULTS
+    /// (SPC-4 §6.18), per nexus: at most 256 per nexus, gone with it.
+    pub copies: HashMap<(ItNexus, u8), crate::xcopy::CopyProgress>,
 }
 
 impl LuState {
@@ -142,6 +145,9 @@ pub struct LogicalUnit<B> {
     served: std::sync::atomic::AtomicBool,
     /// Where abort orders go ([`LogicalUnit::on_task_abort`]).
     abort_hook: std::sync::OnceLock<AbortHook>,
+    /// The other LUs a copy may name ([`LogicalUnit::set_copy_targets`]).
+    pub(crate) copy_targets:
+        std::sync::OnceLock<std::sync::Arc<dyn crate::copy_manager::CopyTargets<B>>>,
 }
 
 /// Kinds of reset a task management function causes (SAM-5 §6.3).
@@ -163,6 +169,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
             was_available: std::sync::atomic::AtomicBool::new(dev.available()),
             served: std::sync::atomic::AtomicBool::new(false),
             abort_hook: std::sync::OnceLock::new(),
+            copy_targets: std::sync::OnceLock::new(),
             cfg,
             dev,
             state: Mutex::new(state),
@@ -268,6 +275,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
             .await;
         let mut st = self.state();
         st.prevent.clear();
+        st.copies.clear();
         st.wce = self.cfg.write_cache;
         let asc = match kind {
             ResetKind::LogicalUnit => Asc::BUS_DEVICE_RESET,
@@ -303,6 +311,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
         st.prevent.remove(nexus);
         st.ua.remove(nexus);
         st.seen.remove(nexus);
+        st.copies.retain(|(n, _), _| n != nexus);
     }
 
     /// Raises a unit attention for every nexus (e.g. CAPACITY DATA HAS CHANGED).
@@ -511,6 +520,8 @@ impl<B: BlockDevice> LogicalUnit<B> {
             0x5e => self.persistent_reserve_in(cmd),
             0x5f => self.persistent_reserve_out(cmd).await,
             0x37 | 0xb7 => self.read_defect_data(cdb),
+            0x83 => self.extended_copy(cmd).await,
+            0x84 => self.receive_copy_results(cmd),
             _ => Err(SenseData::invalid_opcode()),
         }
     }

@@ -17,7 +17,7 @@ fn lu(read_only: bool) -> LogicalUnit<FileDevice> {
     LogicalUnit::new(c, FileDevice::memory(1 << 20).unwrap())
 }
 
-fn nexus(n: u8) -> ItNexus {
+pub(crate) fn nexus(n: u8) -> ItNexus {
     ItNexus {
         initiator: format!("iqn.2026-11.org.rbdgw:i{n}").into(),
         isid: [0x40, 0, 0, 0, 0, n],
@@ -25,7 +25,7 @@ fn nexus(n: u8) -> ItNexus {
     }
 }
 
-async fn run<B: BlockDevice>(
+pub(crate) async fn run<B: BlockDevice>(
     lu: &LogicalUnit<B>,
     n: &ItNexus,
     cdb: &[u8],
@@ -49,7 +49,7 @@ async fn ready(lu: &LogicalUnit<FileDevice>, n: &ItNexus) {
     assert_eq!(run(lu, n, &[0x00], &[]).await.status, ScsiStatus::Good);
 }
 
-fn check(r: &ScsiResponse, key: SenseKey, asc: Asc) {
+pub(crate) fn check(r: &ScsiResponse, key: SenseKey, asc: Asc) {
     assert_eq!(r.status, ScsiStatus::CheckCondition, "{r:?}");
     let s = r.sense.expect("sense");
     assert_eq!((s.key, s.asc), (key, asc), "{r:?}");

@@ -24,6 +24,7 @@ pub enum SenseKey {
     IllegalRequest = 0x5,
     UnitAttention = 0x6,
     DataProtect = 0x7,
+    CopyAborted = 0xa,
     AbortedCommand = 0xb,
     Miscompare = 0xe,
 }
@@ -63,6 +64,15 @@ impl Asc {
     pub const LU_NOT_ACCESSIBLE_TRANSITIONING: Asc = Asc(0x04, 0x0a);
     pub const LU_NOT_ACCESSIBLE_STANDBY: Asc = Asc(0x04, 0x0b);
     pub const LU_NOT_ACCESSIBLE_UNAVAILABLE: Asc = Asc(0x04, 0x0c);
+    pub const OPERATION_IN_PROGRESS: Asc = Asc(0x00, 0x16);
+    pub const UNREACHABLE_COPY_TARGET: Asc = Asc(0x08, 0x04);
+    pub const THIRD_PARTY_DEVICE_FAILURE: Asc = Asc(0x0d, 0x01);
+    pub const INCORRECT_COPY_TARGET_DEVICE_TYPE: Asc = Asc(0x0d, 0x03);
+    pub const TOO_MANY_TARGET_DESCRIPTORS: Asc = Asc(0x26, 0x06);
+    pub const UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE: Asc = Asc(0x26, 0x07);
+    pub const TOO_MANY_SEGMENT_DESCRIPTORS: Asc = Asc(0x26, 0x08);
+    pub const UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE: Asc = Asc(0x26, 0x09);
+    pub const UNEXPECTED_INEXACT_SEGMENT: Asc = Asc(0x26, 0x0a);
 }
 
 /// Sense data for one CHECK CONDITION.
@@ -74,6 +84,9 @@ pub struct SenseData {
     pub information: Option<u64>,
     /// Sense-key specific field pointer (SPC-4 §4.5.2.4.2): (in CDB?, byte, bit).
     pub field: Option<(bool, u16, Option<u8>)>,
+    /// The COMMAND-SPECIFIC INFORMATION field (EXTENDED COPY: the number of the segment
+    /// descriptor being processed in its last two bytes, SPC-4 §4.5.2.4 segment pointer).
+    pub command_specific: Option<u32>,
 }
 
 impl SenseData {
@@ -83,6 +96,7 @@ impl SenseData {
             asc,
             information: None,
             field: None,
+            command_specific: None,
         }
     }
 
@@ -144,6 +158,9 @@ impl SenseData {
         }
         b[2] = self.key as u8;
         b[7] = 10;
+        if let Some(c) = self.command_specific {
+            b[8..12].copy_from_slice(&c.to_be_bytes());
+        }
         b[12] = self.asc.0;
         b[13] = self.asc.1;
         if let Some((cd, byte, bit)) = self.field {

@@ -78,10 +78,12 @@ pub fn lab_guest(script: &str) -> String {
 }
 
 /// Starts the VM inside the network namespace `ns`, on its tap device `tap0`, its console on
-/// a pipe (and its input on one, when `stdin`).
+/// a pipe (and its input on one, when `stdin`), in a process group of its own ([`stop`]).
 pub fn spawn_on_tap(ns: &str, kernel: &Path, initrd: &Path, stdin: bool) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     Command::new("ip")
+        .process_group(0)
         .args(["netns", "exec", ns, "timeout", "1800"])
         .args(qemu_args(kernel, initrd))
         .args([
@@ -95,4 +97,21 @@ pub fn spawn_on_tap(ns: &str, kernel: &Path, initrd: &Path, stdin: bool) -> std:
         .stderr(Stdio::null())
         .spawn()
         .expect("start the VM")
+}
+
+/// A VM of [`spawn_on_tap`] that is stopped when dropped, however the test ends.
+pub struct Vm(pub std::process::Child);
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        stop(&mut self.0);
+    }
+}
+
+/// Stops a VM of [`spawn_on_tap`]: its whole process group, qemu included (killing the
+/// child alone, `timeout`, left qemu running on its own, a core busy for minutes).
+pub fn stop(vm: &mut std::process::Child) {
+    // SAFETY: kill(2) on the VM's own process group, which this test created.
+    unsafe { libc::kill(-(vm.id() as i32), libc::SIGKILL) };
+    let _ = vm.wait();
 }

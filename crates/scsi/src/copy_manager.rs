@@ -1,0 +1,390 @@
+//! The copy manager (SPC-4 §6.4): EXTENDED COPY (LID1) from and to any logical unit this
+//! gateway serves, in any of its targets, and RECEIVE COPY RESULTS (§6.18). The data moves
+//! inside the gateway, a chunk at a time, and never crosses the initiator's network.
+//!
+//! A copy obeys what a WRITE would: the destination's reservations (checked for the nexus that
+//! sent the copy), its write protection, its ALUA state and the gateway's write lock (asked of
+//! [`CopyTargets`]). It runs inside its command's task: an ABORT TASK or a reset ends it.
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::Poll;
+
+use backstore::{BlockDevice, DataOutBuffer};
+
+use crate::alua::AccessState;
+use crate::cdb::be32;
+use crate::lu::LogicalUnit;
+use crate::sense::{Asc, SenseData, SenseKey};
+use crate::xcopy::{self, CopyList, CopyProgress, Designator, ListIdUsage, Segment};
+use crate::{ItNexus, ScsiCommand, ScsiResponse};
+
+/// A boxed future, for the object-safe [`CopyTargets`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Something held for as long as a copy needs it (a write admission, copy memory).
+pub type Held = Box<dyn Send>;
+
+/// What the copy manager needs of the gateway around its logical units.
+pub trait CopyTargets<B: BlockDevice>: Send + Sync {
+    /// The logical unit served here that has designator `d` (VPD 0x83, association: LU).
+    fn find(&self, d: &Designator) -> Option<Arc<LogicalUnit<B>>>;
+
+    /// Admits writes to `lu` as a WRITE command is admitted (the write lock of a LU shared by
+    /// several gateways); the copy holds what it returns while it writes there.
+    fn admit_write(&self, lu: Arc<LogicalUnit<B>>) -> BoxFuture<'static, Result<Held, SenseData>>;
+
+    /// Reserves `bytes` of the gateway's copy memory, waiting while all of it is in use.
+    fn reserve_memory(&self, bytes: usize) -> BoxFuture<'static, Held>;
+}
+
+/// The unit a copy reads and writes at once; a copy holds two (one written while the next is
+/// read).
+pub const COPY_CHUNK: usize = 1 << 20;
+
+/// A party to a copy: the LU that received it, or another one the gateway found.
+enum Party<'a, B: BlockDevice> {
+    This(&'a LogicalUnit<B>),
+    Other(Arc<LogicalUnit<B>>),
+}
+
+impl<B: BlockDevice> std::ops::Deref for Party<'_, B> {
+    type Target = LogicalUnit<B>;
+    fn deref(&self) -> &LogicalUnit<B> {
+        match self {
+            Party::This(l) => l,
+            Party::Other(l) => l,
+        }
+    }
+}
+
+/// Polls two futures together until both are done (a copy writes one chunk while it reads
+/// the next).
+async fn join2<A: Future, C: Future>(a: A, c: C) -> (A::Output, C::Output) {
+    let (mut a, mut c) = (pin!(a), pin!(c));
+    let (mut ra, mut rc) = (None, None);
+    std::future::poll_fn(|cx| {
+        if ra.is_none() {
+            if let Poll::Ready(v) = a.as_mut().poll(cx) {
+                ra = Some(v);
+            }
+        }
+        if rc.is_none() {
+            if let Poll::Ready(v) = c.as_mut().poll(cx) {
+                rc = Some(v);
+            }
+        }
+        match (ra.take(), rc.take()) {
+            (Some(x), Some(y)) => Poll::Ready((x, y)),
+            (x, y) => {
+                (ra, rc) = (x, y);
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+fn probe<'a>(cdb: &'a [u8; 10], nexus: &'a ItNexus) -> ScsiCommand<'a> {
+    ScsiCommand {
+        cdb,
+        nexus,
+        data_out: Default::default(),
+        transfer_length: 0,
+    }
+}
+
+impl<B: BlockDevice> LogicalUnit<B> {
+    /// Sets where this LU finds the other LUs a copy names and asks for write admission.
+    /// Without it a copy stays within this LU, admitted freely. Set once.
+    pub fn set_copy_targets(&self, targets: Arc<dyn CopyTargets<B>>) {
+        let _ = self.copy_targets.set(targets);
+    }
+
+    /// Whether `d` is one of this LU's designators (VPD 0x83): its NAA or T10 vendor ID.
+    pub fn has_designator(&self, d: &Designator) -> bool {
+        match d.kind {
+            3 => d.value == crate::inquiry::naa_designator(&self.cfg.serial),
+            1 => d.value == self.t10_vendor_designator(),
+            _ => false,
+        }
+    }
+
+    fn resolve(&self, d: &Designator) -> Option<Party<'_, B>> {
+        match self.copy_targets.get() {
+            Some(t) => t.find(d).map(Party::Other),
+            None => self.has_designator(d).then_some(Party::This(self)),
+        }
+    }
+
+    /// The LU a CSCD descriptor index names in `list` (FFFFh: this LU), for segment `n`.
+    fn party(&self, list: &CopyList, index: u16, n: usize) -> Result<Party<'_, B>, SenseData> {
+        let unreachable = || xcopy::copy_aborted(Asc::UNREACHABLE_COPY_TARGET, n);
+        let (designator, block_length) = if index == xcopy::CSCD_ID_THIS_LU {
+            let own = Designator {
+                kind: 3,
+                value: crate::inquiry::naa_designator(&self.cfg.serial).to_vec(),
+            };
+            (own, self.cfg.block_size)
+        } else {
+            let c = list.cscds.get(index as usize).ok_or_else(unreachable)?;
+            if c.device_type != 0 {
+                return Err(xcopy::copy_aborted(
+                    Asc::INCORRECT_COPY_TARGET_DEVICE_TYPE,
+                    n,
+                ));
+            }
+            (c.designator.clone(), c.block_length)
+        };
+        let lu = self.resolve(&designator).ok_or_else(unreachable)?;
+        if block_length != lu.cfg.block_size {
+            return Err(xcopy::copy_aborted(
+                Asc::INCORRECT_COPY_TARGET_DEVICE_TYPE,
+                n,
+            ));
+        }
+        Ok(lu)
+    }
+
+    /// EXTENDED COPY (LID1) (SPC-4 §6.4).
+    pub(crate) async fn extended_copy(
+        &self,
+        cmd: &ScsiCommand<'_>,
+    ) -> Result<ScsiResponse, SenseData> {
+        if cmd.cdb[1] & 0x1f != 0 {
+            // LID4, POPULATE TOKEN, WRITE USING TOKEN: not served.
+            return Err(SenseData::invalid_cdb(1, Some(4)));
+        }
+        let declared = be32(cmd.cdb, 10) as usize;
+        let data = cmd.data_out.to_bytes();
+        let Some(list) = xcopy::parse(&data[..declared.min(data.len())])? else {
+            return Ok(ScsiResponse::good());
+        };
+        let key = (list.usage != ListIdUsage::None).then(|| (cmd.nexus.clone(), list.list_id));
+        if let Some(k) = &key {
+            let mut st = self.state();
+            if st.copies.get(k).is_some_and(|p| !p.done) {
+                // SPC-4 §6.4.3: a list identifier in use by a copy still running.
+                return Err(SenseData::illegal(Asc::OPERATION_IN_PROGRESS));
+            }
+            st.copies.insert(k.clone(), CopyProgress::default());
+        }
+        let outcome = self.run_copy(&list, cmd.nexus, key.as_ref()).await;
+        if let Some(k) = &key {
+            let mut st = self.state();
+            if list.usage == ListIdUsage::Hold {
+                // (Gone when the nexus was lost or the LU reset meanwhile: nothing to hold.)
+                if let Some(p) = st.copies.get_mut(k) {
+                    p.done = true;
+                    p.failed = outcome.is_err();
+                }
+            } else {
+                st.copies.remove(k);
+            }
+        }
+        match outcome {
+            Ok(()) => Ok(ScsiResponse::good()),
+            Err(r) => Ok(r),
+        }
+    }
+
+    async fn run_copy(
+        &self,
+        list: &CopyList,
+        nexus: &ItNexus,
+        key: Option<&(ItNexus, u8)>,
+    ) -> Result<(), ScsiResponse> {
+        for (n, seg) in list.segments.iter().enumerate() {
+            self.copy_segment(list, n, seg, nexus, key).await?;
+            if let Some(k) = key {
+                if let Some(p) = self.state().copies.get_mut(k) {
+                    p.segments = (n + 1) as u16;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One block device to block device segment (SPC-4 §6.4.6.5).
+    async fn copy_segment(
+        &self,
+        list: &CopyList,
+        n: usize,
+        seg: &Segment,
+        nexus: &ItNexus,
+        key: Option<&(ItNexus, u8)>,
+    ) -> Result<(), ScsiResponse> {
+        let src = self.party(list, seg.source, n)?;
+        let dst = self.party(list, seg.destination, n)?;
+        let (sbs, dbs) = (src.cfg.block_size as u64, dst.cfg.block_size as u64);
+        let bytes = seg.blocks as u64 * if seg.destination_count { dbs } else { sbs };
+        if !bytes.is_multiple_of(sbs) || !bytes.is_multiple_of(dbs) {
+            return Err(xcopy::copy_aborted(Asc::UNEXPECTED_INEXACT_SEGMENT, n).into());
+        }
+        if bytes == 0 {
+            return Ok(());
+        }
+        // A range past either end: the copy target would refuse the I/O, so the copy stops
+        // before it starts (COPY ABORTED: an error met processing a segment, SPC-4 §6.4).
+        let within = |lba: u64, bs: u64, lu: &LogicalUnit<B>| {
+            lba.checked_mul(bs)
+                .and_then(|o| o.checked_add(bytes))
+                .is_some_and(|end| end <= lu.dev.size())
+        };
+        if !within(seg.source_lba, sbs, &src) || !within(seg.destination_lba, dbs, &dst) {
+            return Err(xcopy::copy_aborted(Asc::NO_ADDITIONAL, n).into());
+        }
+        if dst.cfg.read_only {
+            return Err(SenseData::new(SenseKey::DataProtect, Asc::WRITE_PROTECTED).into());
+        }
+        ready_for_copy(&*src)?;
+        ready_for_copy(&*dst)?;
+        // Reservations as for a READ of the source and a WRITE of the destination sent by
+        // the nexus that sent the copy.
+        let (read10, write10) = (
+            [0x28u8, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            [0x2au8, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        );
+        if src.conflicts(&probe(&read10, nexus)).await
+            || dst.conflicts(&probe(&write10, nexus)).await
+        {
+            return Err(ScsiResponse::conflict());
+        }
+        let targets = self.copy_targets.get();
+        let _admitted = match (targets, &dst) {
+            (Some(t), Party::Other(lu)) => Some(t.admit_write(lu.clone()).await?),
+            _ => None,
+        };
+        let _memory = match targets {
+            Some(t) => Some(t.reserve_memory(2 * COPY_CHUNK).await),
+            None => None,
+        };
+        let fua = !dst.state().wce;
+        let (src_off, dst_off) = (seg.source_lba * sbs, seg.destination_lba * dbs);
+        let sparse = src.dev.capabilities().allocation_status;
+        let mut done = 0u64;
+        while done < bytes {
+            let left = bytes - done;
+            // Holes of the source become zeroes at the destination without reading them.
+            let (mapped, len) = if sparse {
+                let e = src
+                    .dev
+                    .allocation(src_off + done, left)
+                    .await
+                    .map_err(|e| src.io_error(e, false))?;
+                if e.len == 0 {
+                    (true, left)
+                } else {
+                    (e.mapped, e.len.min(left))
+                }
+            } else {
+                (true, left)
+            };
+            if mapped {
+                self.copy_range(&src, &dst, src_off + done, dst_off + done, len, fua, key)
+                    .await?;
+            } else {
+                dst.dev
+                    .write_zeroes(dst_off + done, len)
+                    .await
+                    .map_err(|e| dst.io_error(e, true))?;
+                self.note_copied(key, len);
+            }
+            done += len;
+        }
+        Ok(())
+    }
+
+    /// Copies `len` mapped bytes, reading each chunk while the previous one is written.
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_range(
+        &self,
+        src: &LogicalUnit<B>,
+        dst: &LogicalUnit<B>,
+        src_off: u64,
+        dst_off: u64,
+        len: u64,
+        fua: bool,
+        key: Option<&(ItNexus, u8)>,
+    ) -> Result<(), SenseData> {
+        let piece = |at: u64| (len - at).min(COPY_CHUNK as u64) as usize;
+        let read_err = |e| src.io_error(e, false);
+        let mut at = 0u64;
+        let mut data = src.dev.read(src_off, piece(0)).await.map_err(read_err)?;
+        loop {
+            let n = data.len() as u64;
+            let write = dst
+                .dev
+                .write(dst_off + at, DataOutBuffer::from_parts([data]), fua);
+            let next = at + n;
+            if next >= len {
+                write.await.map_err(|e| dst.io_error(e, true))?;
+                self.note_copied(key, n);
+                return Ok(());
+            }
+            let read = src.dev.read(src_off + next, piece(next));
+            let (w, r) = join2(write, read).await;
+            w.map_err(|e| dst.io_error(e, true))?;
+            self.note_copied(key, n);
+            data = r.map_err(read_err)?;
+            at = next;
+        }
+    }
+
+    fn note_copied(&self, key: Option<&(ItNexus, u8)>, bytes: u64) {
+        if let Some(k) = key {
+            if let Some(p) = self.state().copies.get_mut(k) {
+                p.bytes += bytes;
+            }
+        }
+    }
+
+    /// RECEIVE COPY RESULTS (SPC-4 §6.18): the LID1 service actions.
+    pub(crate) fn receive_copy_results(
+        &self,
+        cmd: &ScsiCommand<'_>,
+    ) -> Result<ScsiResponse, SenseData> {
+        let cdb = cmd.cdb;
+        let alloc = be32(cdb, 10) as usize;
+        let list_id = cdb[2];
+        let held = || {
+            self.state()
+                .copies
+                .get(&(cmd.nexus.clone(), list_id))
+                .copied()
+                .ok_or_else(|| SenseData::invalid_cdb(2, None))
+        };
+        let data = match cdb[1] & 0x1f {
+            0x00 => xcopy::copy_status(&held()?),
+            // RECEIVE DATA: no segment type served here holds data.
+            0x01 => {
+                held()?;
+                vec![0u8; 4]
+            }
+            0x03 => xcopy::operating_parameters(self.cfg.block_size),
+            _ => return Err(SenseData::invalid_cdb(1, Some(4))),
+        };
+        Ok(ScsiResponse::data_alloc(data, alloc))
+    }
+}
+
+/// A copy reads and writes through this gateway's port: in the states where that port turns
+/// I/O away, so does the copy (SPC-4 §5.16.2.4).
+fn ready_for_copy<B: BlockDevice>(lu: &LogicalUnit<B>) -> Result<(), SenseData> {
+    if !lu.dev.available() {
+        let asc = if lu.dev.opened() {
+            Asc::LU_NOT_ACCESSIBLE_TRANSITIONING
+        } else {
+            Asc::LU_NOT_ACCESSIBLE_UNAVAILABLE
+        };
+        return Err(SenseData::new(SenseKey::NotReady, asc));
+    }
+    if lu.access_state(lu.cfg.local_tpg) == AccessState::Standby {
+        return Err(SenseData::new(
+            SenseKey::NotReady,
+            Asc::LU_NOT_ACCESSIBLE_STANDBY,
+        ));
+    }
+    Ok(())
+}
