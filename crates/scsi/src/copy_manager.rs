@@ -17,8 +17,11 @@ use crate::alua::AccessState;
 use crate::cdb::be32;
 use crate::lu::LogicalUnit;
 use crate::sense::{Asc, SenseData, SenseKey};
-use crate::xcopy::{self, CopyList, CopyProgress, Designator, ListIdUsage, Segment};
+use crate::xcopy::{self, CopyList, CopyProgress, Designator, ListId, ListIdUsage, Segment};
 use crate::{ItNexus, ScsiCommand, ScsiResponse};
+
+/// A list as its nexus names it.
+pub(crate) type ListKey = (ItNexus, ListId);
 
 /// A boxed future, for the object-safe [`CopyTargets`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -44,7 +47,7 @@ pub trait CopyTargets<B: BlockDevice>: Send + Sync {
 pub const COPY_CHUNK: usize = 1 << 20;
 
 /// A party to a copy: the LU that received it, or another one the gateway found.
-enum Party<'a, B: BlockDevice> {
+pub(crate) enum Party<'a, B: BlockDevice> {
     This(&'a LogicalUnit<B>),
     Other(Arc<LogicalUnit<B>>),
 }
@@ -86,13 +89,24 @@ async fn join2<A: Future, C: Future>(a: A, c: C) -> (A::Output, C::Output) {
     .await
 }
 
-fn probe<'a>(cdb: &'a [u8; 10], nexus: &'a ItNexus) -> ScsiCommand<'a> {
-    ScsiCommand {
+/// Whether a READ of `src` or a WRITE of `dst` sent by `nexus` would meet a reservation
+/// conflict: a copy is refused where either would be.
+pub(crate) async fn copy_conflicts<B: BlockDevice>(
+    src: &LogicalUnit<B>,
+    dst: &LogicalUnit<B>,
+    nexus: &ItNexus,
+) -> bool {
+    let probe = |cdb: &'static [u8; 10]| ScsiCommand {
         cdb,
         nexus,
         data_out: Default::default(),
         transfer_length: 0,
-    }
+    };
+    src.conflicts(&probe(&[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+        .await
+        || dst
+            .conflicts(&probe(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+            .await
 }
 
 impl<B: BlockDevice> LogicalUnit<B> {
@@ -111,7 +125,24 @@ impl<B: BlockDevice> LogicalUnit<B> {
         }
     }
 
-    fn resolve(&self, d: &Designator) -> Option<Party<'_, B>> {
+    /// Admits the copy's writes to `dst` as the gateway admits a WRITE there.
+    pub(crate) async fn admit_write(&self, dst: &Party<'_, B>) -> Result<Option<Held>, SenseData> {
+        match (self.copy_targets.get(), dst) {
+            (Some(t), Party::Other(lu)) => Ok(Some(t.admit_write(lu.clone()).await?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// This LU as a party to a copy (found through the gateway, which admits writes to it).
+    pub(crate) fn this_party(&self) -> Party<'_, B> {
+        let own = Designator {
+            kind: 3,
+            value: crate::inquiry::naa_designator(&self.cfg.serial).to_vec(),
+        };
+        self.resolve(&own).unwrap_or(Party::This(self))
+    }
+
+    pub(crate) fn resolve(&self, d: &Designator) -> Option<Party<'_, B>> {
         match self.copy_targets.get() {
             Some(t) => t.find(d).map(Party::Other),
             None => self.has_designator(d).then_some(Party::This(self)),
@@ -152,16 +183,13 @@ impl<B: BlockDevice> LogicalUnit<B> {
         &self,
         cmd: &ScsiCommand<'_>,
     ) -> Result<ScsiResponse, SenseData> {
-        if cmd.cdb[1] & 0x1f != 0 {
-            // LID4, POPULATE TOKEN, WRITE USING TOKEN: not served.
-            return Err(SenseData::invalid_cdb(1, Some(4)));
-        }
         let declared = be32(cmd.cdb, 10) as usize;
         let data = cmd.data_out.to_bytes();
         let Some(list) = xcopy::parse(&data[..declared.min(data.len())])? else {
             return Ok(ScsiResponse::good());
         };
-        let key = (list.usage != ListIdUsage::None).then(|| (cmd.nexus.clone(), list.list_id));
+        let key = (list.usage != ListIdUsage::None)
+            .then(|| (cmd.nexus.clone(), ListId::Lid1(list.list_id)));
         if let Some(k) = &key {
             let mut st = self.state();
             if st.copies.get(k).is_some_and(|p| !p.done) {
@@ -193,7 +221,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
         &self,
         list: &CopyList,
         nexus: &ItNexus,
-        key: Option<&(ItNexus, u8)>,
+        key: Option<&ListKey>,
     ) -> Result<(), ScsiResponse> {
         for (n, seg) in list.segments.iter().enumerate() {
             self.copy_segment(list, n, seg, nexus, key).await?;
@@ -213,7 +241,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
         n: usize,
         seg: &Segment,
         nexus: &ItNexus,
-        key: Option<&(ItNexus, u8)>,
+        key: Option<&ListKey>,
     ) -> Result<(), ScsiResponse> {
         let src = self.party(list, seg.source, n)?;
         let dst = self.party(list, seg.destination, n)?;
@@ -242,26 +270,35 @@ impl<B: BlockDevice> LogicalUnit<B> {
         ready_for_copy(&*dst)?;
         // Reservations as for a READ of the source and a WRITE of the destination sent by
         // the nexus that sent the copy.
-        let (read10, write10) = (
-            [0x28u8, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            [0x2au8, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        );
-        if src.conflicts(&probe(&read10, nexus)).await
-            || dst.conflicts(&probe(&write10, nexus)).await
-        {
+        if copy_conflicts(&src, &dst, nexus).await {
             return Err(ScsiResponse::conflict());
         }
-        let targets = self.copy_targets.get();
-        let _admitted = match (targets, &dst) {
-            (Some(t), Party::Other(lu)) => Some(t.admit_write(lu.clone()).await?),
-            _ => None,
-        };
-        let _memory = match targets {
+        let _admitted = self.admit_write(&dst).await?;
+        let (src_off, dst_off) = (seg.source_lba * sbs, seg.destination_lba * dbs);
+        self.copy_bytes(&src, &dst, src_off, dst_off, bytes, key)
+            .await?;
+        Ok(())
+    }
+
+    /// Copies `bytes` from `src` to `dst`, both whole blocks of either: holes of the source
+    /// become zeroes at the destination without being read, the rest moves a chunk at a time.
+    /// Tokens standing for the destination range are revoked first.
+    pub(crate) async fn copy_bytes(
+        &self,
+        src: &LogicalUnit<B>,
+        dst: &LogicalUnit<B>,
+        src_off: u64,
+        dst_off: u64,
+        bytes: u64,
+        key: Option<&ListKey>,
+    ) -> Result<(), SenseData> {
+        let dbs = dst.cfg.block_size as u64;
+        dst.before_write(dst_off / dbs, bytes / dbs).await?;
+        let _memory = match self.copy_targets.get() {
             Some(t) => Some(t.reserve_memory(2 * COPY_CHUNK).await),
             None => None,
         };
         let fua = !dst.state().wce;
-        let (src_off, dst_off) = (seg.source_lba * sbs, seg.destination_lba * dbs);
         let sparse = src.dev.capabilities().allocation_status;
         let mut done = 0u64;
         while done < bytes {
@@ -282,7 +319,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 (true, left)
             };
             if mapped {
-                self.copy_range(&src, &dst, src_off + done, dst_off + done, len, fua, key)
+                self.copy_range(src, dst, src_off + done, dst_off + done, len, fua, key)
                     .await?;
             } else {
                 dst.dev
@@ -306,7 +343,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
         dst_off: u64,
         len: u64,
         fua: bool,
-        key: Option<&(ItNexus, u8)>,
+        key: Option<&ListKey>,
     ) -> Result<(), SenseData> {
         let piece = |at: u64| (len - at).min(COPY_CHUNK as u64) as usize;
         let read_err = |e| src.io_error(e, false);
@@ -332,7 +369,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
         }
     }
 
-    fn note_copied(&self, key: Option<&(ItNexus, u8)>, bytes: u64) {
+    pub(crate) fn note_copied(&self, key: Option<&ListKey>, bytes: u64) {
         if let Some(k) = key {
             if let Some(p) = self.state().copies.get_mut(k) {
                 p.bytes += bytes;
@@ -351,8 +388,8 @@ impl<B: BlockDevice> LogicalUnit<B> {
         let held = || {
             self.state()
                 .copies
-                .get(&(cmd.nexus.clone(), list_id))
-                .copied()
+                .get(&(cmd.nexus.clone(), ListId::Lid1(list_id)))
+                .cloned()
                 .ok_or_else(|| SenseData::invalid_cdb(2, None))
         };
         let data = match cdb[1] & 0x1f {
@@ -371,7 +408,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
 
 /// A copy reads and writes through this gateway's port: in the states where that port turns
 /// I/O away, so does the copy (SPC-4 §5.16.2.4).
-fn ready_for_copy<B: BlockDevice>(lu: &LogicalUnit<B>) -> Result<(), SenseData> {
+pub(crate) fn ready_for_copy<B: BlockDevice>(lu: &LogicalUnit<B>) -> Result<(), SenseData> {
     if !lu.dev.available() {
         let asc = if lu.dev.opened() {
             Asc::LU_NOT_ACCESSIBLE_TRANSITIONING

@@ -239,3 +239,130 @@ async fn copies_are_refused_as_writes_would_be() {
     // An empty parameter list copies nothing and is no error.
     assert_eq!(xcopy(&a, &other, &[]).await.status, ScsiStatus::Good);
 }
+
+/// POPULATE TOKEN's CDB: list `id`, parameter list of `len` bytes.
+fn populate_cdb(id: u32, len: usize) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x83;
+    c[1] = 0x10;
+    c[6..10].copy_from_slice(&id.to_be_bytes());
+    c[10..14].copy_from_slice(&(len as u32).to_be_bytes());
+    c
+}
+
+/// A POPULATE TOKEN (or, at 536, WRITE USING TOKEN) parameter list with these ranges.
+fn with_ranges(head: usize, ranges: &[(u64, u32)]) -> Vec<u8> {
+    let mut l = vec![0u8; head];
+    l[head - 2..].copy_from_slice(&((ranges.len() * 16) as u16).to_be_bytes());
+    for (lba, n) in ranges {
+        l.extend_from_slice(&lba.to_be_bytes());
+        l.extend_from_slice(&n.to_be_bytes());
+        l.extend_from_slice(&[0; 4]);
+    }
+    l
+}
+
+async fn populate(lu: &Lu, n: &ItNexus, id: u32, ranges: &[(u64, u32)]) -> Vec<u8> {
+    let p = with_ranges(16, ranges);
+    let r = run(lu, n, &populate_cdb(id, p.len()), &p).await;
+    assert_eq!(r.status, ScsiStatus::Good, "{r:?}");
+    // RECEIVE ROD TOKEN INFORMATION: the token after the 32-byte status, no sense, 4 + 2.
+    let mut c = [0u8; 16];
+    c[0] = 0x84;
+    c[1] = 0x07;
+    c[2..6].copy_from_slice(&id.to_be_bytes());
+    c[10..14].copy_from_slice(&1024u32.to_be_bytes());
+    let r = run(lu, n, &c, &[]).await;
+    assert_eq!(r.status, ScsiStatus::Good, "{r:?}");
+    assert_eq!(
+        (r.data[4], r.data[5]),
+        (0x10, 0x01),
+        "POPULATE TOKEN, completed"
+    );
+    r.data[38..38 + 512].to_vec()
+}
+
+async fn write_using(lu: &Lu, n: &ItNexus, token: &[u8], ranges: &[(u64, u32)]) -> ScsiResponse {
+    let mut p = with_ranges(536, ranges);
+    p[16..16 + 512].copy_from_slice(token);
+    let mut c = populate_cdb(2, p.len());
+    c[1] = 0x11;
+    run(lu, n, &c, &p).await
+}
+
+#[tokio::test]
+async fn a_token_made_through_one_gateway_is_written_through_another_until_its_data_changes() {
+    let dir = std::env::temp_dir().join(format!("rbdgw-odx-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("a.img");
+    let serial = "aaaa0123-0000-0000-0000-000000000000";
+    let lu_on = |dev| {
+        Arc::new(LogicalUnit::new(
+            LuConfig::new(0, serial, "iqn.2026-11.org.rbdgw:t"),
+            dev,
+        ))
+    };
+    // One image, served by two gateways (each its own LU over it, the metadata shared).
+    let a1 = lu_on(FileDevice::open(&image, Some(1 << 20)).unwrap());
+    let a2 = lu_on(FileDevice::open(&image, None).unwrap());
+    let b = memory_lu("bbbb0123-0000-0000-0000-000000000000", false);
+    let gw2 = Arc::new(Gateway(vec![a2.clone(), b.clone()]));
+    a2.set_copy_targets(gw2.clone());
+    b.set_copy_targets(gw2);
+    let n = nexus(1);
+    for lu in [&a1, &a2, &b] {
+        settle(lu, &n).await;
+    }
+    fill(&a1, 0, 8, b'P').await;
+    fill(&a1, 100, 8, b'Q').await;
+    let token = populate(&a1, &n, 1, &[(0, 8), (100, 8)]).await;
+    let r = write_using(&b, &n, &token, &[(10, 16)]).await;
+    assert_eq!(r.status, ScsiStatus::Good, "{r:?}");
+    let got = read(&b, 10, 16).await;
+    assert_eq!(&got[..8 * 512], &vec![b'P'; 8 * 512][..]);
+    assert_eq!(&got[8 * 512..], &vec![b'Q'; 8 * 512][..]);
+
+    // A write to data the token stands for (through the first gateway) revokes it.
+    assert_eq!(
+        run(&a1, &n, &[0x2a, 0, 0, 0, 0, 4, 0, 0, 1, 0], &[0u8; 512])
+            .await
+            .status,
+        ScsiStatus::Good
+    );
+    check(
+        &write_using(&b, &n, &token, &[(10, 16)]).await,
+        SenseKey::IllegalRequest,
+        Asc::TOKEN_REVOKED,
+    );
+    // A token made through one gateway is revoked by a write through the other.
+    let token = populate(&a1, &n, 3, &[(0, 8)]).await;
+    assert_eq!(
+        run(&a2, &n, &[0x2a, 0, 0, 0, 0, 7, 0, 0, 1, 0], &[0u8; 512])
+            .await
+            .status,
+        ScsiStatus::Good
+    );
+    check(
+        &write_using(&b, &n, &token, &[(10, 8)]).await,
+        SenseKey::IllegalRequest,
+        Asc::TOKEN_REVOKED,
+    );
+    // A token nobody made.
+    let mut forged = token.clone();
+    forged[130] ^= 0xff;
+    check(
+        &write_using(&b, &n, &forged, &[(10, 16)]).await,
+        SenseKey::IllegalRequest,
+        Asc::TOKEN_UNKNOWN,
+    );
+    // The block device zero ROD token writes zeroes.
+    let mut zero = vec![0u8; 512];
+    zero[0..4].copy_from_slice(&crate::rod_token::ROD_TYPE_BLOCK_ZERO.to_be_bytes());
+    assert_eq!(
+        write_using(&b, &n, &zero, &[(10, 4)]).await.status,
+        ScsiStatus::Good
+    );
+    assert_eq!(read(&b, 10, 4).await, vec![0u8; 4 * 512]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -107,7 +107,9 @@ pub(crate) struct LuState {
     pub aborts: Vec<(AbortScope, Option<ItNexus>)>,
     /// EXTENDED COPY lists with an identifier, running or held for RECEIVE COPY RESULTS
     /// (SPC-4 §6.18), per nexus: at most 256 per nexus, gone with it.
-    pub copies: HashMap<(ItNexus, u8), crate::xcopy::CopyProgress>,
+    pub copies: HashMap<(ItNexus, crate::xcopy::ListId), crate::xcopy::CopyProgress>,
+    /// This LU's ROD tokens (ODX), as last read from the shared metadata.
+    pub tokens: crate::rod_token::TokenRegistry,
 }
 
 impl LuState {
@@ -480,6 +482,9 @@ impl<B: BlockDevice> LogicalUnit<B> {
 
     async fn dispatch(&self, cmd: &ScsiCommand<'_>) -> CmdResult {
         let cdb = cmd.cdb;
+        if let Some((lba, blocks)) = self.written_range(cdb) {
+            self.before_write(lba, blocks).await?;
+        }
         match cdb[0] {
             0x00 => Ok(ScsiResponse::good()), // TEST UNIT READY
             0x03 => self.request_sense(cmd),
@@ -520,9 +525,37 @@ impl<B: BlockDevice> LogicalUnit<B> {
             0x5e => self.persistent_reserve_in(cmd),
             0x5f => self.persistent_reserve_out(cmd).await,
             0x37 | 0xb7 => self.read_defect_data(cdb),
-            0x83 => self.extended_copy(cmd).await,
+            0x83 => match cdb[1] & 0x1f {
+                0x00 => self.extended_copy(cmd).await,
+                0x10 => self.populate_token(cmd).await,
+                0x11 => self.write_using_token(cmd).await,
+                _ => Err(SenseData::invalid_cdb(1, Some(4))),
+            },
+            0x84 if cdb[1] & 0x1f == 0x07 => self.receive_rod_token_information(cmd),
             0x84 => self.receive_copy_results(cmd),
             _ => Err(SenseData::invalid_opcode()),
+        }
+    }
+
+    /// The blocks a write command's CDB names (UNMAP's are in its parameter list; copies name
+    /// theirs themselves): ROD tokens standing for them are revoked before it runs.
+    fn written_range(&self, cdb: &[u8]) -> Option<(u64, u64)> {
+        match cdb[0] {
+            0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x8b => {
+                let r = crate::sbc::BlockRange::parse(cdb);
+                Some((r.lba, r.blocks))
+            }
+            0x41 | 0x93 => {
+                // WRITE SAME of 0 blocks: to the end of the medium.
+                let r = crate::sbc::BlockRange::parse(cdb);
+                let blocks = match r.blocks {
+                    0 => self.block_count().saturating_sub(r.lba),
+                    n => n,
+                };
+                Some((r.lba, blocks))
+            }
+            0x89 => Some((crate::cdb::be64(cdb, 2), get(cdb, 13) as u64)),
+            _ => None,
         }
     }
 

@@ -260,6 +260,8 @@ fn access_class(cdb: &[u8]) -> AccessClass {
     match cdb[0] {
         0x12 | 0xa0 | 0x03 | 0x5e | 0x5f | 0xa3 | 0x25 | 0x00 => AccessClass::Allowed,
         0x9e if cdb[1] & 0x1f == 0x10 => AccessClass::Allowed,
+        // POPULATE TOKEN reads (SBC-3 Table: as READ).
+        0x83 if cdb[1] & 0x1f == 0x10 => AccessClass::Read,
         0x08 | 0x28 | 0xa8 | 0x88 | 0x2f | 0xaf | 0x8f | 0x34 | 0x90 | 0x1a | 0x5a | 0x37
         | 0xb7 | 0x9e | 0x84 => AccessClass::Read,
         _ => AccessClass::Write,
@@ -485,7 +487,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
         r.is_ok() && dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn metadata_error(&self, e: backstore::BackstoreError) -> SenseData {
+    pub(crate) fn metadata_error(&self, e: backstore::BackstoreError) -> SenseData {
         tracing::warn!(lun = self.cfg.lun, "reservation state unavailable: {e}");
         SenseData::illegal(Asc::INSUFFICIENT_REGISTRATION_RESOURCES)
     }
@@ -508,6 +510,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
             }
             Err(e) => tracing::warn!(lun = self.cfg.lun, "cannot reload reservation state: {e}"),
         }
+        self.reload_tokens().await;
         self.emit_aborts();
     }
 

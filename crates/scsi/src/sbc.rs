@@ -354,6 +354,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
         let bs = self.bs();
         for (lba, n) in ranges {
             if n > 0 {
+                self.before_write(lba, n).await?;
                 self.dev
                     .discard(lba * bs, n * bs)
                     .await

@@ -73,6 +73,15 @@ impl Asc {
     pub const TOO_MANY_SEGMENT_DESCRIPTORS: Asc = Asc(0x26, 0x08);
     pub const UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE: Asc = Asc(0x26, 0x09);
     pub const UNEXPECTED_INEXACT_SEGMENT: Asc = Asc(0x26, 0x0a);
+    pub const UNSUPPORTED_TOKEN_TYPE: Asc = Asc(0x23, 0x01);
+    pub const REMOTE_TOKEN_USAGE_NOT_SUPPORTED: Asc = Asc(0x23, 0x02);
+    pub const TOKEN_UNKNOWN: Asc = Asc(0x23, 0x04);
+    pub const TOKEN_CORRUPT: Asc = Asc(0x23, 0x05);
+    pub const TOKEN_REVOKED: Asc = Asc(0x23, 0x06);
+    pub const TOKEN_EXPIRED: Asc = Asc(0x23, 0x07);
+    pub const TOKEN_DELETED: Asc = Asc(0x23, 0x09);
+    pub const INVALID_TOKEN_LENGTH: Asc = Asc(0x23, 0x0a);
+    pub const INSUFFICIENT_RESOURCES_TO_CREATE_ROD_TOKEN: Asc = Asc(0x55, 0x0d);
 }
 
 /// Sense data for one CHECK CONDITION.

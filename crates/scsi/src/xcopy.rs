@@ -235,13 +235,27 @@ fn max_segment_length(block_size: u32) -> u32 {
     (u16::MAX as u64 * block_size as u64).min(u32::MAX as u64) as u32
 }
 
-/// Where a list stands, for RECEIVE COPY RESULTS, COPY STATUS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A list's identifier: a one-byte LID1 (EXTENDED COPY (LID1)) or a four-byte LID4 one
+/// (POPULATE TOKEN, WRITE USING TOKEN); each is unique per I_T nexus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListId {
+    Lid1(u8),
+    Lid4(u32),
+}
+
+/// Where a list stands, for RECEIVE COPY RESULTS and RECEIVE ROD TOKEN INFORMATION.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CopyProgress {
     pub done: bool,
     pub failed: bool,
     pub segments: u16,
     pub bytes: u64,
+    /// The service action that made the list (0x10 POPULATE TOKEN, 0x11 WRITE USING TOKEN).
+    pub service_action: u8,
+    /// The ROD token a POPULATE TOKEN made.
+    pub token: Option<Vec<u8>>,
+    /// The sense data the command ended with, if it failed.
+    pub sense: Option<crate::sense::SenseData>,
 }
 
 /// RECEIVE COPY RESULTS, COPY STATUS (SPC-4 §6.18.2).
@@ -265,10 +279,15 @@ pub fn copy_status(p: &CopyProgress) -> Vec<u8> {
     d
 }
 
-/// The Third-party Copy VPD page's descriptors (SPC-4 §7.8.17): the copy commands and
-/// service actions supported, the LID1 parameter limits, the descriptor types, the CSCD IDs
-/// and the general copy limits.
+/// The Third-party Copy VPD page's descriptors (SPC-4 §7.8.17): the block device ROD limits
+/// (ODX), the copy commands and service actions supported, the LID1 parameter limits, the
+/// descriptor types, the CSCD IDs, the ROD token features and types, and the general copy
+/// limits. Windows looks for the ROD descriptors before it offloads a copy.
 pub fn third_party_copy_vpd(block_size: u32) -> Vec<u8> {
+    use crate::rod_token::{
+        DEFAULT_INACTIVITY, MAX_INACTIVITY, MAX_RANGES, ROD_TYPE_BLOCK_ZERO,
+        ROD_TYPE_CHANGE_VULNERABLE,
+    };
     let mut v = Vec::new();
     let mut desc = |kind: u16, body: Vec<u8>| {
         let mut body = body;
@@ -279,9 +298,21 @@ pub fn third_party_copy_vpd(block_size: u32) -> Vec<u8> {
         v.extend_from_slice(&(body.len() as u16).to_be_bytes());
         v.extend_from_slice(&body);
     };
-    // Supported Commands (0001h): EXTENDED COPY (LID1); RECEIVE COPY RESULTS' COPY STATUS,
-    // RECEIVE DATA and OPERATING PARAMETERS.
-    let cmds: [(u8, &[u8]); 2] = [(0x83, &[0x00]), (0x84, &[0x00, 0x01, 0x03])];
+    // Block Device ROD Limits (0000h): ranges per token, inactivity timeouts; no limit on a
+    // token's size or a transfer's.
+    let mut body = vec![0u8; 6];
+    body.extend_from_slice(&(MAX_RANGES as u16).to_be_bytes());
+    body.extend_from_slice(&MAX_INACTIVITY.to_be_bytes());
+    body.extend_from_slice(&DEFAULT_INACTIVITY.to_be_bytes());
+    body.extend_from_slice(&[0u8; 16]);
+    desc(0x0000, body);
+    // Supported Commands (0001h): EXTENDED COPY (LID1), POPULATE TOKEN, WRITE USING TOKEN;
+    // RECEIVE COPY RESULTS' COPY STATUS, RECEIVE DATA, OPERATING PARAMETERS and RECEIVE ROD
+    // TOKEN INFORMATION.
+    let cmds: [(u8, &[u8]); 2] = [
+        (0x83, &[0x00, 0x10, 0x11]),
+        (0x84, &[0x00, 0x01, 0x03, 0x07]),
+    ];
     let mut list = Vec::new();
     for (op, sas) in cmds {
         list.push(op);
@@ -305,6 +336,38 @@ pub fn third_party_copy_vpd(block_size: u32) -> Vec<u8> {
     let mut body = 2u16.to_be_bytes().to_vec();
     body.extend_from_slice(&CSCD_ID_THIS_LU.to_be_bytes());
     desc(0x000c, body);
+    // ROD Token Features (0106h): no remote tokens; lifetimes; the block device features
+    // (granularity, sizes: no limit, copies of any length welcome).
+    let mut body = vec![0u8; 12];
+    body.extend_from_slice(&1u32.to_be_bytes()); // MINIMUM TOKEN LIFETIME
+    body.extend_from_slice(&u32::MAX.to_be_bytes()); // MAXIMUM TOKEN LIFETIME
+    body.extend_from_slice(&MAX_INACTIVITY.to_be_bytes());
+    body.extend_from_slice(&[0u8; 18]);
+    let mut block = vec![0u8, 0, 0, 0x2c, 0, 0];
+    block.extend_from_slice(&1u16.to_be_bytes()); // OPTIMAL LENGTH GRANULARITY (blocks)
+    block.extend_from_slice(&0u64.to_be_bytes()); // MAXIMUM BYTES
+    block.extend_from_slice(&0u64.to_be_bytes()); // OPTIMAL BYTES
+    block.extend_from_slice(&u64::MAX.to_be_bytes()); // OPTIMAL BYTES TO TOKEN PER SEGMENT
+    block.extend_from_slice(&(16u64 << 20).to_be_bytes()); // ... FROM TOKEN PER SEGMENT
+    block.extend_from_slice(&[0u8; 8]);
+    body.extend_from_slice(&(block.len() as u16).to_be_bytes());
+    body.extend_from_slice(&block);
+    desc(0x0106, body);
+    // Supported ROD Types (0108h): ours (ROD token in and out) and the block device zero ROD
+    // token (in).
+    let mut types = Vec::new();
+    for (t, flags) in [
+        (ROD_TYPE_CHANGE_VULNERABLE, 0x03u8),
+        (ROD_TYPE_BLOCK_ZERO, 0x02),
+    ] {
+        types.extend_from_slice(&t.to_be_bytes());
+        types.push(flags);
+        types.extend_from_slice(&[0u8; 59]);
+    }
+    let mut body = vec![0u8, 0];
+    body.extend_from_slice(&(types.len() as u16).to_be_bytes());
+    body.extend_from_slice(&types);
+    desc(0x0108, body);
     // General Copy Operations (8001h).
     let mut body = Vec::new();
     body.extend_from_slice(&(TOTAL_CONCURRENT_COPIES as u32).to_be_bytes());
@@ -466,6 +529,7 @@ mod tests {
             failed: false,
             segments: 2,
             bytes: 1 << 40,
+            ..Default::default()
         });
         assert_eq!(st[4], 1);
         assert_eq!(be16(&st, 5), 2);
@@ -481,6 +545,9 @@ mod tests {
             off += 4 + len;
         }
         assert_eq!(off, vpd.len());
-        assert_eq!(kinds, vec![0x0001, 0x0004, 0x0008, 0x000c, 0x8001]);
+        assert_eq!(
+            kinds,
+            vec![0x0000, 0x0001, 0x0004, 0x0008, 0x000c, 0x0106, 0x0108, 0x8001]
+        );
     }
 }

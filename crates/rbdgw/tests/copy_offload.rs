@@ -1,0 +1,182 @@
+//! Copy offload through real gateways: two `rbdgw serve` (gw1 on 127.0.0.1, gw2 on
+//! 127.0.0.2) export two file images as LUNs 0 and 1 of one target. EXTENDED COPY moves data
+//! between the LUNs inside a gateway; a ROD token made by POPULATE TOKEN through gw1 is written
+//! with WRITE USING TOKEN through gw2, and a write to its source through gw2 revokes it.
+
+mod common;
+
+use common::client::Client;
+use common::{free_port, Gateway, Scratch};
+
+const TARGET: &str = "iqn.2026-11.org.rbdgw:copy";
+const BLOCK: usize = 512;
+
+fn naa(c: &mut Client, lun: u64) -> Vec<u8> {
+    let o = c.scsi_ready(lun, &[0x12, 1, 0x83, 0x10, 0, 0], &[], 4096);
+    let mut off = 4;
+    while off + 4 <= o.data.len() {
+        let len = o.data[off + 3] as usize;
+        if o.data[off + 1] & 0x0f == 3 {
+            return o.data[off + 4..off + 4 + len].to_vec();
+        }
+        off += 4 + len;
+    }
+    panic!("no NAA designator on LUN {lun}");
+}
+
+fn write(c: &mut Client, lun: u64, lba: u32, blocks: u16, byte: u8) {
+    let mut cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+    let o = c.scsi_ready(lun, &cdb, &vec![byte; blocks as usize * BLOCK], 0);
+    assert_eq!(o.status, 0, "{o:?}");
+}
+
+fn read(c: &mut Client, lun: u64, lba: u32, blocks: u16) -> Vec<u8> {
+    let mut cdb = [0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+    let o = c.scsi_ready(lun, &cdb, &[], (blocks as usize * BLOCK) as u32);
+    assert_eq!(o.status, 0, "{o:?}");
+    o.data
+}
+
+/// An EXTENDED COPY (LID1) list: two identification CSCDs, one block-to-block segment.
+fn xcopy_list(src: &[u8], dst: &[u8], blocks: u16, src_lba: u64, dst_lba: u64) -> Vec<u8> {
+    let mut l = vec![0u8; 16];
+    l[0] = 7; // list identifier, held
+    l[3] = 64;
+    l[11] = 28;
+    for naa in [src, dst] {
+        let mut d = vec![0u8; 32];
+        d[0] = 0xe4;
+        d[4] = 0x01;
+        d[5] = 0x03;
+        d[7] = naa.len() as u8;
+        d[8..8 + naa.len()].copy_from_slice(naa);
+        d[30] = 0x02; // 512-byte blocks
+        l.extend(d);
+    }
+    let mut s = vec![0u8; 28];
+    s[0] = 0x02;
+    s[3] = 24;
+    s[6..8].copy_from_slice(&1u16.to_be_bytes());
+    s[10..12].copy_from_slice(&blocks.to_be_bytes());
+    s[12..20].copy_from_slice(&src_lba.to_be_bytes());
+    s[20..28].copy_from_slice(&dst_lba.to_be_bytes());
+    l.extend(s);
+    l
+}
+
+fn ranges_list(head: usize, ranges: &[(u64, u32)]) -> Vec<u8> {
+    let mut l = vec![0u8; head];
+    l[head - 2..].copy_from_slice(&((ranges.len() * 16) as u16).to_be_bytes());
+    for (lba, n) in ranges {
+        l.extend_from_slice(&lba.to_be_bytes());
+        l.extend_from_slice(&n.to_be_bytes());
+        l.extend_from_slice(&[0; 4]);
+    }
+    l
+}
+
+fn lid4_cdb(sa: u8, list: u32, len: usize) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x83;
+    c[1] = sa;
+    c[6..10].copy_from_slice(&list.to_be_bytes());
+    c[10..14].copy_from_slice(&(len as u32).to_be_bytes());
+    c
+}
+
+fn populate(c: &mut Client, lun: u64, list: u32, ranges: &[(u64, u32)]) -> Vec<u8> {
+    let p = ranges_list(16, ranges);
+    let o = c.scsi_ready(lun, &lid4_cdb(0x10, list, p.len()), &p, 0);
+    assert_eq!(o.status, 0, "POPULATE TOKEN: {o:?}");
+    let mut rrti = [0u8; 16];
+    rrti[0] = 0x84;
+    rrti[1] = 0x07;
+    rrti[2..6].copy_from_slice(&list.to_be_bytes());
+    rrti[10..14].copy_from_slice(&1024u32.to_be_bytes());
+    let o = c.scsi_ready(lun, &rrti, &[], 1024);
+    assert_eq!(o.status, 0, "RECEIVE ROD TOKEN INFORMATION: {o:?}");
+    assert_eq!(o.data[5], 0x01, "completed");
+    o.data[38..38 + 512].to_vec()
+}
+
+fn write_using(
+    c: &mut Client,
+    lun: u64,
+    token: &[u8],
+    ranges: &[(u64, u32)],
+) -> (u8, Option<(u8, u8, u8)>) {
+    let mut p = ranges_list(536, ranges);
+    p[16..528].copy_from_slice(token);
+    let o = c.scsi_ready(lun, &lid4_cdb(0x11, 9, p.len()), &p, 0);
+    (o.status, o.sense)
+}
+
+#[test]
+fn copies_stay_inside_the_gateways_and_tokens_cross_them() {
+    let dir = Scratch::new("copy-offload");
+    let port = free_port();
+    let (a1, a2) = (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"));
+    let image = |n: &str| dir.0.join(n).display().to_string();
+    let config = serde_json::json!({
+        "auth": [{"target": TARGET, "authentication": "none"}],
+        "targets": [{"target": TARGET, "hosts": [{"host": "gw1", "portal": "p1"}, {"host": "gw2", "portal": "p2"}]}],
+        "portals": [{"name": "p1", "addresses": [a1]}, {"name": "p2", "addresses": [a2]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": TARGET, "tpg": [
+            {"image": "src", "lun": 0, "backstore": "file", "path": image("src.img"), "size": "16M", "owner": "gw1"},
+            {"image": "dst", "lun": 1, "backstore": "file", "path": image("dst.img"), "size": "16M", "owner": "gw1"}]}]}]
+    })
+    .to_string();
+    let gw1 = Gateway::start(&dir.0, &config, "gw1", a1.parse().unwrap());
+    let gw2 = Gateway::start(&dir.0, &config, "gw2", a2.parse().unwrap());
+    let mut s1 = Client::connect(a1.parse().unwrap());
+    s1.login("iqn.2026-11.org.rbdgw:host-a", Some(TARGET), "");
+    let mut s2 = Client::connect(a2.parse().unwrap());
+    s2.login("iqn.2026-11.org.rbdgw:host-a", Some(TARGET), "");
+    let (src, dst) = (naa(&mut s1, 0), naa(&mut s1, 1));
+    assert_ne!(src, dst);
+
+    // EXTENDED COPY through gw1, from LUN 0 to LUN 1: 2 MiB, of which the last MiB a hole.
+    write(&mut s1, 0, 0, 2048, b'X');
+    write(&mut s1, 1, 0, 4096, b'y');
+    let l = xcopy_list(&src, &dst, 4096, 0, 0);
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x83;
+    cdb[10..14].copy_from_slice(&(l.len() as u32).to_be_bytes());
+    let o = s1.scsi_ready(0, &cdb, &l, 0);
+    assert_eq!(o.status, 0, "EXTENDED COPY: {o:?}");
+    let got = read(&mut s2, 1, 0, 4096);
+    assert!(got[..1 << 20].iter().all(|b| *b == b'X'), "copied data");
+    assert!(got[1 << 20..].iter().all(|b| *b == 0), "copied hole");
+    // RECEIVE COPY RESULTS, COPY STATUS of list 7: done, one segment, 2 MiB.
+    let o = s1.scsi_ready(
+        0,
+        &[0x84, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0],
+        &[],
+        64,
+    );
+    assert_eq!(o.status, 0);
+    assert_eq!((o.data[4], o.data[6]), (1, 1));
+    assert_eq!(&o.data[8..12], &(2u32 << 20).to_be_bytes());
+
+    // ODX: a token made through gw1, written through gw2.
+    write(&mut s1, 0, 100, 8, b'T');
+    let token = populate(&mut s1, 0, 1, &[(100, 8)]);
+    assert_eq!(write_using(&mut s2, 1, &token, &[(500, 8)]), (0, None));
+    assert_eq!(read(&mut s1, 1, 500, 8), vec![b'T'; 8 * BLOCK]);
+    // A write to its source through gw2 revokes it (23/06 TOKEN REVOKED), on either gateway.
+    write(&mut s2, 0, 104, 1, b'u');
+    for s in [&mut s1, &mut s2] {
+        assert_eq!(
+            write_using(s, 1, &token, &[(500, 8)]),
+            (2, Some((0x05, 0x23, 0x06)))
+        );
+    }
+    for g in [&gw1, &gw2] {
+        let log = g.log_text();
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
