@@ -234,6 +234,13 @@ fn seed_scenario_on_ceph() {
     let (text, w) = summary(&["-V".into(), "-t".into(), "SCSI".into(), url(&a1)]);
     std::fs::write(dir.0.join("scsi.log"), &text).unwrap();
     println!("SCSI family on Ceph through gw1: {}", w.join(" "));
+    // The copy offload suites ran on the RBD LUN, not skipped.
+    assert!(
+        text.contains("Suite: ExtendedCopy")
+            && !text.contains("EXTENDEDCOPY is not implemented")
+            && !text.contains("RECEIVECOPYRESULT is not implemented"),
+        "copy offload suites on Ceph"
+    );
     assert!(
         w.len() >= 5 && w[4] == "0",
         "SCSI family on Ceph: {}\n{}",

@@ -7,6 +7,7 @@ mod common;
 
 use common::client::Client;
 use common::{free_port, Gateway, Scratch};
+use iscsi::pdu::{Bhs, Opcode, Pdu};
 
 const TARGET: &str = "iqn.2026-11.org.rbdgw:copy";
 const BLOCK: usize = 512;
@@ -41,12 +42,24 @@ fn read(c: &mut Client, lun: u64, lba: u32, blocks: u16) -> Vec<u8> {
     o.data
 }
 
-/// An EXTENDED COPY (LID1) list: two identification CSCDs, one block-to-block segment.
+/// An EXTENDED COPY (LID1) list 7 (held): two identification CSCDs, `segments`
+/// block-to-block segments of `blocks` each, one after the other.
 fn xcopy_list(src: &[u8], dst: &[u8], blocks: u16, src_lba: u64, dst_lba: u64) -> Vec<u8> {
+    xcopy_segments(src, dst, 1, blocks, src_lba, dst_lba)
+}
+
+fn xcopy_segments(
+    src: &[u8],
+    dst: &[u8],
+    segments: u32,
+    blocks: u16,
+    src_lba: u64,
+    dst_lba: u64,
+) -> Vec<u8> {
     let mut l = vec![0u8; 16];
-    l[0] = 7; // list identifier, held
+    l[0] = 7;
     l[3] = 64;
-    l[11] = 28;
+    l[8..12].copy_from_slice(&(segments * 28).to_be_bytes());
     for naa in [src, dst] {
         let mut d = vec![0u8; 32];
         d[0] = 0xe4;
@@ -57,15 +70,25 @@ fn xcopy_list(src: &[u8], dst: &[u8], blocks: u16, src_lba: u64, dst_lba: u64) -
         d[30] = 0x02; // 512-byte blocks
         l.extend(d);
     }
-    let mut s = vec![0u8; 28];
-    s[0] = 0x02;
-    s[3] = 24;
-    s[6..8].copy_from_slice(&1u16.to_be_bytes());
-    s[10..12].copy_from_slice(&blocks.to_be_bytes());
-    s[12..20].copy_from_slice(&src_lba.to_be_bytes());
-    s[20..28].copy_from_slice(&dst_lba.to_be_bytes());
-    l.extend(s);
+    for i in 0..segments as u64 {
+        let step = i * blocks as u64;
+        let mut s = vec![0u8; 28];
+        s[0] = 0x02;
+        s[3] = 24;
+        s[6..8].copy_from_slice(&1u16.to_be_bytes());
+        s[10..12].copy_from_slice(&blocks.to_be_bytes());
+        s[12..20].copy_from_slice(&(src_lba + step).to_be_bytes());
+        s[20..28].copy_from_slice(&(dst_lba + step).to_be_bytes());
+        l.extend(s);
+    }
     l
+}
+
+fn xcopy_cdb(len: usize) -> [u8; 16] {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x83;
+    cdb[10..14].copy_from_slice(&(len as u32).to_be_bytes());
+    cdb
 }
 
 fn ranges_list(head: usize, ranges: &[(u64, u32)]) -> Vec<u8> {
@@ -127,9 +150,20 @@ fn copies_stay_inside_the_gateways_and_tokens_cross_them() {
         "portals": [{"name": "p1", "addresses": [a1]}, {"name": "p2", "addresses": [a2]}],
         "pools": [{"pool": "rbd", "gateways": [{"target": TARGET, "tpg": [
             {"image": "src", "lun": 0, "backstore": "file", "path": image("src.img"), "size": "16M", "owner": "gw1"},
-            {"image": "dst", "lun": 1, "backstore": "file", "path": image("dst.img"), "size": "16M", "owner": "gw1"}]}]}]
+            {"image": "dst", "lun": 1, "backstore": "file", "path": image("dst.img"), "size": "16M", "owner": "gw1"},
+            {"image": "big", "lun": 2, "backstore": "file", "path": image("big.img"), "size": "512M", "owner": "gw1"},
+            {"image": "bigcopy", "lun": 3, "backstore": "file", "path": image("bigcopy.img"), "size": "512M", "owner": "gw1"}]}]}]
     })
     .to_string();
+    // 512 MiB of data (no holes) to copy, long enough to abort on the way.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(image("big.img")).unwrap();
+        let chunk = vec![0x5au8; 8 << 20];
+        for _ in 0..64 {
+            f.write_all(&chunk).unwrap();
+        }
+    }
     let gw1 = Gateway::start(&dir.0, &config, "gw1", a1.parse().unwrap());
     let gw2 = Gateway::start(&dir.0, &config, "gw2", a2.parse().unwrap());
     let mut s1 = Client::connect(a1.parse().unwrap());
@@ -143,10 +177,7 @@ fn copies_stay_inside_the_gateways_and_tokens_cross_them() {
     write(&mut s1, 0, 0, 2048, b'X');
     write(&mut s1, 1, 0, 4096, b'y');
     let l = xcopy_list(&src, &dst, 4096, 0, 0);
-    let mut cdb = [0u8; 16];
-    cdb[0] = 0x83;
-    cdb[10..14].copy_from_slice(&(l.len() as u32).to_be_bytes());
-    let o = s1.scsi_ready(0, &cdb, &l, 0);
+    let o = s1.scsi_ready(0, &xcopy_cdb(l.len()), &l, 0);
     assert_eq!(o.status, 0, "EXTENDED COPY: {o:?}");
     let got = read(&mut s2, 1, 0, 4096);
     assert!(got[..1 << 20].iter().all(|b| *b == b'X'), "copied data");
@@ -175,6 +206,64 @@ fn copies_stay_inside_the_gateways_and_tokens_cross_them() {
             (2, Some((0x05, 0x23, 0x06)))
         );
     }
+    // An ABORT TASK during a long copy (16 segments of 32 MiB) ends it: the task management
+    // function completes, the copy gets no response, its destination is written in part only,
+    // and its list identifier is free again.
+    let (big, bigcopy) = (naa(&mut s1, 2), naa(&mut s1, 3));
+    // (The power-on unit attentions first: the raw command below must not meet one.)
+    for lun in [2, 3] {
+        assert_eq!(s1.scsi_ready(lun, &[0; 6], &[], 0).status, 0);
+    }
+    let l = xcopy_segments(&big, &bigcopy, 16, 65535, 0, 0);
+    let cmd = s1.scsi_command(
+        2,
+        &xcopy_cdb(l.len()),
+        false,
+        true,
+        l.len() as u32,
+        l.into(),
+    );
+    let (itt, ref_cmd_sn) = (cmd.bhs.itt(), s1.cmd_sn.wrapping_sub(1));
+    s1.send(&cmd);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let tmf_itt = s1.next_itt();
+    let mut bhs = Bhs::new(Opcode::TaskMgmtRequest);
+    bhs.0[0] |= 0x40; // immediate
+    bhs.set_flags(0x80 | 1); // ABORT TASK
+    bhs.set_lun_raw(2 << 48)
+        .set_itt(tmf_itt)
+        .set_ttt(itt) // REFERENCED TASK TAG
+        .set_cmd_sn(s1.cmd_sn)
+        .set_exp_stat_sn(s1.exp_stat_sn);
+    bhs.0[32..36].copy_from_slice(&ref_cmd_sn.to_be_bytes()); // RefCmdSN
+    s1.send(&Pdu::new(bhs));
+    let t0 = std::time::Instant::now();
+    loop {
+        let p = s1
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the task management response");
+        assert!(
+            !(p.bhs.opcode() == Some(Opcode::ScsiResponse) && p.bhs.itt() == itt),
+            "the copy completed before the abort reached it: status {:#x}, sense {:02x?}",
+            p.bhs.0[3],
+            &p.data[..p.data.len().min(20)]
+        );
+        if p.bhs.opcode() == Some(Opcode::TaskMgmtResponse) {
+            assert_eq!(p.bhs.0[2], 0, "ABORT TASK: function complete");
+            break;
+        }
+    }
+    println!("ABORT TASK answered {:?} after it was sent", t0.elapsed());
+    let last = read(&mut s1, 3, 16 * 65535 - 8, 8);
+    assert!(
+        last.iter().all(|b| *b == 0),
+        "the copy stopped before its end"
+    );
+    let l = xcopy_segments(&big, &bigcopy, 1, 8, 0, 0);
+    let o = s1.scsi_ready(2, &xcopy_cdb(l.len()), &l, 0);
+    assert_eq!(o.status, 0, "list 7 is free again: {o:?}");
+    assert_eq!(read(&mut s2, 3, 0, 8), vec![0x5a; 8 * BLOCK]);
+
     for g in [&gw1, &gw2] {
         let log = g.log_text();
         assert!(!log.contains("panicked"), "{log}");

@@ -23,6 +23,50 @@ use crate::{ItNexus, ScsiCommand, ScsiResponse};
 /// A list as its nexus names it.
 pub(crate) type ListKey = (ItNexus, ListId);
 
+/// Lists a nexus may hold (RECEIVE COPY RESULTS, RECEIVE ROD TOKEN INFORMATION); the oldest
+/// finished one goes when a new one would pass this.
+const HELD_LISTS_PER_NEXUS: usize = 64;
+
+/// A list held for its nexus while its command runs, and after when `keep`. Dropped
+/// unfinished (its command aborted: ABORT TASK, a reset, the connection gone), it is marked
+/// failed, so that its identifier is free for the next command.
+pub(crate) struct ListHold<'a, B: BlockDevice> {
+    lu: &'a LogicalUnit<B>,
+    key: ListKey,
+    keep: bool,
+    finished: bool,
+}
+
+impl<B: BlockDevice> ListHold<'_, B> {
+    /// Records how the command ended (and the token it made).
+    pub(crate) fn finish(mut self, outcome: &Result<(), ScsiResponse>, token: Option<Vec<u8>>) {
+        self.finished = true;
+        self.end(outcome.as_ref().err().map(|r| r.sense), token);
+    }
+
+    fn end(&self, failure: Option<Option<SenseData>>, token: Option<Vec<u8>>) {
+        let mut st = self.lu.state();
+        if !self.keep {
+            st.copies.remove(&self.key);
+        } else if let Some(p) = st.copies.get_mut(&self.key) {
+            // (Gone when the nexus was lost or the LU reset meanwhile: nothing to hold.)
+            p.done = true;
+            p.failed = failure.is_some();
+            p.sense = failure.flatten();
+            p.token = token;
+        }
+    }
+}
+
+impl<B: BlockDevice> Drop for ListHold<'_, B> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let aborted = SenseData::new(SenseKey::AbortedCommand, Asc::NO_ADDITIONAL);
+            self.end(Some(Some(aborted)), None);
+        }
+    }
+}
+
 /// A boxed future, for the object-safe [`CopyTargets`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -110,6 +154,44 @@ pub(crate) async fn copy_conflicts<B: BlockDevice>(
 }
 
 impl<B: BlockDevice> LogicalUnit<B> {
+    /// Starts holding a list for its nexus; OPERATION IN PROGRESS if a command of the same
+    /// list identifier still runs there (SPC-4 §6.4.3).
+    pub(crate) fn hold_list(
+        &self,
+        key: ListKey,
+        service_action: u8,
+        keep: bool,
+    ) -> Result<ListHold<'_, B>, SenseData> {
+        let mut st = self.state();
+        if st.copies.get(&key).is_some_and(|p| !p.done) {
+            return Err(SenseData::illegal(Asc::OPERATION_IN_PROGRESS));
+        }
+        st.copies.remove(&key);
+        let done: Vec<ListKey> = st
+            .copies
+            .iter()
+            .filter(|((n, _), p)| n == &key.0 && p.done)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if done.len() >= HELD_LISTS_PER_NEXUS {
+            // (Which one goes matters little: initiators ask right after each command.)
+            st.copies.remove(&done[0]);
+        }
+        st.copies.insert(
+            key.clone(),
+            CopyProgress {
+                service_action,
+                ..Default::default()
+            },
+        );
+        Ok(ListHold {
+            lu: self,
+            key,
+            keep,
+            finished: false,
+        })
+    }
+
     /// Sets where this LU finds the other LUs a copy names and asks for write admission.
     /// Without it a copy stays within this LU, admitted freely. Set once.
     pub fn set_copy_targets(&self, targets: Arc<dyn CopyTargets<B>>) {
@@ -190,26 +272,13 @@ impl<B: BlockDevice> LogicalUnit<B> {
         };
         let key = (list.usage != ListIdUsage::None)
             .then(|| (cmd.nexus.clone(), ListId::Lid1(list.list_id)));
-        if let Some(k) = &key {
-            let mut st = self.state();
-            if st.copies.get(k).is_some_and(|p| !p.done) {
-                // SPC-4 §6.4.3: a list identifier in use by a copy still running.
-                return Err(SenseData::illegal(Asc::OPERATION_IN_PROGRESS));
-            }
-            st.copies.insert(k.clone(), CopyProgress::default());
-        }
+        let hold = match &key {
+            Some(k) => Some(self.hold_list(k.clone(), 0x00, list.usage == ListIdUsage::Hold)?),
+            None => None,
+        };
         let outcome = self.run_copy(&list, cmd.nexus, key.as_ref()).await;
-        if let Some(k) = &key {
-            let mut st = self.state();
-            if list.usage == ListIdUsage::Hold {
-                // (Gone when the nexus was lost or the LU reset meanwhile: nothing to hold.)
-                if let Some(p) = st.copies.get_mut(k) {
-                    p.done = true;
-                    p.failed = outcome.is_err();
-                }
-            } else {
-                st.copies.remove(k);
-            }
+        if let Some(h) = hold {
+            h.finish(&outcome, None);
         }
         match outcome {
             Ok(()) => Ok(ScsiResponse::good()),

@@ -14,12 +14,8 @@ use crate::rod_token::{
     self, now_secs, random_u64, PresentedToken, TokenRecord, TokenRegistry, TokenState,
 };
 use crate::sense::{Asc, SenseData, SenseKey};
-use crate::xcopy::{CopyProgress, Designator, ListId};
+use crate::xcopy::{Designator, ListId};
 use crate::{ItNexus, ScsiCommand, ScsiResponse};
-
-/// Lists a nexus may hold for RECEIVE ROD TOKEN INFORMATION; the oldest finished one goes
-/// when a new one would pass this.
-const HELD_LISTS_PER_NEXUS: usize = 64;
 
 /// A POPULATE TOKEN or WRITE USING TOKEN command's list (its four-byte LIST IDENTIFIER) and
 /// parameter list, cut to its PARAMETER LIST LENGTH.
@@ -110,48 +106,6 @@ impl<B: BlockDevice> LogicalUnit<B> {
         Ok(())
     }
 
-    /// Starts holding a list for its nexus; OPERATION IN PROGRESS if one of that identifier
-    /// still runs.
-    fn hold_list(&self, key: &ListKey, service_action: u8) -> Result<(), SenseData> {
-        let mut st = self.state();
-        if st.copies.get(key).is_some_and(|p| !p.done) {
-            return Err(SenseData::illegal(Asc::OPERATION_IN_PROGRESS));
-        }
-        st.copies.remove(key);
-        let mine: Vec<ListKey> = st
-            .copies
-            .iter()
-            .filter(|((n, id), p)| n == &key.0 && p.done && matches!(id, ListId::Lid4(_)))
-            .map(|(k, _)| k.clone())
-            .collect();
-        if mine.len() >= HELD_LISTS_PER_NEXUS {
-            // (Which one goes matters little: the initiator asks right after each command.)
-            st.copies.remove(&mine[0]);
-        }
-        st.copies.insert(
-            key.clone(),
-            CopyProgress {
-                service_action,
-                ..Default::default()
-            },
-        );
-        Ok(())
-    }
-
-    fn finish_list(
-        &self,
-        key: &ListKey,
-        outcome: &Result<(), ScsiResponse>,
-        token: Option<Vec<u8>>,
-    ) {
-        if let Some(p) = self.state().copies.get_mut(key) {
-            p.done = true;
-            p.failed = outcome.is_err();
-            p.sense = outcome.as_ref().err().and_then(|r| r.sense);
-            p.token = token;
-        }
-    }
-
     /// POPULATE TOKEN (SBC-3): a token standing for the ranges given, as they are now.
     pub(crate) async fn populate_token(
         &self,
@@ -159,7 +113,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
     ) -> Result<ScsiResponse, SenseData> {
         let (key, list) = lid4_list(cmd);
         let p = rod_token::parse_populate_token(&list, self.block_count())?;
-        self.hold_list(&key, 0x10)?;
+        let hold = self.hold_list(key.clone(), 0x10, true)?;
         let now = now_secs();
         let mut secret = [0u8; 16];
         secret[..8].copy_from_slice(&random_u64().to_be_bytes());
@@ -192,10 +146,8 @@ impl<B: BlockDevice> LogicalUnit<B> {
             rod_token::build_token(&record, &crate::inquiry::naa_designator(&self.cfg.serial))
         });
         let outcome = made.map_err(ScsiResponse::from);
-        self.finish_list(&key, &outcome, token);
-        if let Some(p) = self.state().copies.get_mut(&key) {
-            p.bytes = record.bytes();
-        }
+        self.note_copied(Some(&key), record.bytes());
+        hold.finish(&outcome, token);
         outcome.map(|()| ScsiResponse::good()).or_else(Ok)
     }
 
@@ -211,11 +163,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
             return Err(SenseData::new(SenseKey::DataProtect, Asc::WRITE_PROTECTED));
         }
         let presented = rod_token::read_token(&w.token)?;
-        self.hold_list(&key, 0x11)?;
+        let hold = self.hold_list(key.clone(), 0x11, true)?;
         let outcome = self
             .run_write_using_token(&w, presented, cmd.nexus, &key)
             .await;
-        self.finish_list(&key, &outcome, None);
+        hold.finish(&outcome, None);
         Ok(outcome.map(|()| ScsiResponse::good()).unwrap_or_else(|r| r))
     }
 
