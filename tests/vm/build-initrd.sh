@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the initramfs of rbdgw's Linux initiator VM: busybox, open-iscsi (iscsid, iscsiadm),
-# multipath-tools, sg3-utils, e2fsprogs and the kernel modules they need, taken from this
-# machine's Debian packages (linux-image-amd64 open-iscsi multipath-tools sg3-utils
+# multipath-tools, sg3-utils, ddpt, e2fsprogs and the kernel modules they need, taken from this
+# machine's Debian packages (linux-image-amd64 open-iscsi multipath-tools sg3-utils ddpt
 # busybox-static cpio kmod e2fsprogs). GUEST_SCRIPT becomes the tail of /init; the VM powers
 # off when it ends.
 # Usage: build-initrd.sh OUTDIR GUEST_SCRIPT   -> OUTDIR/initrd.gz; prints the kernel's path.
@@ -14,7 +14,7 @@ cp /bin/busybox "$R/bin/"
 for a in $("$R/bin/busybox" --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"; done
 
 copy_libs() { for l in $(ldd "$1" 2>/dev/null | grep -o '/[^ ]*'); do mkdir -p "$R$(dirname "$l")"; cp -L "$l" "$R$l"; done; }
-for b in iscsid iscsiadm multipath multipathd mpathpersist sg_inq sg_vpd sg_rtpg sg_persist sg_turs dmsetup kmod mke2fs e2fsck udevadm; do
+for b in iscsid iscsiadm multipath multipathd mpathpersist sg_inq sg_vpd sg_rtpg sg_persist sg_turs sg_xcopy ddpt dmsetup kmod mke2fs e2fsck udevadm; do
   p=$(command -v "$b"); cp "$p" "$R/sbin/"; copy_libs "$p"
 done
 ln -sf kmod "$R/sbin/modprobe"

@@ -251,3 +251,88 @@ fn fence_agents_through_both_gateways_on_a_file() {
 fn fence_agents_through_both_gateways_on_rbd() {
     fence_agents(Backing::Rbd);
 }
+
+/// Copy offload from a Linux initiator: two LUNs on two gateways, copied by sg_xcopy and ddpt
+/// (EXTENDED COPY and ODX) down paths through either gateway, each copy read back through
+/// the other one and compared with the source (`tests/lab/guest-copy.sh`).
+fn copy_offload_from_linux(backing: Backing) {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    require("qemu-system-x86_64", "qemu-system-x86");
+    require("ddpt", "ddpt");
+    let tag = if backing == Backing::Rbd { "cr" } else { "c" };
+    let dir = Scratch::new(&format!("copy-{backing:?}").to_lowercase());
+    let lab = Lab::new(tag, &["192.168.0.27/24", "192.168.0.32/24"]);
+    let target = "iqn.2026-11.org.rbdgw:copyvm";
+    let cluster = (backing == Backing::Rbd).then(|| {
+        let c = ceph::Cluster::start_in(Some(&lab.br), lab.ceph_address());
+        for img in ["src", "dst"] {
+            c.rbd(&["create", img, "--size", "64M"]);
+        }
+        c
+    });
+    let lun = |image: &str, n: u64| match backing {
+        Backing::Rbd => serde_json::json!({"image": image, "lun": n, "owner": "gw1"}),
+        Backing::File => {
+            serde_json::json!({"image": image, "lun": n, "owner": "gw1", "backstore": "file",
+            "path": dir.0.join(format!("{image}.img")).display().to_string(), "size": "64M"})
+        }
+    };
+    let config = serde_json::json!({
+        "auth": [{"target": target, "authentication": "none"}],
+        "targets": [{"target": target, "hosts": [{"host": "gw1", "portal": "p1"}, {"host": "gw2", "portal": "p2"}]}],
+        "portals": [{"name": "p1", "addresses": ["192.168.0.27"]}, {"name": "p2", "addresses": ["192.168.0.32"]}],
+        "pools": [{"pool": "rbd", "gateways": [{"target": target, "tpg": [lun("src", 0), lun("dst", 1)]}]}]
+    });
+    let cfg = dir.0.join("config.json");
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let conf = cluster.as_ref().map(|c| c.conf());
+    let gws: Vec<NsGateway> = (0..2)
+        .map(|i| {
+            NsGateway::start(
+                &lab.gws[i],
+                &cfg,
+                &format!("gw{}", i + 1),
+                conf.as_deref(),
+                dir.0.join(format!("gw{}.log", i + 1)),
+            )
+        })
+        .collect();
+    let guest = common::vm::lab_guest(include_str!("../../../tests/lab/guest-copy.sh"));
+    let (kernel, initrd) = common::vm::build_vm(&dir.0, &guest);
+    let mut vm = common::vm::Vm(common::vm::spawn_on_tap(&lab.br, &kernel, &initrd, false));
+    let console = BufReader::new(vm.0.stdout.take().expect("console"));
+    let mut seen = Vec::new();
+    for line in console.lines().map_while(Result::ok) {
+        if line.contains("RBDGW-COPY") || line.contains("ddpt") || line.contains("xcopy") {
+            println!("vm| {line}");
+        }
+        seen.push(line);
+    }
+    let logs: String = gws
+        .iter()
+        .enumerate()
+        .map(|(i, g)| format!("gw{} log:\n{}\n", i + 1, g.log_text()))
+        .collect();
+    let tail = seen[seen.len().saturating_sub(60)..].join("\n");
+    assert!(
+        seen.iter().any(|l| l.contains("RBDGW-COPY: OK")),
+        "copies from the VM ({backing:?}):\n{tail}\n{logs}"
+    );
+    assert_eq!(
+        seen.iter()
+            .filter(|l| l.contains("RBDGW-COPY: VERIFIED"))
+            .count(),
+        3
+    );
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
+#[test]
+fn copy_offload_from_linux_on_files() {
+    copy_offload_from_linux(Backing::File);
+}
+
+#[test]
+fn copy_offload_from_linux_on_rbd() {
+    copy_offload_from_linux(Backing::Rbd);
+}

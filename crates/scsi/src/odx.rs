@@ -88,9 +88,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
     /// them (they are change vulnerable, SPC-4 ROD types). Costs a look at an empty list
     /// while no token is out.
     pub(crate) async fn before_write(&self, lba: u64, blocks: u64) -> Result<(), SenseData> {
-        let now = now_secs();
-        if !self.state().tokens.covers(lba, blocks, now) {
-            return Ok(());
+        {
+            let st = self.state();
+            if st.tokens.tokens.is_empty() || !st.tokens.covers(lba, blocks, now_secs()) {
+                return Ok(());
+            }
         }
         let revoked = self
             .update_tokens(|reg| Ok(reg.revoke(lba, blocks)))
@@ -133,7 +135,10 @@ impl<B: BlockDevice> LogicalUnit<B> {
         let made = self
             .update_tokens(|reg| {
                 reg.prune(now);
-                if reg.tokens.len() >= rod_token::MAX_TOKENS {
+                let ranges: usize = reg.tokens.iter().map(|t| t.ranges.len()).sum();
+                if reg.tokens.len() >= rod_token::MAX_TOKENS
+                    || ranges + record.ranges.len() > rod_token::MAX_RECORDED_RANGES
+                {
                     return Err(SenseData::illegal(
                         Asc::INSUFFICIENT_RESOURCES_TO_CREATE_ROD_TOKEN,
                     ));
@@ -208,7 +213,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
         let rec = reg
             .tokens
             .iter()
-            .find(|t| t.id == id && t.secret == secret)
+            .find(|t| t.id == id && rod_token::same_secret(&t.secret, &secret))
             .cloned()
             .ok_or_else(|| SenseData::illegal(Asc::TOKEN_UNKNOWN))?;
         match rec.state {

@@ -25,8 +25,10 @@ pub const ROD_TYPE_BLOCK_ZERO: u32 = 0xffff_0001;
 pub const TOKEN_LEN: usize = 512;
 /// Range descriptors one POPULATE TOKEN or WRITE USING TOKEN may carry.
 pub const MAX_RANGES: usize = 64;
-/// Tokens one LU keeps at once (their record is rewritten whole on every change).
+/// Tokens one LU keeps at once, and their ranges in all: the record is rewritten whole on
+/// every change (an xattr of the image's state object on RBD), so it stays small.
 pub const MAX_TOKENS: usize = 64;
+pub const MAX_RECORDED_RANGES: usize = 512;
 /// Inactivity timeouts, in seconds (VPD 0x8F, Block Device ROD Limits).
 pub const DEFAULT_INACTIVITY: u32 = 60;
 pub const MAX_INACTIVITY: u32 = 600;
@@ -221,6 +223,11 @@ impl TokenRegistry {
         }
         any
     }
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub fn same_secret(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Seconds since the epoch.
