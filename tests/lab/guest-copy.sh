@@ -1,10 +1,12 @@
 # The copy offload initiator (192.168.0.33) inside the lab VM: one target on two gateways
 # (192.168.0.27, .32) with two LUNs, logged in through both (four disks, no multipath: each
 # command goes down the path the test picks). The guest writes 8 MiB of random data to LUN 0
-# through gw1, then copies it to LUN 1 three ways, each read back through the other gateway
+# through gw1, then copies it to LUN 1 two ways, each read back through the other gateway
 # and compared: sg_xcopy (EXTENDED COPY) within gw1; ddpt --xcopy with the source through gw2
-# and the destination through gw1; ddpt --odx (POPULATE TOKEN through gw1, WRITE USING TOKEN
-# through gw2). Markers "RBDGW-COPY: ..." on the console drive the host side.
+# and the destination through gw1. (ODX from Linux with ddpt 0.97 is not here yet: its
+# POPULATE TOKEN asks for 4,194,304 blocks for a copy of 16,384, which the LU refuses as
+# beyond its end; ODX runs in the copy_offload test and bench/run copy.) Markers
+# "RBDGW-COPY: ..." on the console drive the host side.
 fail() { echo "RBDGW-COPY: FAIL $*"; cat /tmp/disks 2>/dev/null; poweroff -f; }
 @SETUP@
 iscsiadm -m discovery -t sendtargets -p 192.168.0.27:3260 >/dev/null || fail discovery
@@ -30,6 +32,4 @@ sg_xcopy if=$S1 of=$D1 bs=512 count=$N || fail "sg_xcopy"
 check $D2 0 "sg_xcopy through gw1, read through gw2"
 ddpt if=$S2 iflag=pt of=$D1 oflag=pt bs=512 count=$N seek=$N --xcopy || fail "ddpt --xcopy"
 check $D2 $N "ddpt --xcopy from gw2's path to gw1's, read through gw2"
-ddpt if=$S1 iflag=pt of=$D2 oflag=pt bs=512 count=$N seek=$((2 * N)) --odx || fail "ddpt --odx"
-check $D1 $((2 * N)) "ddpt --odx, token through gw1 written through gw2, read through gw1"
 echo "RBDGW-COPY: OK"
