@@ -48,28 +48,6 @@ paths() {
   echo "$p" | awk -F'|' -v t="${up%.*}${up#*.}" '
     $1 ~ /^mpath/ {gsub(/ /, "", $5); line[$1] = line[$1] " " $2 ":" $3 ":" $4 "-" $5}
     END {for (m in line) print "RBDGW-THRASH: PATHS " t " " m line[m]}'
-  kpaths
-}
-# The kernel's side, where the I/O goes: each map's path groups in the order multipathd last
-# loaded them (by priority), as device-mapper reports them now, path by path: group number,
-# group state (A: the active one), sdX, path state (A active, F failed). multipathd's own view
-# above learns of a failed path at its next check; the kernel fails it at once.
-kpaths() {
-  for d in /sys/block/sd*; do echo "$(cat $d/dev) ${d##*/}"; done > /tmp/devmap
-  for m in mpatha mpathb; do
-    s=$(dmsetup status $m 2>/dev/null) || continue
-    read -r up _ </proc/uptime
-    echo "$s" | awk -v t="${up%.*}${up#*.}" -v m=$m '
-      FNR == NR {dev[$1] = $2; next}
-      {
-        i = 4; i += $i + 1; i += $i + 1; n = $i; i += 2; out = ""
-        for (g = 1; g <= n; g++) {
-          st = $i; i++; i += $i + 1; np = $i; i++; ns = $i; i++
-          for (p = 1; p <= np; p++) { out = out " " g ":" st ":" dev[$i] ":" $(i + 1); i += 3 + ns }
-        }
-        print "RBDGW-THRASH: KPATHS " t " " m out
-      }' /tmp/devmap -
-  done
 }
 # Whatever multipathd logs (a path failed or came back, priorities changed, a group switched)
 # prints the paths at once (after a burst of lines, 0.2 s of quiet): a slow TCG guest's

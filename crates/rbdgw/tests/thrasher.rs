@@ -60,11 +60,6 @@ struct Console {
     /// After each PATHS line: its guest time (centiseconds since boot) and what `optimized`
     /// said then, so that failovers are timed by the sample that first showed the new state.
     samples: Vec<(u64, Option<Vec<usize>>)>,
-    /// The last KPATHS line of each map: the kernel's path groups in priority order, path by
-    /// path (group, group state, sdX, path state).
-    kpaths: HashMap<String, Vec<(u32, String, String, String)>>,
-    /// After each KPATHS line, like `samples`, for `kernel_optimized`.
-    ksamples: Vec<(u64, Option<Vec<usize>>)>,
     stalls: Vec<(Instant, u64)>,
     errors: Vec<String>,
     verified: Vec<String>,
@@ -110,28 +105,6 @@ impl Console {
                 self.paths.insert(w[2].to_string(), p);
                 let o = self.optimized();
                 self.samples.push((cs, o));
-            }
-            Some("KPATHS") if w.len() >= 3 => {
-                let Ok(cs) = w[1].parse::<u64>() else {
-                    return;
-                };
-                let p = w[3..]
-                    .iter()
-                    .filter_map(|x| {
-                        let f: Vec<&str> = x.split(':').collect();
-                        (f.len() == 4).then(|| {
-                            (
-                                f[0].parse().unwrap_or(0),
-                                f[1].to_string(),
-                                f[2].to_string(),
-                                f[3].to_string(),
-                            )
-                        })
-                    })
-                    .collect();
-                self.kpaths.insert(w[2].to_string(), p);
-                let o = self.kernel_optimized();
-                self.ksamples.push((cs, o));
             }
             Some("STALL") => {
                 let ms = m
@@ -182,56 +155,18 @@ impl Console {
         Some(out)
     }
 
-    /// Where the kernel sends each map's I/O: the gateway of the only working path of the
-    /// active path group (the first group if none is active yet), if each map has one. The
-    /// groups are multipathd's, by priority; a path's failure counts from the moment the
-    /// kernel fails it (multipathd's own view learns of it at its next check).
-    fn kernel_optimized(&self) -> Option<Vec<usize>> {
-        if self.kpaths.len() < IMAGES.len() {
-            return None;
-        }
-        let mut out = Vec::new();
-        for p in self.kpaths.values() {
-            let active = p
-                .iter()
-                .find(|(_, st, _, _)| st == "A")
-                .map_or(1, |(g, _, _, _)| *g);
-            let live: Vec<&String> = p
-                .iter()
-                .filter(|(g, _, _, ps)| *g == active && ps == "A")
-                .map(|(_, _, sd, _)| sd)
-                .collect();
-            if live.len() != 1 {
-                return None;
-            }
-            out.push(*self.sd_gateway.get(live[0])?);
-        }
-        Some(out)
-    }
-
     /// When (on the host's clock) the VM first showed one optimized path per map, on gateways
     /// that `ok` accepts, from `t` on: `t` itself if its last sample before `t` did (the
-    /// failure changed nothing it uses), else the first such sample taken after. `kernel`:
-    /// by the kernel's view of the paths (where the I/O goes), else by multipathd's.
-    fn optimized_since(
-        &self,
-        t: Instant,
-        kernel: bool,
-        ok: impl Fn(&[usize]) -> bool,
-    ) -> Option<Instant> {
+    /// failure changed nothing it uses), else the first such sample taken after.
+    fn optimized_since(&self, t: Instant, ok: impl Fn(&[usize]) -> bool) -> Option<Instant> {
         let boot = self.guest_boot?;
-        let samples = if kernel {
-            &self.ksamples
-        } else {
-            &self.samples
-        };
         let at = |cs: u64| boot + Duration::from_millis(cs * 10);
         let fine = |o: &Option<Vec<usize>>| o.as_deref().is_some_and(&ok);
-        let before = samples.iter().rev().find(|(cs, _)| at(*cs) < t);
+        let before = self.samples.iter().rev().find(|(cs, _)| at(*cs) < t);
         if before.is_some_and(|(_, o)| fine(o)) {
             return Some(t);
         }
-        samples
+        self.samples
             .iter()
             .find_map(|(cs, o)| (at(*cs) >= t && fine(o)).then(|| at(*cs)))
     }
@@ -358,9 +293,7 @@ struct Round {
     fault: Fault,
     victims: Vec<usize>,
     takeover_after: Option<Duration>,
-    /// By the kernel's paths, and by multipathd's view.
     optimized_after: Option<Duration>,
-    mpd_optimized_after: Option<Duration>,
     longest_stall_ms: u64,
     /// Lock moves from the failure to the revival, and from the revival to the failback.
     lock_moves: usize,
@@ -448,8 +381,6 @@ fn thrash_three_gateways_on_rbd() {
         paths: HashMap::new(),
         guest_boot: None,
         samples: Vec::new(),
-        kpaths: HashMap::new(),
-        ksamples: Vec::new(),
         stalls: Vec::new(),
         errors: Vec::new(),
         verified: Vec::new(),
@@ -514,9 +445,9 @@ fn thrash_three_gateways_on_rbd() {
         }
         // The gateways' side (the ALUA owner recorded in the cluster) and the initiator's
         // (one optimized path per map, on a gateway that is up).
-        let (mut takeover_after, mut optimized_after, mut mpd_after) = (None, None, None);
+        let (mut takeover_after, mut optimized_after) = (None, None);
         while t_f.elapsed() < Duration::from_secs(40)
-            && (takeover_after.is_none() || optimized_after.is_none() || mpd_after.is_none())
+            && (takeover_after.is_none() || optimized_after.is_none())
         {
             if takeover_after.is_none()
                 && owners(&cluster, &ids)
@@ -525,12 +456,10 @@ fn thrash_three_gateways_on_rbd() {
             {
                 takeover_after = Some(t_f.elapsed());
             }
-            let elsewhere = |o: &[usize]| o.iter().all(|g| !victims.contains(g));
             if optimized_after.is_none() {
-                optimized_after = c.optimized_since(t_f, true, elsewhere).map(|at| at - t_f);
-            }
-            if mpd_after.is_none() {
-                mpd_after = c.optimized_since(t_f, false, elsewhere).map(|at| at - t_f);
+                optimized_after = c
+                    .optimized_since(t_f, |o| o.iter().all(|g| !victims.contains(g)))
+                    .map(|at| at - t_f);
             }
             c.pump(Duration::from_millis(200));
         }
@@ -541,8 +470,7 @@ fn thrash_three_gateways_on_rbd() {
         }
         println!(
             "round {r}: ALUA owners on live gateways after {takeover_after:?}, one optimized \
-             path per map in the VM after {optimized_after:?} (the kernel's paths; multipathd's \
-             view after {mpd_after:?})"
+             path per map in the VM after {optimized_after:?}"
         );
         // The lock holder is the ALUA owner, a live gateway.
         let mut agreed = None;
@@ -650,7 +578,6 @@ fn thrash_three_gateways_on_rbd() {
             victims: victims.iter().map(|v| v + 1).collect(),
             takeover_after,
             optimized_after,
-            mpd_optimized_after: mpd_after,
             longest_stall_ms,
             lock_moves: takes_at_revival - takes_before,
             failback_moves: lock_takes(&gws) - takes_at_revival,
@@ -756,8 +683,8 @@ fn thrash_three_gateways_on_rbd() {
     println!("thrasher seed {seed}:");
     for (i, r) in report.iter().enumerate() {
         println!(
-            "  round {i}: {:?} gw{:?}: owners moved after {:.1?}, one optimized path per map after {:.1?} (multipathd's view {:.1?}), longest write {} ms, lock moves {} (failback {}), every path back {:.1?} and the configured owners {:.1?} after revival",
-            r.fault, r.victims, r.takeover_after, r.optimized_after, r.mpd_optimized_after, r.longest_stall_ms, r.lock_moves, r.failback_moves, r.revived_after, r.failback_after
+            "  round {i}: {:?} gw{:?}: owners moved after {:.1?}, one optimized path per map after {:.1?}, longest write {} ms, lock moves {} (failback {}), every path back {:.1?} and the configured owners {:.1?} after revival",
+            r.fault, r.victims, r.takeover_after, r.optimized_after, r.longest_stall_ms, r.lock_moves, r.failback_moves, r.revived_after, r.failback_after
         );
     }
     // The issue's targets, reported (the machine is shared: the suite asserts what must hold,
