@@ -3,9 +3,10 @@
 # command goes down the path the test picks). The guest writes 8 MiB of random data to LUN 0
 # through gw1, then copies it to LUN 1 two ways, each read back through the other gateway
 # and compared: sg_xcopy (EXTENDED COPY) within gw1; ddpt --xcopy with the source through gw2
-# and the destination through gw1. (ODX from Linux with ddpt 0.97 is not here yet: its
-# POPULATE TOKEN asks for 4,194,304 blocks for a copy of 16,384, which the LU refuses as
-# beyond its end; ODX runs in the copy_offload test and bench/run copy.) Markers
+# and the destination through gw1. (Not `ddpt --odx`: Debian's ddpt 0.97 writes a POPULATE
+# TOKEN range descriptor one byte early, LBA from byte 15, so a copy of 16,384 blocks asks for
+# 4,194,304 and any target refuses it; ODX runs in the copy_offload test and bench/run copy.)
+# Markers
 # "RBDGW-COPY: ..." on the console drive the host side.
 fail() { echo "RBDGW-COPY: FAIL $*"; cat /tmp/disks 2>/dev/null; poweroff -f; }
 @SETUP@

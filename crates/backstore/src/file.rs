@@ -131,6 +131,67 @@ impl FileDevice {
         }
     }
 
+    /// Copies `len` bytes of `src` from `src_off` to this file at `offset` inside the kernel
+    /// (copy_file_range(2)): the data never passes through user memory. `Ok(false)` when the
+    /// kernel cannot for these two files (another file system: a memory LU and a file; a
+    /// kernel without it) and nothing was copied: the caller reads and writes instead.
+    pub async fn copy_from_file(
+        &self,
+        src: &FileDevice,
+        src_off: u64,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> Result<bool> {
+        check_range(src_off, len, src.inner.size)?;
+        check_range(offset, len, self.inner.size)?;
+        let from = src.inner.clone();
+        self.blocking(move |i| {
+            let _g = i.shared();
+            let (mut s, mut d) = (src_off as i64, offset as i64);
+            let mut left = len;
+            while left > 0 {
+                // SAFETY: two open descriptors and offsets owned by this frame; the kernel
+                // copies between the files and advances the offsets.
+                let n = unsafe {
+                    libc::copy_file_range(
+                        from.file.as_raw_fd(),
+                        &mut s,
+                        i.file.as_raw_fd(),
+                        &mut d,
+                        left as usize,
+                        0,
+                    )
+                };
+                if n < 0 {
+                    let e = errno();
+                    let unsupported = matches!(
+                        e.raw_os_error(),
+                        Some(libc::EXDEV)
+                            | Some(libc::EINVAL)
+                            | Some(libc::ENOSYS)
+                            | Some(libc::EOPNOTSUPP)
+                    );
+                    if unsupported && left == len {
+                        return Ok(false);
+                    }
+                    return Err(e.into());
+                }
+                if n == 0 {
+                    return Err(BackstoreError::Other(
+                        "copy_file_range: the source ended early".into(),
+                    ));
+                }
+                left -= n as u64;
+            }
+            if fua {
+                i.file.sync_data()?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
     async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce(&Inner) -> Result<T> + Send + 'static,
@@ -590,6 +651,17 @@ impl BlockDevice for FileDevice {
         self.blocking(|i| Ok(i.file.sync_data()?)).await
     }
 
+    async fn copy_from(
+        &self,
+        src: &Self,
+        src_off: u64,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> Result<bool> {
+        self.copy_from_file(src, src_off, offset, len, fua).await
+    }
+
     async fn discard(&self, offset: u64, len: u64) -> Result<()> {
         check_range(offset, len, self.inner.size)?;
         self.blocking(move |i| {
@@ -864,6 +936,25 @@ mod tests {
     #[tokio::test]
     async fn memory_device() {
         exercise(FileDevice::memory(1 << 20).unwrap()).await;
+    }
+
+    /// copy_file_range between two files of one file system; a memory device and a file are
+    /// two file systems: nothing copied, the caller is told to read and write.
+    #[tokio::test]
+    async fn files_copy_inside_the_kernel() {
+        let d = tmpdir();
+        let a = FileDevice::open(&d.join("a"), Some(1 << 20)).unwrap();
+        let b = FileDevice::open(&d.join("b"), Some(1 << 20)).unwrap();
+        let data = Bytes::from(vec![0xab; 64 << 10]);
+        a.write(4096, data.clone().into(), false).await.unwrap();
+        assert!(b.copy_from(&a, 4096, 65536, 64 << 10, true).await.unwrap());
+        assert_eq!(b.read(65536, 64 << 10).await.unwrap(), data);
+        assert!(
+            b.copy_from(&a, 1 << 20, 0, 512, false).await.is_err(),
+            "past the end"
+        );
+        let m = FileDevice::memory(1 << 20).unwrap();
+        assert!(!m.copy_from(&a, 4096, 0, 4096, false).await.unwrap());
     }
 
     #[tokio::test]

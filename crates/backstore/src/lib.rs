@@ -165,6 +165,20 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// Makes every completed write durable.
     fn flush(&self) -> impl Future<Output = Result<()>> + Send;
 
+    /// Copies `len` bytes of `src` from `src_off` here at `offset` without the data passing
+    /// through the gateway's memory, if both engines can (files: copy_file_range(2));
+    /// `Ok(false)`, nothing copied, when they cannot: the caller reads and writes.
+    fn copy_from(
+        &self,
+        _src: &Self,
+        _src_off: u64,
+        _offset: u64,
+        _len: u64,
+        _fua: bool,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        std::future::ready(Ok(false))
+    }
+
     /// Deallocates a range; reads of it return zeroes afterwards when
     /// [`Capabilities::discard_zeroes`] is set.
     fn discard(&self, offset: u64, len: u64) -> impl Future<Output = Result<()>> + Send;
@@ -302,6 +316,21 @@ impl BlockDevice for Device {
     }
     async fn flush(&self) -> Result<()> {
         dispatch!(self, d => d.flush().await)
+    }
+    async fn copy_from(
+        &self,
+        src: &Self,
+        src_off: u64,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> Result<bool> {
+        match (self, src) {
+            (Device::File(d), Device::File(s)) => {
+                d.copy_from_file(s, src_off, offset, len, fua).await
+            }
+            _ => Ok(false),
+        }
     }
     async fn discard(&self, offset: u64, len: u64) -> Result<()> {
         dispatch!(self, d => d.discard(offset, len).await)

@@ -388,7 +388,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 (true, left)
             };
             if mapped {
-                self.copy_range(src, dst, src_off + done, dst_off + done, len, fua, key)
+                self.copy_mapped(src, dst, src_off + done, dst_off + done, len, fua, key)
                     .await?;
             } else {
                 dst.dev
@@ -398,6 +398,47 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 self.note_copied(key, len);
             }
             done += len;
+        }
+        Ok(())
+    }
+
+    /// Copies `len` mapped bytes: inside the kernel where both engines can (files), a few
+    /// chunks per call so that an abort stops it soon; else read and written here.
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_mapped(
+        &self,
+        src: &LogicalUnit<B>,
+        dst: &LogicalUnit<B>,
+        src_off: u64,
+        dst_off: u64,
+        len: u64,
+        fua: bool,
+        key: Option<&ListKey>,
+    ) -> Result<(), SenseData> {
+        const IN_KERNEL: u64 = 8 * COPY_CHUNK as u64;
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(IN_KERNEL);
+            let copied = dst
+                .dev
+                .copy_from(&src.dev, src_off + done, dst_off + done, n, fua)
+                .await
+                .map_err(|e| dst.io_error(e, true))?;
+            if !copied {
+                return self
+                    .copy_range(
+                        src,
+                        dst,
+                        src_off + done,
+                        dst_off + done,
+                        len - done,
+                        fua,
+                        key,
+                    )
+                    .await;
+            }
+            self.note_copied(key, n);
+            done += n;
         }
         Ok(())
     }
