@@ -86,6 +86,29 @@ pub trait CopyTargets<B: BlockDevice>: Send + Sync {
     fn reserve_memory(&self, bytes: usize) -> BoxFuture<'static, Held>;
 }
 
+/// One stretch of a copy: `len` bytes of `src` from `src_off` to `dst` at `dst_off`.
+struct Stretch<'a, B: BlockDevice> {
+    src: &'a LogicalUnit<B>,
+    dst: &'a LogicalUnit<B>,
+    src_off: u64,
+    dst_off: u64,
+    len: u64,
+    fua: bool,
+    key: Option<&'a ListKey>,
+}
+
+impl<B: BlockDevice> Stretch<'_, B> {
+    /// The rest of the stretch after its first `n` bytes.
+    fn skip(self, n: u64) -> Self {
+        Stretch {
+            src_off: self.src_off + n,
+            dst_off: self.dst_off + n,
+            len: self.len - n,
+            ..self
+        }
+    }
+}
+
 /// The unit a copy reads and writes at once; a copy holds two (one written while the next is
 /// read).
 pub const COPY_CHUNK: usize = 1 << 20;
@@ -388,8 +411,16 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 (true, left)
             };
             if mapped {
-                self.copy_mapped(src, dst, src_off + done, dst_off + done, len, fua, key)
-                    .await?;
+                self.copy_mapped(Stretch {
+                    src,
+                    dst,
+                    src_off: src_off + done,
+                    dst_off: dst_off + done,
+                    len,
+                    fua,
+                    key,
+                })
+                .await?;
             } else {
                 dst.dev
                     .write_zeroes(dst_off + done, len)
@@ -402,59 +433,40 @@ impl<B: BlockDevice> LogicalUnit<B> {
         Ok(())
     }
 
-    /// Copies `len` mapped bytes: inside the kernel where both engines can (files), a few
+    /// Copies a mapped stretch: inside the kernel where both engines can (files), a few
     /// chunks per call so that an abort stops it soon; else read and written here.
-    #[allow(clippy::too_many_arguments)]
-    async fn copy_mapped(
-        &self,
-        src: &LogicalUnit<B>,
-        dst: &LogicalUnit<B>,
-        src_off: u64,
-        dst_off: u64,
-        len: u64,
-        fua: bool,
-        key: Option<&ListKey>,
-    ) -> Result<(), SenseData> {
+    async fn copy_mapped(&self, s: Stretch<'_, B>) -> Result<(), SenseData> {
         const IN_KERNEL: u64 = 8 * COPY_CHUNK as u64;
         let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(IN_KERNEL);
-            let copied = dst
+        while done < s.len {
+            let n = (s.len - done).min(IN_KERNEL);
+            let copied = s
+                .dst
                 .dev
-                .copy_from(&src.dev, src_off + done, dst_off + done, n, fua)
+                .copy_from(&s.src.dev, s.src_off + done, s.dst_off + done, n, s.fua)
                 .await
-                .map_err(|e| dst.io_error(e, true))?;
+                .map_err(|e| s.dst.io_error(e, true))?;
             if !copied {
-                return self
-                    .copy_range(
-                        src,
-                        dst,
-                        src_off + done,
-                        dst_off + done,
-                        len - done,
-                        fua,
-                        key,
-                    )
-                    .await;
+                return self.copy_range(s.skip(done)).await;
             }
-            self.note_copied(key, n);
+            self.note_copied(s.key, n);
             done += n;
         }
         Ok(())
     }
 
-    /// Copies `len` mapped bytes, reading each chunk while the previous one is written.
-    #[allow(clippy::too_many_arguments)]
-    async fn copy_range(
-        &self,
-        src: &LogicalUnit<B>,
-        dst: &LogicalUnit<B>,
-        src_off: u64,
-        dst_off: u64,
-        len: u64,
-        fua: bool,
-        key: Option<&ListKey>,
-    ) -> Result<(), SenseData> {
+    /// Copies a mapped stretch through this gateway's memory, reading each chunk while the
+    /// previous one is written.
+    async fn copy_range(&self, s: Stretch<'_, B>) -> Result<(), SenseData> {
+        let Stretch {
+            src,
+            dst,
+            src_off,
+            dst_off,
+            len,
+            fua,
+            key,
+        } = s;
         let piece = |at: u64| (len - at).min(COPY_CHUNK as u64) as usize;
         let read_err = |e| src.io_error(e, false);
         let mut at = 0u64;
