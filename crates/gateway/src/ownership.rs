@@ -336,21 +336,31 @@ impl Ownership {
         })
     }
 
-    /// Whether no other gateway serves the LU now (asked twice, a second apart, when nobody
-    /// answers the first time): gateways still starting it do not count; false when this
-    /// gateway cannot tell.
+    /// Whether no other gateway serves the LU now (two rounds a second apart): gateways still
+    /// starting it do not count; false when this gateway cannot tell in four rounds.
     async fn alone(&self) -> bool {
         let dev = self.lu.device();
-        for i in 0..2 {
+        // Two rounds a ping apart that find nobody else serving. A round that cannot tell
+        // (this LU's own answer missing: a round another LU of this gateway began before this
+        // one joined) is asked again, up to four rounds in all; taking it for company left
+        // registrations of a lost power in place now and then.
+        let mut alone_rounds = 0;
+        for i in 0..4 {
             if i > 0 {
                 tokio::time::sleep(PING_EVERY).await;
             }
             match dev.members().await {
-                Ok(m) if m.iter().all(|m| m.tag == self.my_tag || m.starting) => {}
-                _ => return false,
+                Ok(m) if m.iter().all(|m| m.tag == self.my_tag || m.starting) => {
+                    alone_rounds += 1;
+                    if alone_rounds == 2 {
+                        return true;
+                    }
+                }
+                Ok(_) => return false,
+                Err(_) => {}
             }
         }
-        true
+        false
     }
 
     fn is_draining(&self) -> bool {
