@@ -36,19 +36,6 @@ fn tcp_bytes(c: &Client) -> (u64, u64) {
     }
 }
 
-fn naa(c: &mut Client, lun: u64) -> Vec<u8> {
-    let o = c.scsi_ready(lun, &[0x12, 1, 0x83, 0x10, 0, 0], &[], 4096);
-    let mut off = 4;
-    while off + 4 <= o.data.len() {
-        let len = o.data[off + 3] as usize;
-        if o.data[off + 1] & 0x0f == 3 {
-            return o.data[off + 4..off + 4 + len].to_vec();
-        }
-        off += 4 + len;
-    }
-    panic!("no NAA designator on LUN {lun}");
-}
-
 fn block_size(c: &mut Client, lun: u64) -> u64 {
     let o = c.scsi_ready(
         lun,
@@ -85,7 +72,7 @@ fn read_write(c: &mut Client, src: u64, dst: u64, bytes: u64, bs: u64) {
 }
 
 fn xcopy(c: &mut Client, src: u64, dst: u64, bytes: u64, bs: u64) {
-    let (s, d) = (naa(c, src), naa(c, dst));
+    let (s, d) = (c.naa(src), c.naa(dst));
     let total = bytes / bs;
     let mut lba = 0u64;
     while lba < total {

@@ -12,19 +12,6 @@ use iscsi::pdu::{Bhs, Opcode, Pdu};
 const TARGET: &str = "iqn.2026-11.org.rbdgw:copy";
 const BLOCK: usize = 512;
 
-fn naa(c: &mut Client, lun: u64) -> Vec<u8> {
-    let o = c.scsi_ready(lun, &[0x12, 1, 0x83, 0x10, 0, 0], &[], 4096);
-    let mut off = 4;
-    while off + 4 <= o.data.len() {
-        let len = o.data[off + 3] as usize;
-        if o.data[off + 1] & 0x0f == 3 {
-            return o.data[off + 4..off + 4 + len].to_vec();
-        }
-        off += 4 + len;
-    }
-    panic!("no NAA designator on LUN {lun}");
-}
-
 fn write(c: &mut Client, lun: u64, lba: u32, blocks: u16, byte: u8) {
     let mut cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     cdb[2..6].copy_from_slice(&lba.to_be_bytes());
@@ -170,7 +157,7 @@ fn copies_stay_inside_the_gateways_and_tokens_cross_them() {
     s1.login("iqn.2026-11.org.rbdgw:host-a", Some(TARGET), "");
     let mut s2 = Client::connect(a2.parse().unwrap());
     s2.login("iqn.2026-11.org.rbdgw:host-a", Some(TARGET), "");
-    let (src, dst) = (naa(&mut s1, 0), naa(&mut s1, 1));
+    let (src, dst) = (s1.naa(0), s1.naa(1));
     assert_ne!(src, dst);
 
     // EXTENDED COPY through gw1, from LUN 0 to LUN 1: 2 MiB, of which the last MiB a hole.
@@ -209,7 +196,7 @@ fn copies_stay_inside_the_gateways_and_tokens_cross_them() {
     // An ABORT TASK during a long copy (16 segments of 32 MiB) ends it: the task management
     // function completes, the copy gets no response, its destination is written in part only,
     // and its list identifier is free again.
-    let (big, bigcopy) = (naa(&mut s1, 2), naa(&mut s1, 3));
+    let (big, bigcopy) = (s1.naa(2), s1.naa(3));
     // (The power-on unit attentions first: the raw command below must not meet one.)
     for lun in [2, 3] {
         assert_eq!(s1.scsi_ready(lun, &[0; 6], &[], 0).status, 0);

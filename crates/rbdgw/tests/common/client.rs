@@ -281,6 +281,20 @@ impl Client {
         }
     }
 
+    /// The NAA designator of LUN `lun` (VPD 0x83), as copy commands name it.
+    pub fn naa(&mut self, lun: u64) -> Vec<u8> {
+        let o = self.scsi_ready(lun, &[0x12, 1, 0x83, 0x10, 0, 0], &[], 4096);
+        let mut off = 4;
+        while off + 4 <= o.data.len() {
+            let len = o.data[off + 3] as usize;
+            if o.data[off + 1] & 0x0f == 3 {
+                return o.data[off + 4..off + 4 + len].to_vec();
+            }
+            off += 4 + len;
+        }
+        panic!("no NAA designator on LUN {lun}");
+    }
+
     /// Like [`Client::scsi`], but swallows pending unit attentions first (as initiators do).
     pub fn scsi_ready(
         &mut self,
