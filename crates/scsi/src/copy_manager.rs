@@ -238,13 +238,18 @@ impl<B: BlockDevice> LogicalUnit<B> {
         }
     }
 
-    /// This LU as a party to a copy (found through the gateway, which admits writes to it).
-    pub(crate) fn this_party(&self) -> Party<'_, B> {
-        let own = Designator {
+    /// This LU's NAA designator, as copies name it.
+    fn own_designator(&self) -> Designator {
+        Designator {
             kind: 3,
             value: crate::inquiry::naa_designator(&self.cfg.serial).to_vec(),
-        };
-        self.resolve(&own).unwrap_or(Party::This(self))
+        }
+    }
+
+    /// This LU as a party to a copy (found through the gateway, which admits writes to it).
+    pub(crate) fn this_party(&self) -> Party<'_, B> {
+        self.resolve(&self.own_designator())
+            .unwrap_or(Party::This(self))
     }
 
     pub(crate) fn resolve(&self, d: &Designator) -> Option<Party<'_, B>> {
@@ -258,11 +263,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
     fn party(&self, list: &CopyList, index: u16, n: usize) -> Result<Party<'_, B>, SenseData> {
         let unreachable = || xcopy::copy_aborted(Asc::UNREACHABLE_COPY_TARGET, n);
         let (designator, block_length) = if index == xcopy::CSCD_ID_THIS_LU {
-            let own = Designator {
-                kind: 3,
-                value: crate::inquiry::naa_designator(&self.cfg.serial).to_vec(),
-            };
-            (own, self.cfg.block_size)
+            (self.own_designator(), self.cfg.block_size)
         } else {
             let c = list.cscds.get(index as usize).ok_or_else(unreachable)?;
             if c.device_type != 0 {
@@ -531,14 +532,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
 /// A copy reads and writes through this gateway's port: in the states where that port turns
 /// I/O away, so does the copy (SPC-4 §5.16.2.4).
 pub(crate) fn ready_for_copy<B: BlockDevice>(lu: &LogicalUnit<B>) -> Result<(), SenseData> {
-    if !lu.dev.available() {
-        let asc = if lu.dev.opened() {
-            Asc::LU_NOT_ACCESSIBLE_TRANSITIONING
-        } else {
-            Asc::LU_NOT_ACCESSIBLE_UNAVAILABLE
-        };
-        return Err(SenseData::new(SenseKey::NotReady, asc));
-    }
+    lu.device_reachable()?;
     if lu.access_state(lu.cfg.local_tpg) == AccessState::Standby {
         return Err(SenseData::new(
             SenseKey::NotReady,

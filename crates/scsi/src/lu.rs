@@ -105,8 +105,9 @@ pub(crate) struct LuState {
     pub isolated: bool,
     /// Abort orders for the transport, not yet handed over (see [`LogicalUnit::on_task_abort`]).
     pub aborts: Vec<(AbortScope, Option<ItNexus>)>,
-    /// EXTENDED COPY lists with an identifier, running or held for RECEIVE COPY RESULTS
-    /// (SPC-4 §6.18), per nexus: at most 256 per nexus, gone with it.
+    /// Copy lists with an identifier (EXTENDED COPY, POPULATE TOKEN, WRITE USING TOKEN),
+    /// running or held for RECEIVE COPY RESULTS and RECEIVE ROD TOKEN INFORMATION (SPC-4
+    /// §6.18), per nexus: 64 finished ones at most, gone with the nexus or a reset.
     pub copies: HashMap<(ItNexus, crate::xcopy::ListId), crate::xcopy::CopyProgress>,
     /// This LU's ROD tokens (ODX), as last read from the shared metadata.
     pub tokens: crate::rod_token::TokenRegistry,
@@ -368,13 +369,8 @@ impl<B: BlockDevice> LogicalUnit<B> {
         // answered NOT READY, and the initiator retries or moves to another path. While it
         // has not opened at all (a missing image: for as long as that takes) the port is
         // unavailable (§5.16.2.4.5), which makes an initiator move to another path at once.
-        if !self.dev.available() && !matches!(op, 0x12 | 0xa0 | 0x03 | 0xa3) {
-            let asc = if self.dev.opened() {
-                Asc::LU_NOT_ACCESSIBLE_TRANSITIONING
-            } else {
-                Asc::LU_NOT_ACCESSIBLE_UNAVAILABLE
-            };
-            return Err(SenseData::new(SenseKey::NotReady, asc));
+        if !matches!(op, 0x12 | 0xa0 | 0x03 | 0xa3) {
+            self.device_reachable()?;
         }
         // SPC-4 §5.16.2.4.4: through a port in standby (its gateway drained) only the commands
         // that describe or configure the LU are processed; the others are answered NOT READY,
@@ -407,6 +403,20 @@ impl<B: BlockDevice> LogicalUnit<B> {
             return Ok(resp);
         }
         self.dispatch(cmd).await
+    }
+
+    /// NOT READY while the device cannot be reached: transitioning when it opened (fenced,
+    /// reconnecting), unavailable while it has not opened at all.
+    pub(crate) fn device_reachable(&self) -> Result<(), SenseData> {
+        if self.dev.available() {
+            return Ok(());
+        }
+        let asc = if self.dev.opened() {
+            Asc::LU_NOT_ACCESSIBLE_TRANSITIONING
+        } else {
+            Asc::LU_NOT_ACCESSIBLE_UNAVAILABLE
+        };
+        Err(SenseData::new(SenseKey::NotReady, asc))
     }
 
     /// SPC-4 §5.16.2.6: this gateway's port went to or left the transitioning state (its
