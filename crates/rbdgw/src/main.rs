@@ -339,16 +339,44 @@ async fn follow_config(
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn termination() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, caught from the moment this is made: a signal that arrives before
+/// anyone waits is held by the streams, not left to its default action (a SIGTERM sent just
+/// after READY=1 used to kill the gateway before its handler existed).
+struct Termination {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Termination {
+    fn catch() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let catch = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cannot catch {name}, it will stop the gateway abruptly: {e}");
+                None
+            }
+        };
+        Termination {
+            term: catch(SignalKind::terminate(), "SIGTERM"),
+            int: catch(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    /// Resolves when SIGTERM or SIGINT arrives (or has arrived).
+    async fn arrived(mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.int) => {}
+        }
     }
 }
 
@@ -360,6 +388,7 @@ async fn serve(
     metrics: Option<std::net::SocketAddr>,
     control: Option<&Path>,
 ) -> anyhow::Result<()> {
+    let termination = Termination::catch();
     let (cfg, host, text) = load(config, host, ceph).await?;
     for w in &cfg.warnings {
         tracing::warn!("{w}");
@@ -386,7 +415,7 @@ async fn serve(
         text,
     ));
     let stop = async {
-        termination().await;
+        termination.arrived().await;
         sd_notify::notify("STOPPING=1\nSTATUS=logging initiators out, closing images");
     };
     server.run(stop, Duration::from_secs(5)).await;
@@ -408,6 +437,7 @@ fn demo_config(dir: &Path, port: u16) -> String {
 }
 
 async fn demo(dir: &Path, port: u16) -> anyhow::Result<()> {
+    let termination = Termination::catch();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("config.json");
     std::fs::write(&path, demo_config(dir, port))
@@ -441,7 +471,7 @@ async fn demo(dir: &Path, port: u16) -> anyhow::Result<()> {
             Duration::from_secs(5),
         )));
     }
-    termination().await;
+    termination.arrived().await;
     let _ = stop_tx.send(());
     for t in tasks {
         let _ = t.await;
