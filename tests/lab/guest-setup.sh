@@ -3,7 +3,7 @@
 # dm-multipath with the README's device section (ALUA priorities, failback immediate).
 ip addr add 192.168.0.33/24 dev eth0
 cat > /etc/iscsi/iscsid.conf <<CONF
-node.session.timeo.replacement_timeout = 5
+node.session.timeo.replacement_timeout = 4
 node.conn[0].timeo.noop_out_interval = 1
 node.conn[0].timeo.noop_out_timeout = 2
 node.conn[0].timeo.login_timeout = 5
@@ -21,6 +21,7 @@ devices {
         product ".*"
         path_grouping_policy group_by_prio
         prio alua
+        detect_prio no
         hardware_handler "1 alua"
         path_checker tur
         failback immediate

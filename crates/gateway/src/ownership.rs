@@ -186,6 +186,8 @@ pub struct Ownership {
     owned: AtomicBool,
     /// Handing over: writes wait instead of taking the lock back.
     yielding: AtomicBool,
+    /// The gateway is stopping: the lock is let go and never taken again.
+    stopping: AtomicBool,
     writes_in_flight: AtomicU32,
     /// When a write here last finished (ms since `epoch`).
     last_write_ms: AtomicU64,
@@ -205,6 +207,14 @@ pub struct Ownership {
     owner_changed_at: Mutex<Option<Instant>>,
     /// When a command last came through this gateway for the LU (seen by `refresh`).
     served_at: Mutex<Option<Instant>>,
+}
+
+/// How long letting the lock go took: the writes running here to finish, the flush, the
+/// unlock (logged: a slow hand-over says which part was slow).
+struct LetGo {
+    writes: Duration,
+    flush: Duration,
+    unlock: Duration,
 }
 
 /// Held by a write while it runs on the owner.
@@ -244,6 +254,7 @@ impl Ownership {
             draining,
             owned: AtomicBool::new(false),
             yielding: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             writes_in_flight: AtomicU32::new(0),
             last_write_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -376,17 +387,46 @@ impl Ownership {
     }
 
     /// Where a drain of this gateway stands for the LU: whether it still holds the write lock
-    /// and whether it is still the ALUA owner (both false: nothing is lost if it stops).
+    /// and whether it is still the ALUA owner (both false: nothing is lost if it stops). A
+    /// hand-over under way (writes finishing, flush, unlock) still holds it: a drain that
+    /// reported done there let the gateway be stopped with the lock, and the successor's
+    /// writes waited for it to exit (2 s).
     pub fn still_held(&self) -> (bool, bool) {
-        (self.is_owner(), self.lu.owner_tpg() == Some(self.my_tag))
+        (
+            self.is_owner() || self.yielding.load(Ordering::Acquire),
+            self.lu.owner_tpg() == Some(self.my_tag),
+        )
     }
 
     pub fn is_owner(&self) -> bool {
         self.owned.load(Ordering::Acquire)
     }
 
+    /// Lets the lock go for good as the gateway stops (its connections are closed): the
+    /// successor takes it at once instead of when this process exits and its image closes.
+    /// Returns whether it was held here.
+    pub async fn release_at_stop(&self) -> bool {
+        self.stopping.store(true, Ordering::Release);
+        let _one = self.acquiring.lock().await;
+        if !self.is_owner() {
+            return false;
+        }
+        let t = self.let_go().await;
+        info!(
+            lun = self.lu.config().lun,
+            writes_ms = t.writes.as_millis() as u64,
+            flush_ms = t.flush.as_millis() as u64,
+            unlock_ms = t.unlock.as_millis() as u64,
+            "stopping: released the write lock"
+        );
+        true
+    }
+
     /// Takes the lock if it is free.
     async fn try_take(&self) -> bool {
+        if self.stopping.load(Ordering::Acquire) {
+            return false;
+        }
         let dev = self.lu.device();
         match dev.try_acquire_ownership().await {
             Ok(true) => {
@@ -828,26 +868,45 @@ impl Ownership {
         true
     }
 
-    /// Gives the LU up to the gateway of TPG `to`: no new writes, wait for the running ones,
-    /// flush, unlock.
+    /// Gives the LU up to the gateway of TPG `to`.
     async fn hand_over(&self, to: u16) {
+        let t = self.let_go().await;
+        crate::metrics::metrics().lock_handovers.inc();
+        info!(
+            lun = self.lu.config().lun,
+            to_tpg = to,
+            writes_ms = t.writes.as_millis() as u64,
+            flush_ms = t.flush.as_millis() as u64,
+            unlock_ms = t.unlock.as_millis() as u64,
+            "handed the write lock over"
+        );
+    }
+
+    /// No new writes, wait for the running ones, flush, unlock.
+    async fn let_go(&self) -> LetGo {
         let lun = self.lu.config().lun;
+        let began = Instant::now();
         self.yielding.store(true, Ordering::Release);
         self.owned.store(false, Ordering::Release);
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.writes_in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        let writes = began.elapsed();
         let dev = self.lu.device();
         if let Err(e) = dev.flush().await {
             warn!(lun, "flush before handover failed: {e}");
         }
+        let flushed = began.elapsed();
         if let Err(e) = dev.release_ownership().await {
             warn!(lun, "releasing the ownership lock failed: {e}");
         }
         self.yielding.store(false, Ordering::Release);
-        crate::metrics::metrics().lock_handovers.inc();
-        info!(lun, to_tpg = to, "handed the write lock over");
+        LetGo {
+            writes,
+            flush: flushed - writes,
+            unlock: began.elapsed() - flushed,
+        }
     }
 
     /// Admits one write: on the lock holder at once; elsewhere after the holder handed over.

@@ -96,9 +96,21 @@ impl Server {
             );
             conns.abort_all();
         }
-        info!("stopped");
+        // Bounded: without its cluster a release never completes; the images' close (with
+        // its own patience) comes next either way.
+        match tokio::time::timeout(RELEASE_PATIENCE, self.gateway.release_locks_at_stop()).await {
+            Ok(released) => info!(write_locks_released = released, "stopped"),
+            Err(_) => warn!(
+                "stopped; the write locks were not all released within {} s (cluster out of \
+                 reach?)",
+                RELEASE_PATIENCE.as_secs()
+            ),
+        }
     }
 }
+
+/// How long a stopping gateway waits for its write locks to be released.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What every accept loop shares.
 struct Accept {

@@ -496,6 +496,25 @@ impl Gateway {
         self.serving.draining.load(Ordering::Acquire)
     }
 
+    /// As the gateway stops, once its connections are closed: every write lock held here is
+    /// let go (all LUs at once), so the successors take them over at once rather than when
+    /// the process exits and its images close. Returns how many were held.
+    pub async fn release_locks_at_stop(&self) -> usize {
+        let served = self.served();
+        let mut set = tokio::task::JoinSet::new();
+        for t in &served.targets {
+            for o in t.owners.values() {
+                let o = o.clone();
+                set.spawn(async move { o.release_at_stop().await });
+            }
+        }
+        let mut released = 0;
+        while let Some(r) = set.join_next().await {
+            released += usize::from(r.unwrap_or(false));
+        }
+        released
+    }
+
     /// The LUs this gateway still holds, as `(target, lun, holds the write lock, is the
     /// ALUA owner)`: a drain is complete when none is left.
     pub fn still_held(&self) -> Vec<(String, u64, bool, bool)> {

@@ -486,6 +486,46 @@ fn seed_scenario_on_ceph() {
         assert!(check.in_flight_at_crash > 0);
     }
 
+    // A gateway stopped with SIGTERM lets its write locks go as it stops (not when the
+    // process exits): the other gateway's first write takes the lock without fencing.
+    let mut c = crash_login(&a1);
+    let t0 = Instant::now();
+    while c.scsi_ready(0, &write10(0, 8), &[1u8; 4096], 0).status != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no write through gw1"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(c);
+    let fenced_before = std::fs::read_to_string(&g2.log)
+        .unwrap_or_default()
+        .matches("fenced the unresponsive lock owner")
+        .count();
+    common::signal(&g1.child, libc::SIGTERM);
+    let _ = g1.child.wait();
+    let mut c = crash_login(&a2);
+    let t0 = Instant::now();
+    while c.scsi_ready(0, &write10(0, 8), &[2u8; 4096], 0).status != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no write through gw2"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took_over = t0.elapsed();
+    let log1 = std::fs::read_to_string(&g1.log).unwrap_or_default();
+    assert!(log1.contains("stopping: released the write lock"), "{log1}");
+    let log2 = std::fs::read_to_string(&g2.log).unwrap_or_default();
+    assert_eq!(
+        log2.matches("fenced the unresponsive lock owner").count(),
+        fenced_before,
+        "gw2 fenced a gateway that stopped cleanly:\n{log2}"
+    );
+    println!("graceful stop: gw2 wrote {took_over:.1?} after gw1 exited, no fencing");
+    drop(c);
+    g1 = start(0);
+
     // Reservations across the loss of every gateway, on RBD (SPC-4 §5.9.5): without APTPL a
     // registration and its reservation are gone, with APTPL both stay.
     use common::reservations::{read_keys, read_reservation};
@@ -694,9 +734,10 @@ fn a_fenced_gateway_with_fifty_luns_recovers() {
         "{text}"
     );
 
-    // Asked to stop with its cluster gone, the gateway cannot close its images (closing
-    // releases their locks, which takes the OSD): it still exits, after its 10 s of
-    // patience, and says why. (It used to hang in the first close for good.)
+    // Asked to stop with its cluster gone, the gateway can neither release its write locks
+    // nor close its images (both take the OSD): it still exits, after its patience (5 s for
+    // the locks, 10 s for closes begun), and says why. (It used to hang in the first close
+    // for good.)
     drop(cluster);
     drop(s);
     let mut gw = gw;
@@ -718,7 +759,11 @@ fn a_fenced_gateway_with_fifty_luns_recovers() {
         t2.elapsed()
     );
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("did not close within 10 s"), "{text}");
+    assert!(
+        text.contains("the write locks were not all released within 5 s")
+            || text.contains("did not close within 10 s"),
+        "{text}"
+    );
 }
 
 /// `config import-lrbd` reads a config stored the way `lrbd -f` stored it (in every pool of

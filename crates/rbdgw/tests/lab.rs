@@ -303,7 +303,10 @@ fn copy_offload_from_linux(backing: Backing) {
     let console = BufReader::new(vm.0.stdout.take().expect("console"));
     let mut seen = Vec::new();
     for line in console.lines().map_while(Result::ok) {
-        if line.contains("RBDGW-COPY") || line.contains("ddpt") || line.contains("xcopy") {
+        if ["RBDGW-COPY", "ddpt", "xcopy", "revoked"]
+            .iter()
+            .any(|w| line.contains(w))
+        {
             println!("vm| {line}");
         }
         seen.push(line);
@@ -322,7 +325,8 @@ fn copy_offload_from_linux(backing: Backing) {
         seen.iter()
             .filter(|l| l.contains("RBDGW-COPY: VERIFIED"))
             .count(),
-        2
+        4,
+        "sg_xcopy, ddpt --xcopy, ODX, the revoked token"
     );
     assert!(!logs.contains("panicked"), "{logs}");
 }
