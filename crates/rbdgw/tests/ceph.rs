@@ -459,14 +459,7 @@ fn seed_scenario_on_ceph() {
         let mut c = crash_login(addr[victim]);
         // The writer's gateway takes the exclusive lock first (from a killed owner: by
         // fencing it).
-        let t0 = Instant::now();
-        while c.scsi_ready(0, &write10(65536, 8), &[0u8; 4096], 0).status != 0 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "round {round}: no write"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        write_until_done(&mut c, &write10(65536, 8), 0, Duration::from_secs(60));
         let g = if victim == 0 { &mut g1 } else { &mut g2 };
         check.write_until_crash(&mut c, 8, Duration::from_secs(2), || {
             common::signal(&g.child, 9);
@@ -488,32 +481,24 @@ fn seed_scenario_on_ceph() {
 
     // A gateway stopped with SIGTERM lets its write locks go as it stops (not when the
     // process exits): the other gateway's first write takes the lock without fencing.
-    let mut c = crash_login(&a1);
-    let t0 = Instant::now();
-    while c.scsi_ready(0, &write10(0, 8), &[1u8; 4096], 0).status != 0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no write through gw1"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    drop(c);
+    write_until_done(
+        &mut crash_login(&a1),
+        &write10(0, 8),
+        1,
+        Duration::from_secs(60),
+    );
     let fenced_before = std::fs::read_to_string(&g2.log)
         .unwrap_or_default()
         .matches("fenced the unresponsive lock owner")
         .count();
     common::signal(&g1.child, libc::SIGTERM);
     let _ = g1.child.wait();
-    let mut c = crash_login(&a2);
-    let t0 = Instant::now();
-    while c.scsi_ready(0, &write10(0, 8), &[2u8; 4096], 0).status != 0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no write through gw2"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let took_over = t0.elapsed();
+    let took_over = write_until_done(
+        &mut crash_login(&a2),
+        &write10(0, 8),
+        2,
+        Duration::from_secs(30),
+    );
     let log1 = std::fs::read_to_string(&g1.log).unwrap_or_default();
     assert!(log1.contains("stopping: released the write lock"), "{log1}");
     let log2 = std::fs::read_to_string(&g2.log).unwrap_or_default();
@@ -523,7 +508,6 @@ fn seed_scenario_on_ceph() {
         "gw2 fenced a gateway that stopped cleanly:\n{log2}"
     );
     println!("graceful stop: gw2 wrote {took_over:.1?} after gw1 exited, no fencing");
-    drop(c);
     g1 = start(0);
 
     // Reservations across the loss of every gateway, on RBD (SPC-4 §5.9.5): without APTPL a
@@ -553,6 +537,17 @@ fn seed_scenario_on_ceph() {
         }
     }
     println!("reservations on RBD: gone after every gateway went down without APTPL, kept with it");
+}
+
+/// Sends `write` (4 KiB of `fill` to LUN 0) until it succeeds (the gateway may first have to
+/// take the write lock); how long that took.
+fn write_until_done(c: &mut Client, write: &[u8], fill: u8, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    while c.scsi_ready(0, write, &[fill; 4096], 0).status != 0 {
+        assert!(t0.elapsed() < limit, "no write in {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t0.elapsed()
 }
 
 /// The names of a process's threads, with how many of each.
