@@ -14,7 +14,7 @@ fail() { echo "RBDGW-COPY: FAIL $*"; cat /tmp/disks 2>/dev/null; poweroff -f; }
 @SETUP@
 iscsiadm -m discovery -t sendtargets -p 192.168.0.27:3260 >/dev/null || fail discovery
 iscsiadm -m node -l >/dev/null || fail login
-i=0; while [ "$(ls /sys/block | grep -c '^sd')" -lt 4 ]; do i=$((i+1)); [ $i -gt 150 ] && fail "expected 4 disks: $(ls /sys/block)"; sleep 0.2; done
+i=0; while [ "$(ls /sys/block | grep -c '^sd')" -lt @DISKS@ ]; do i=$((i+1)); [ $i -gt 150 ] && fail "expected @DISKS@ disks: $(ls /sys/block)"; sleep 0.2; done
 sleep 1
 # Each disk with the portal and LUN it was reached by.
 iscsiadm -m session -P3 | awk '/Current Portal:/ {split($3,a,":"); p=a[1]} /Lun:/ {l=$NF} /Attached scsi disk/ {print $4, p, l}' > /tmp/disks
@@ -66,4 +66,30 @@ fi
 cat /tmp/revoked
 grep -qi "revoked" /tmp/revoked || fail "the refusal does not say the token was revoked"
 echo "RBDGW-COPY: VERIFIED ODX token revoked by a write through gw2"
+# An abort during a long copy (on RBD: LUN 2, 1.5 GiB written whole by the host, to the
+# empty LUN 3): sg_xcopy of all of it through gw1 and, half a second in, a LOGICAL UNIT RESET
+# of LUN 3 (sg_reset -d: the task management function Linux sends). The copy fails; the
+# destination's last MiB, random in the source, is still zeroes well after the copy would
+# have got there; and the LU copies again at once.
+if [ @LONG_COPY@ = 1 ]; then
+  LS=$(dev 192.168.0.27 2); LD=$(dev 192.168.0.27 3)
+  [ -n "$LS" ] && [ -n "$LD" ] || fail "LUNs 2 and 3 not found"
+  blocks=$(cat /sys/block/${LS#/dev/}/size)
+  dd if=/dev/urandom of=/tmp/tail bs=512 count=2048 2>/dev/null
+  dd if=/tmp/tail of=$LS bs=512 seek=$((blocks - 2048)) oflag=direct 2>/dev/null || fail "write the long source's tail"
+  sg_xcopy if=$LS of=$LD bs=512 count=$blocks >/tmp/long 2>&1 &
+  xc=$!
+  sleep 0.5
+  sg_reset -d $LD || fail "LOGICAL UNIT RESET of LUN 3"
+  if wait $xc; then cat /tmp/long; fail "the long copy ended well before the reset could stop it"; fi
+  cat /tmp/long
+  sleep 5
+  sg_turs $LD >/dev/null 2>&1; sg_turs $LD >/dev/null 2>&1 || fail "LUN 3 not ready after the reset"
+  zeroes=$(dd if=/dev/zero bs=512 count=2048 2>/dev/null | md5sum)
+  got=$(dd if=$LD bs=512 skip=$((blocks - 2048)) count=2048 iflag=direct 2>/dev/null | md5sum)
+  [ "$got" = "$zeroes" ] || fail "the destination's end was written after the reset: the copy went on"
+  echo "RBDGW-COPY: VERIFIED the long copy stopped at the LOGICAL UNIT RESET"
+  sg_xcopy if=$D1 of=$LD bs=512 count=$N || fail "sg_xcopy after the reset"
+  check $LD 0 "a copy to LUN 3 right after the reset"
+fi
 echo "RBDGW-COPY: OK"

@@ -25,6 +25,7 @@ devices {
         hardware_handler "1 alua"
         path_checker tur
         failback immediate
+        fast_io_fail_tmo 4
         no_path_retry 60
     }
 }

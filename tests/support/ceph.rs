@@ -32,6 +32,11 @@ impl Cluster {
     /// Starts the cluster on `addr` inside the network namespace `netns` (created by the
     /// calling test), or on the host's loopback.
     pub fn start_in(netns: Option<&str>, addr: &str) -> Cluster {
+        Self::start_sized(netns, addr, None)
+    }
+
+    /// [`Cluster::start_in`] with an OSD of `memstore_bytes` (in memory; 1 GiB by default).
+    pub fn start_sized(netns: Option<&str>, addr: &str, memstore_bytes: Option<u64>) -> Cluster {
         for (bin, pkg) in [
             ("ceph-mon", "ceph-mon"),
             ("ceph-osd", "ceph-osd"),
@@ -71,6 +76,10 @@ impl Cluster {
         };
         let out = c
             .command("bash")
+            .env(
+                "MEMSTORE_BYTES",
+                memstore_bytes.unwrap_or(1 << 30).to_string(),
+            )
             .arg(script)
             .arg(&c.dir)
             .arg(port.to_string())

@@ -14,7 +14,7 @@ cp /bin/busybox "$R/bin/"
 for a in $("$R/bin/busybox" --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"; done
 
 copy_libs() { for l in $(ldd "$1" 2>/dev/null | grep -o '/[^ ]*'); do mkdir -p "$R$(dirname "$l")"; cp -L "$l" "$R$l"; done; }
-for b in iscsid iscsiadm multipath multipathd mpathpersist sg_inq sg_vpd sg_rtpg sg_persist sg_turs sg_xcopy sg_raw ddpt dmsetup kmod mke2fs e2fsck udevadm; do
+for b in iscsid iscsiadm multipath multipathd mpathpersist sg_inq sg_vpd sg_rtpg sg_persist sg_turs sg_xcopy sg_raw sg_reset ddpt dmsetup kmod mke2fs e2fsck udevadm; do
   p=$(command -v "$b"); cp "$p" "$R/sbin/"; copy_libs "$p"
 done
 ln -sf kmod "$R/sbin/modprobe"

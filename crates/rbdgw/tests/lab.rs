@@ -264,10 +264,28 @@ fn copy_offload_from_linux(backing: Backing) {
     let lab = Lab::new(tag, &["192.168.0.27/24", "192.168.0.32/24"]);
     let target = "iqn.2026-11.org.rbdgw:copyvm";
     let cluster = (backing == Backing::Rbd).then(|| {
-        let c = ceph::Cluster::start_in(Some(&lab.br), lab.ceph_address());
+        // Room for two 64 MiB images and two of 1.5 GiB, one of them written whole.
+        let c = ceph::Cluster::start_sized(Some(&lab.br), lab.ceph_address(), Some(4 << 30));
         for img in ["src", "dst"] {
             c.rbd(&["create", img, "--size", "64M"]);
         }
+        // A copy long enough to be aborted from the VM: LUN 2 full of data (holes would be
+        // copied as zeroes, without reading), LUN 3 empty.
+        for img in ["longsrc", "longdst"] {
+            c.rbd(&["create", img, "--size", "1536M"]);
+        }
+        c.rbd(&[
+            "bench",
+            "--io-type",
+            "write",
+            "--io-size",
+            "4M",
+            "--io-total",
+            "1536M",
+            "--io-pattern",
+            "seq",
+            "longsrc",
+        ]);
         c
     });
     let lun = |image: &str, n: u64| match backing {
@@ -277,11 +295,15 @@ fn copy_offload_from_linux(backing: Backing) {
             "path": dir.0.join(format!("{image}.img")).display().to_string(), "size": "64M"})
         }
     };
+    let mut luns = vec![lun("src", 0), lun("dst", 1)];
+    if backing == Backing::Rbd {
+        luns.extend([lun("longsrc", 2), lun("longdst", 3)]);
+    }
     let config = serde_json::json!({
         "auth": [{"target": target, "authentication": "none"}],
         "targets": [{"target": target, "hosts": [{"host": "gw1", "portal": "p1"}, {"host": "gw2", "portal": "p2"}]}],
         "portals": [{"name": "p1", "addresses": ["192.168.0.27"]}, {"name": "p2", "addresses": ["192.168.0.32"]}],
-        "pools": [{"pool": "rbd", "gateways": [{"target": target, "tpg": [lun("src", 0), lun("dst", 1)]}]}]
+        "pools": [{"pool": "rbd", "gateways": [{"target": target, "tpg": luns}]}]
     });
     let cfg = dir.0.join("config.json");
     std::fs::write(&cfg, config.to_string()).unwrap();
@@ -297,13 +319,16 @@ fn copy_offload_from_linux(backing: Backing) {
             )
         })
         .collect();
-    let guest = common::vm::lab_guest(include_str!("../../../tests/lab/guest-copy.sh"));
+    let long = backing == Backing::Rbd;
+    let guest = common::vm::lab_guest(include_str!("../../../tests/lab/guest-copy.sh"))
+        .replace("@LONG_COPY@", if long { "1" } else { "0" })
+        .replace("@DISKS@", if long { "8" } else { "4" });
     let (kernel, initrd) = common::vm::build_vm(&dir.0, &guest);
     let mut vm = common::vm::Vm(common::vm::spawn_on_tap(&lab.br, &kernel, &initrd, false));
     let console = BufReader::new(vm.0.stdout.take().expect("console"));
     let mut seen = Vec::new();
     for line in console.lines().map_while(Result::ok) {
-        if ["RBDGW-COPY", "ddpt", "xcopy", "revoked"]
+        if ["RBDGW-COPY", "ddpt", "xcopy", "revoked", "reset"]
             .iter()
             .any(|w| line.contains(w))
         {
@@ -325,10 +350,16 @@ fn copy_offload_from_linux(backing: Backing) {
         seen.iter()
             .filter(|l| l.contains("RBDGW-COPY: VERIFIED"))
             .count(),
-        4,
-        "sg_xcopy, ddpt --xcopy, ODX, the revoked token"
+        if long { 6 } else { 4 },
+        "sg_xcopy, ddpt --xcopy, ODX, the revoked token (and on RBD the aborted copy and the \
+         copy after it)"
     );
     assert!(!logs.contains("panicked"), "{logs}");
+    // The reset was the initiator's task management function, received by gw1.
+    assert!(
+        !long || gws[0].log_text().contains("LOGICAL UNIT RESET"),
+        "{logs}"
+    );
 }
 
 #[test]
