@@ -334,6 +334,12 @@ impl Ownership {
                 }
                 drop(lu);
                 let Some(o) = weak.upgrade() else { return };
+                if o.stopping.load(Ordering::Acquire) {
+                    // Stopping: no more pings, failbacks or requests from a gateway that
+                    // is going away (a request left standing would hold the lock back
+                    // from the gateway taking over).
+                    return;
+                }
                 o.refresh().await;
             }
         });
@@ -491,6 +497,9 @@ impl Ownership {
 
     /// Asks the lock holder to hand over to this gateway.
     async fn ask_for_lock(&self) -> bool {
+        if self.stopping.load(Ordering::Acquire) {
+            return false;
+        }
         self.asked.store(true, Ordering::Release);
         self.lu
             .device()
