@@ -621,10 +621,18 @@ fn readiness_is_told_to_systemd_once_the_portals_listen() {
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
     // Told ready: the portal must accept now, at once.
     let accepted = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500));
+    let asked_to_stop = std::time::Instant::now();
     common::signal(&child, 15);
     let n = sock.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
     let stopping = String::from_utf8_lossy(&buf[..n]).to_string();
     let status = child.wait().unwrap();
+    // The connection above never logged in: nothing to log out, nothing to wait for (it
+    // used to hold the stop for the whole 5 s logout grace).
+    let stopped_in = asked_to_stop.elapsed();
+    assert!(
+        stopped_in < Duration::from_secs(3),
+        "stopped in {stopped_in:?}"
+    );
     assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
     assert!(
         msg.contains("STATUS=serving gw1 on 1 portal addresses"),

@@ -236,11 +236,18 @@ pub async fn serve(
             }
         }
     };
+    let mut stopping = shutdown.clone();
     let result = tokio::time::timeout(Duration::from_secs(login_timeout as u64), async {
         tokio::select! {
             r = login_phase => r,
             _ = closed.wait_for(|c| *c) => {
                 debug!(?peer, "login closed to make room for newer connections");
+                None
+            }
+            // Nothing to log out yet: a stopping gateway closes a login at once instead of
+            // waiting out its logout grace for it.
+            _ = stopping.wait_for(|s| *s) => {
+                debug!(?peer, "login closed: the gateway is stopping");
                 None
             }
         }
