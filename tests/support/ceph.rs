@@ -35,7 +35,8 @@ impl Cluster {
         Self::start_sized(netns, addr, None)
     }
 
-    /// [`Cluster::start_in`] with an OSD of `memstore_bytes` (in memory; 1 GiB by default).
+    /// [`Cluster::start_in`] with an OSD of `memstore_bytes` (in memory; the script's 1 GiB
+    /// when `None`).
     pub fn start_sized(netns: Option<&str>, addr: &str, memstore_bytes: Option<u64>) -> Cluster {
         for (bin, pkg) in [
             ("ceph-mon", "ceph-mon"),
@@ -74,12 +75,11 @@ impl Cluster {
             dir,
             netns: netns.map(str::to_string),
         };
-        let out = c
-            .command("bash")
-            .env(
-                "MEMSTORE_BYTES",
-                memstore_bytes.unwrap_or(1 << 30).to_string(),
-            )
+        let mut start = c.command("bash");
+        if let Some(bytes) = memstore_bytes {
+            start.env("MEMSTORE_BYTES", bytes.to_string());
+        }
+        let out = start
             .arg(script)
             .arg(&c.dir)
             .arg(port.to_string())

@@ -263,7 +263,9 @@ fn copy_offload_from_linux(backing: Backing) {
     let dir = Scratch::new(&format!("copy-{backing:?}").to_lowercase());
     let lab = Lab::new(tag, &["192.168.0.27/24", "192.168.0.32/24"]);
     let target = "iqn.2026-11.org.rbdgw:copyvm";
-    let cluster = (backing == Backing::Rbd).then(|| {
+    // On RBD also a copy long enough to be aborted from the VM (LUNs 2 and 3).
+    let long = backing == Backing::Rbd;
+    let cluster = long.then(|| {
         // Room for two 64 MiB images and two of 1.5 GiB, one of them written whole.
         let c = ceph::Cluster::start_sized(Some(&lab.br), lab.ceph_address(), Some(4 << 30));
         for img in ["src", "dst"] {
@@ -296,7 +298,7 @@ fn copy_offload_from_linux(backing: Backing) {
         }
     };
     let mut luns = vec![lun("src", 0), lun("dst", 1)];
-    if backing == Backing::Rbd {
+    if long {
         luns.extend([lun("longsrc", 2), lun("longdst", 3)]);
     }
     let config = serde_json::json!({
@@ -319,7 +321,6 @@ fn copy_offload_from_linux(backing: Backing) {
             )
         })
         .collect();
-    let long = backing == Backing::Rbd;
     let guest = common::vm::lab_guest(include_str!("../../../tests/lab/guest-copy.sh"))
         .replace("@LONG_COPY@", if long { "1" } else { "0" })
         .replace("@DISKS@", if long { "8" } else { "4" });
