@@ -11,7 +11,7 @@ CONF
 cat > /etc/multipath.conf <<CONF
 defaults {
     polling_interval 1
-    max_polling_interval 2
+    max_polling_interval 1
     checker_timeout 2
     find_multipaths no
     user_friendly_names yes
