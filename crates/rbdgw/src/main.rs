@@ -11,6 +11,10 @@ use gateway::config::{local_addresses, local_hostname, Config};
 use gateway::server::Server;
 use gateway::target::{CephOptions, Gateway};
 
+/// jemalloc for the whole process, librbd's C++ included (Cargo.toml says why).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod config_cmd;
 mod control;
 mod metrics_http;

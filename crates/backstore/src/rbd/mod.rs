@@ -1,5 +1,5 @@
 //! The `rbd` engine: an RBD image through librbd's asynchronous API, completions delivered
-//! into tokio by librbd's callback thread (no thread per I/O). Every image feature stays on:
+//! into tokio in batches through a completion port (port.rs; no thread per I/O). Every image feature stays on:
 //! exclusive-lock, object-map, fast-diff, deep-flatten.
 //!
 //! Buffers belong to the completion context, not to the awaiting future: if a command is
@@ -10,6 +10,7 @@ mod client;
 mod ffi;
 mod liveness;
 mod objects;
+mod port;
 mod state;
 mod workers;
 
@@ -635,6 +636,26 @@ struct Ctx {
     mismatch: u64,
 }
 
+/// A completion on its way from librbd's thread to its waiter.
+struct Finished {
+    ret: isize,
+    ctx: Box<Ctx>,
+}
+
+/// Every image's completions, handed to the runtime in batches.
+static COMPLETIONS: port::Port<Finished> = port::Port::new(deliver);
+
+fn deliver(f: Finished) {
+    let Ctx {
+        tx, buf, mismatch, ..
+    } = *f.ctx;
+    let _ = tx.send(Done {
+        ret: f.ret,
+        buf,
+        mismatch,
+    });
+}
+
 extern "C" fn on_complete(c: Completion, arg: *mut c_void) {
     let Ok(a) = api() else { return };
     // SAFETY: `c` is the completion librbd calls us for; `arg` is the Box<Ctx> leaked at
@@ -644,10 +665,7 @@ extern "C" fn on_complete(c: Completion, arg: *mut c_void) {
         (a.rbd_aio_release)(c);
         (ret, Box::from_raw(arg as *mut Ctx))
     };
-    let Ctx {
-        tx, buf, mismatch, ..
-    } = *ctx;
-    let _ = tx.send(Done { ret, buf, mismatch });
+    COMPLETIONS.complete(Finished { ret, ctx });
 }
 
 impl RbdDevice {
@@ -729,6 +747,7 @@ impl RbdDevice {
     ) -> Result<oneshot::Receiver<Done>> {
         let a = api().map_err(BackstoreError::Other)?;
         let h = self.inner.handle();
+        COMPLETIONS.ensure_polled();
         let (tx, rx) = oneshot::channel();
         let ctx = Box::into_raw(Box::new(Ctx {
             tx,
