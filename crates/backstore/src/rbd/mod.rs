@@ -825,23 +825,34 @@ impl BlockDevice for RbdDevice {
         check_range(offset, len as u64, self.size())?;
         self.check_readable()?;
         let a = api().map_err(BackstoreError::Other)?;
+        // Not zeroed first (a memset of every 1 MiB read): librbd writes into the spare
+        // capacity, and the bytes count only once it reported all of them written.
         let d = self
             .aio(
                 "read",
-                Some(BytesMut::zeroed(len)),
+                Some(BytesMut::with_capacity(len)),
                 Vec::new(),
                 |img, c, ctx| {
-                    let buf = ctx
-                        .buf
-                        .as_mut()
-                        .map_or(std::ptr::null_mut(), |b| b.as_mut_ptr());
-                    // SAFETY: the buffer lives in ctx until the callback.
+                    let buf = ctx.buf.as_mut().map_or(std::ptr::null_mut(), |b| {
+                        b.spare_capacity_mut().as_mut_ptr() as *mut u8
+                    });
+                    // SAFETY: the buffer (capacity `len`) lives in ctx until the callback.
                     unsafe { (a.rbd_aio_read)(img, offset, len, buf as *mut _, c) as isize }
                 },
             )
             .await?;
         self.check("read", &d)?;
-        Ok(d.buf.unwrap_or_default().freeze())
+        let mut buf = d.buf.unwrap_or_default();
+        if d.ret as usize != len || buf.capacity() < len {
+            // librbd reads every byte in range (holes as zeroes); anything else is not sent.
+            return Err(BackstoreError::Other(format!(
+                "read of {len} bytes at {offset} returned {}",
+                d.ret
+            )));
+        }
+        // SAFETY: librbd wrote all `len` bytes of the capacity (its return value).
+        unsafe { buf.set_len(len) };
+        Ok(buf.freeze())
     }
 
     async fn write(&self, offset: u64, data: DataOutBuffer, fua: bool) -> Result<()> {
