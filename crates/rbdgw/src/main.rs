@@ -529,17 +529,6 @@ fn write_manpages(cmd: &clap::Command, name: &str, dir: &Path) -> anyhow::Result
     Ok(())
 }
 
-/// Large I/O buffers (up to MaxBurstLength, 1 MiB and more) come from the heap and are reused:
-/// by default glibc maps each one freshly and unmaps it on free, and the page faults, page
-/// clearing and mmap-lock contention were a fifth of the CPU of 1 MiB writes in a profile.
-fn tune_allocator() {
-    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-    }
-}
-
 /// Raises the soft limit on open files to the hard one; returns the soft limit before and
 /// after.
 /// Every connection, image and RADOS client takes descriptors, and the 1,024 soft limit a
@@ -600,7 +589,6 @@ fn report_open_file_limit(limits: &Limits) {
 const CLOSE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn main() -> std::process::ExitCode {
-    tune_allocator();
     let cli = Cli::parse();
     init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread()
