@@ -1,6 +1,6 @@
 //! The `rbd` engine: an RBD image through librbd's asynchronous API, completions delivered
-//! into tokio in batches through a completion port (port.rs; no thread per I/O). Every image feature stays on:
-//! exclusive-lock, object-map, fast-diff, deep-flatten.
+//! into tokio in batches through a completion port (port.rs; no thread per I/O). Every image
+//! feature stays on: exclusive-lock, object-map, fast-diff, deep-flatten.
 //!
 //! Buffers belong to the completion context, not to the awaiting future: if a command is
 //! aborted while librbd still fills its read buffer, the buffer lives until the callback.
