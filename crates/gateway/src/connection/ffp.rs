@@ -1,11 +1,17 @@
 //! The full-feature phase of one connection, driven by tokio: reads PDUs, feeds them and the
 //! connection's timer, abort orders and shutdown to the sans-I/O [`FullFeaturePhase`], and
 //! carries out its [`Action`]s: PDUs to the writer task, commands run on their LUs (a small
-//! one polled right here, the rest as tasks of their own), resets and the logout's clean-up.
+//! one right here, in the connection's own task, a large one as a task of its own), resets
+//! and the logout's clean-up.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::future::{AbortHandle, Abortable, Aborted};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use iscsi::login::{LoginResult, SessionType};
 use iscsi::params::Digest;
@@ -16,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-/// Commands moving at most this many bytes are first polled on the connection's task.
+/// Commands moving at most this many bytes run in the connection's task.
 const INLINE_MAX: u32 = 64 * 1024;
 /// A logout waits at most this long for the running commands.
 const LOGOUT_DRAIN: Duration = Duration::from_secs(10);
@@ -246,6 +252,7 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
     let mut driver = Driver {
         tx: tx.clone(),
         tasks: phase.tasks().clone(),
+        waiting: FuturesUnordered::new(),
     };
 
     let mut asked_logout = false;
@@ -265,6 +272,7 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
                     break;
                 }
             },
+            Some(_) = driver.waiting.next(), if !driver.waiting.is_empty() => {}
             _ = &mut idle => {
                 phase.on_timer(std::time::Instant::now(), &mut actions);
                 idle.as_mut().reset(Instant::from_std(phase.deadline()));
@@ -309,6 +317,12 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
     if asked_logout && !phase.logged_out() {
         debug!(?peer, "closing after shutdown");
     }
+    // Commands still waiting here run on to their end, as spawned ones do (what they wrote is
+    // written; their answers go nowhere).
+    let waiting = std::mem::take(&mut driver.waiting);
+    if !waiting.is_empty() {
+        tokio::spawn(waiting.count());
+    }
     // Logout or connection loss: the I_T nexus is gone (SAM-5 §6.3.4).
     view.end_nexus().await;
     let _ = tx.send(Out::Close).await;
@@ -323,14 +337,35 @@ pub(super) async fn run(setup: Setup) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A command that waits (on librbd, on the LU's ownership), run by the connection's task.
+type Waiting = Pin<Box<dyn Future<Output = Result<(), Aborted>> + Send>>;
+
 /// Carries out the state machine's actions.
 struct Driver {
     tx: mpsc::Sender<Out>,
     tasks: TaskTable,
+    /// Small commands that waited at their first poll, polled by the connection's task beside
+    /// its reader: the completions that wake them wake one task, which answers them all and
+    /// reads the next commands, instead of a task (and often another worker thread) each.
+    waiting: FuturesUnordered<Waiting>,
+}
+
+/// Polls `waiting` while `f` runs: what the driver awaits (a reset, a logout's drain) may wait
+/// for those very commands.
+async fn alongside<F: Future>(waiting: &mut FuturesUnordered<Waiting>, f: F) -> F::Output {
+    tokio::pin!(f);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut f => return out,
+            Some(_) = waiting.next(), if !waiting.is_empty() => {}
+        }
+    }
 }
 
 impl Driver {
-    /// Carries out `actions` in order (emptying it); false when the connection ends.
+    /// Carries out `actions` in order (emptying it); false when the connection ends. The
+    /// commands waiting in this task run on meanwhile.
     async fn carry_out(&mut self, view: &View, actions: &mut Vec<Action<Arc<Lu>>>) -> bool {
         let mut open = true;
         for a in actions.drain(..) {
@@ -338,49 +373,60 @@ impl Driver {
                 // (Whatever followed the end: the responses of a logout already sent.)
                 continue;
             }
+            let tx = &self.tx;
+            let tasks = &self.tasks;
             match a {
-                Action::Send { pdu, advances } => {
-                    let _ = self.tx.send(Out::Pdu { pdu, advances }).await;
-                }
-                Action::Respond(done) => {
-                    let _ = self.tx.send(Out::Scsi(done)).await;
-                }
                 Action::Execute(cmd) => self.execute(view, *cmd).await,
-                Action::ClearTaskSet(lu) => {
-                    if let Some(s) = &view.scsi {
-                        lu.clear_task_set(&s.nexus).await;
-                    }
-                }
-                Action::ResetLogicalUnit(lu) => {
-                    let nexus = view.scsi.as_ref().map(|s| &s.nexus);
-                    lu.reset(scsi::lu::ResetKind::LogicalUnit, nexus).await;
-                }
-                Action::ResetTarget(kind) => {
-                    let nexus = view.scsi.as_ref().map(|s| &s.nexus);
-                    for lu in view.visible() {
-                        lu.reset(kind, nexus).await;
-                    }
-                }
-                Action::DrainForLogout { end_nexus } => {
-                    let deadline = Instant::now() + LOGOUT_DRAIN;
-                    while !self.tasks.is_empty() && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    if end_nexus {
-                        view.end_nexus().await;
-                    }
-                }
-                Action::Close => {
-                    let _ = self.tx.send(Out::Close).await;
-                }
                 Action::End => open = false,
+                a => {
+                    let work = async move {
+                        match a {
+                            Action::Send { pdu, advances } => {
+                                let _ = tx.send(Out::Pdu { pdu, advances }).await;
+                            }
+                            Action::Respond(done) => {
+                                let _ = tx.send(Out::Scsi(done)).await;
+                            }
+                            Action::ClearTaskSet(lu) => {
+                                if let Some(s) = &view.scsi {
+                                    lu.clear_task_set(&s.nexus).await;
+                                }
+                            }
+                            Action::ResetLogicalUnit(lu) => {
+                                let nexus = view.scsi.as_ref().map(|s| &s.nexus);
+                                lu.reset(scsi::lu::ResetKind::LogicalUnit, nexus).await;
+                            }
+                            Action::ResetTarget(kind) => {
+                                let nexus = view.scsi.as_ref().map(|s| &s.nexus);
+                                for lu in view.visible() {
+                                    lu.reset(kind, nexus).await;
+                                }
+                            }
+                            Action::DrainForLogout { end_nexus } => {
+                                let deadline = Instant::now() + LOGOUT_DRAIN;
+                                while !tasks.is_empty() && Instant::now() < deadline {
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
+                                }
+                                if end_nexus {
+                                    view.end_nexus().await;
+                                }
+                            }
+                            Action::Close => {
+                                let _ = tx.send(Out::Close).await;
+                            }
+                            Action::Execute(_) | Action::End => {}
+                        }
+                    };
+                    alongside(&mut self.waiting, work).await;
+                }
             }
         }
         open
     }
 
-    /// Runs a command whose data-out (if any) is complete: a small one first right here, as
-    /// far as it goes without waiting, then (if it must wait) as a task of its own.
+    /// Runs a command whose data-out (if any) is complete: a small one right here (first as
+    /// far as it goes without waiting, then among the connection's waiting commands), a large
+    /// one as a task of its own.
     async fn execute(&mut self, view: &View, cmd: Command<Arc<Lu>>) {
         let Some(s) = &view.scsi else { return };
         let tx = self.tx.clone();
@@ -398,68 +444,77 @@ impl Driver {
             .cloned();
         let io = s.target.io.get(&lun).cloned();
         let arrived = std::time::Instant::now();
-        let mut task = Box::pin(async move {
-            let mut cmd = cmd;
-            let data_out = std::mem::take(&mut cmd.data_out);
-            let cdb = cmd.cdb;
-            let resp = if cdb[0] == 0xa0 {
-                scsi::reports::report_luns(&cdb, &luns)
-            } else if let Some(lu) = &cmd.lu {
-                // Only the owner writes: a write elsewhere takes the ownership over first.
-                // A write that will conflict with a reservation does not move the lock.
-                let probe = ScsiCommand {
-                    cdb: &cdb,
-                    nexus: &nexus,
-                    data_out: Default::default(),
-                    transfer_length: edtl,
-                };
-                let guard = match &owner {
-                    // (Checked only off the owner: on it the guard costs two atomics.)
-                    Some(o) if o.is_owner() || !lu.conflicts(&probe).await => {
-                        o.write_guard().await.map(Some)
+        let (abort, registration) = AbortHandle::new_pair();
+        // Aborting it (ABORT TASK, a reset, another nexus's PREEMPT AND ABORT) drops it
+        // wherever it waits: a write waiting for the LU's ownership then writes nothing.
+        let mut task: Waiting = Box::pin(Abortable::new(
+            async move {
+                let mut cmd = cmd;
+                let data_out = std::mem::take(&mut cmd.data_out);
+                let cdb = cmd.cdb;
+                let resp = if cdb[0] == 0xa0 {
+                    scsi::reports::report_luns(&cdb, &luns)
+                } else if let Some(lu) = &cmd.lu {
+                    // Only the owner writes: a write elsewhere takes the ownership over first.
+                    // A write that will conflict with a reservation does not move the lock.
+                    let probe = ScsiCommand {
+                        cdb: &cdb,
+                        nexus: &nexus,
+                        data_out: Default::default(),
+                        transfer_length: edtl,
+                    };
+                    let guard = match &owner {
+                        // (Checked only off the owner: on it the guard costs two atomics.)
+                        Some(o) if o.is_owner() || !lu.conflicts(&probe).await => {
+                            o.write_guard().await.map(Some)
+                        }
+                        _ => Ok(None),
+                    };
+                    match guard {
+                        Ok(_guard) => {
+                            lu.execute(&ScsiCommand {
+                                cdb: &cdb,
+                                nexus: &nexus,
+                                data_out,
+                                transfer_length: edtl,
+                            })
+                            .await
+                        }
+                        Err(sense) => ScsiResponse::check(sense),
                     }
-                    _ => Ok(None),
+                } else {
+                    scsi::no_such_lun(&cdb)
                 };
-                match guard {
-                    Ok(_guard) => {
-                        lu.execute(&ScsiCommand {
-                            cdb: &cdb,
-                            nexus: &nexus,
-                            data_out,
-                            transfer_length: edtl,
-                        })
-                        .await
-                    }
-                    Err(sense) => ScsiResponse::check(sense),
+                if let Some(op) = io.as_deref().and_then(|io| io.of(cdb[0])) {
+                    let moved = (resp.status == scsi::ScsiStatus::Good).then_some(edtl as u64);
+                    op.done(arrived.elapsed(), moved);
                 }
-            } else {
-                scsi::no_such_lun(&cdb)
-            };
-            if let Some(op) = io.as_deref().and_then(|io| io.of(cdb[0])) {
-                let moved = (resp.status == scsi::ScsiStatus::Good).then_some(edtl as u64);
-                op.done(arrived.elapsed(), moved);
-            }
-            if tasks.finish(itt) {
-                let _ = tx.send(Out::Scsi(Box::new(cmd.done(resp)))).await;
-            }
-        });
+                if tasks.finish(itt) {
+                    let _ = tx.send(Out::Scsi(Box::new(cmd.done(resp)))).await;
+                }
+            },
+            registration,
+        ));
         // A small command on an in-memory engine completes in its first poll. Polled here it
         // costs no task and no wake-up of another worker thread (thread switches were the
-        // top item, 15%, of the profile of 4 KiB writes at queue depth 32). A large one runs
-        // apart, so that this reader receives the next command's data meanwhile. What waits
-        // is spawned; its first poll there registers the task's own waker.
+        // top item, 15%, of the profile of 4 KiB writes at queue depth 32). One that waits
+        // stays in this task: its completion wakes the task that reads the next command. A
+        // large one runs apart, so that this reader receives the next command's data
+        // meanwhile (and its buffers are copied on another worker).
         if edtl <= INLINE_MAX {
             let done = std::future::poll_fn(|cx| {
-                std::task::Poll::Ready(std::future::Future::poll(task.as_mut(), cx).is_ready())
+                std::task::Poll::Ready(task.as_mut().poll(cx).is_ready())
             })
             .await;
-            if done {
-                return;
+            if !done {
+                self.waiting.push(task);
+                self.tasks.set_handle(itt, abort);
             }
+            return;
         }
-        let task = tokio::spawn(task);
-        // Gone already: it finished (and answered), or an abort took it before it was
-        // spawned (it then runs on but never answers).
-        self.tasks.set_handle(itt, task.abort_handle());
+        tokio::spawn(task);
+        // Gone already when it finished (and answered) meanwhile, or an abort took it before
+        // it was spawned (it then runs on but never answers).
+        self.tasks.set_handle(itt, abort);
     }
 }

@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::AbortHandle;
 use iscsi::dataout::{DataOutError, TransferParams, WriteTransfer};
 use iscsi::params::Negotiated;
 use iscsi::pdu::{Bhs, Opcode, Pdu, PduError, RejectReason, RESERVED_TAG};
 use iscsi::text::TextPairs;
 use scsi::lu::ResetKind;
 use scsi::{Asc, ScsiResponse, ScsiStatus, SenseData, SenseKey};
-use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
 use super::reject;
@@ -114,7 +114,7 @@ pub enum Action<L> {
     End,
 }
 
-/// A running command: its LUN, what its response needs, and once spawned, the handle that
+/// A running command: its LUN, what its response needs, and once it waits, the handle that
 /// aborts it.
 struct RunningTask {
     lun: u64,
@@ -144,7 +144,7 @@ impl TaskTable {
         );
     }
 
-    /// The task running `itt` (spawned after it was registered): an abort stops it.
+    /// The future running `itt` (waiting, after it was registered): an abort stops it.
     pub fn set_handle(&self, itt: u32, handle: AbortHandle) {
         if let Some(t) = self.lock().get_mut(&itt) {
             t.handle = Some(handle);
