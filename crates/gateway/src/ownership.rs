@@ -164,6 +164,11 @@ impl View {
         self.healthy_since = None;
     }
 
+    /// Whether no answer came back since `t`: what this view says of the gateways predates it.
+    fn older_than(&self, t: Instant) -> bool {
+        self.last_ok.is_none_or(|ok| t > ok)
+    }
+
     /// Whether this gateway has heard nothing for as long as the others take to call it
     /// gone ([`ABSENT_AFTER`] since its last answer came back, or since it started): from
     /// then on they may have taken its LUs over, and what it knows of the owner is stale.
@@ -618,11 +623,24 @@ impl Ownership {
             .or_else(|| self.preference.iter().copied().find(live))
     }
 
+    /// Whether another gateway became the ALUA owner after this gateway's last ping round
+    /// came back: what this view says of it is older than its claim. A gateway claims only
+    /// while it is not drained, so a view that still has it drained (an undrain and the
+    /// failback that follows within a second) must not take the LU back from it.
+    fn owner_newer_than_view(&self, v: &View) -> bool {
+        let changed = *lock(&self.owner_changed_at);
+        self.lu.owner_tpg().is_some_and(|o| o != self.my_tag)
+            && changed.is_some_and(|c| v.older_than(c))
+    }
+
     /// Records this gateway as the ALUA owner when the rule says so and it holds the lock.
     async fn claim_if_desired(&self) {
         let now = Instant::now();
         let desired = {
             let v = lock(&self.view);
+            if self.owner_newer_than_view(&v) {
+                return;
+            }
             self.desired(&v, now)
         };
         if desired == Some(self.my_tag) && self.lu.owner_tpg() != Some(self.my_tag) {
@@ -817,10 +835,13 @@ impl Ownership {
         // The owner is drained (`rbdgw drain`): its successor becomes the owner at once and the
         // initiator moves its I/O here while the drained one still serves; the lock follows
         // (the drained gateway hands it over as soon as it is no longer the owner).
-        let recorded_drained = self
-            .lu
-            .owner_tpg()
-            .is_some_and(|t| t != self.my_tag && lock(&self.view).draining.contains(&t));
+        let recorded_drained = {
+            let v = lock(&self.view);
+            self.lu
+                .owner_tpg()
+                .is_some_and(|t| t != self.my_tag && v.draining.contains(&t))
+                && !self.owner_newer_than_view(&v)
+        };
         if recorded_drained {
             info!(
                 lun,
@@ -1049,6 +1070,20 @@ mod tests {
         assert!(v.draining.contains(&3) && v.alive(3, t0 + Duration::from_secs(5)));
         v.record(&[m(3, false)], t0 + Duration::from_secs(6));
         assert!(!v.draining.contains(&3));
+    }
+
+    #[test]
+    fn news_after_the_last_answers_is_newer_than_the_view() {
+        let t0 = Instant::now();
+        let mut v = View::default();
+        assert!(v.older_than(t0), "nothing heard yet");
+        v.record(&[], t0);
+        // An owner claimed after this round: what the round said of it (drained) predates the
+        // claim, until the next round.
+        assert!(v.older_than(t0 + Duration::from_millis(400)));
+        assert!(!v.older_than(t0 - Duration::from_millis(1)));
+        v.record(&[], t0 + PING_EVERY);
+        assert!(!v.older_than(t0 + Duration::from_millis(400)));
     }
 
     #[test]
