@@ -22,6 +22,7 @@ async fn rbd_engine_io_on_a_live_cluster() {
         create_size: None,
         // Each device plays a gateway of its own.
         own_client: true,
+        gateway: None,
     };
     let c2 = cfg.clone();
     let dev = tokio::task::spawn_blocking(move || RbdDevice::open(&c2))
@@ -358,6 +359,7 @@ async fn fenced_client_child() {
         create_size: None,
         // Each device plays a gateway of its own.
         own_client: true,
+        gateway: None,
     };
     let open = |cfg: &RbdConfig| {
         let c = cfg.clone();

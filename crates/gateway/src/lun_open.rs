@@ -41,6 +41,8 @@ pub(crate) struct LunContext {
     pub iqn: String,
     pub write_protect: bool,
     pub local_tag: u16,
+    /// This gateway's host name in the config.
+    pub host: String,
     pub port_groups: Vec<TargetPortGroup>,
     pub ceph: CephOptions,
     pub aborts: TaskAborts,
@@ -176,7 +178,7 @@ impl KeepOpening {
     }
 }
 
-async fn open_device(lun: &Lun, ceph: &CephOptions) -> anyhow::Result<Device> {
+async fn open_device(lun: &Lun, ceph: &CephOptions, host: &str) -> anyhow::Result<Device> {
     match &lun.backstore {
         BackstoreSpec::File { path, size } => {
             let dev = FileDevice::open(Path::new(path), *size)
@@ -200,6 +202,7 @@ async fn open_device(lun: &Lun, ceph: &CephOptions) -> anyhow::Result<Device> {
                 image: image.clone(),
                 create_size: *size,
                 own_client: false,
+                gateway: Some(host.to_string()),
             };
             let dev = tokio::task::spawn_blocking(move || backstore::rbd::RbdDevice::open(&cfg))
                 .await
@@ -247,7 +250,7 @@ async fn open_lun(
     let dev = {
         // (The semaphore is never closed.)
         let _slot = OPENING.acquire().await;
-        open_device(l, &at.ceph).await
+        open_device(l, &at.ceph, &at.host).await
     }
     .with_context(|| format!("target {} LUN {}", at.iqn, l.lun))?;
     let size = backstore::BlockDevice::size(&dev);

@@ -237,6 +237,7 @@ fn start_target(
         iqn: t.iqn.clone(),
         write_protect: t.attributes.write_protect,
         local_tag: local.tag,
+        host: local.host.clone(),
         port_groups,
         ceph: serving.ceph.clone(),
         aborts: serving.aborts.clone(),

@@ -479,6 +479,46 @@ fn seed_scenario_on_ceph() {
         assert!(check.in_flight_at_crash > 0);
     }
 
+    // A killed gateway that held no lock leaves librbd's watch on the image's header until
+    // the OSD times it out (30 s), and every notify on the header waits for it meanwhile (5
+    // s): a lock release waits for its notifies. Its next process fences the old client,
+    // which drops the watch: hand-overs right after go at their usual pace.
+    write_until_done(
+        &mut crash_login(&a1),
+        &write10(0, 8),
+        3,
+        Duration::from_secs(60),
+    );
+    common::signal(&g2.child, 9);
+    let _ = g2.child.wait();
+    g2 = start(1);
+    let log2 = std::fs::read_to_string(&g2.log).unwrap_or_default();
+    assert!(
+        log2.contains("fenced this gateway's previous client"),
+        "the restarted gw2 fences its predecessor:\n{log2}"
+    );
+    // gw2 takes the lock over (and tells the header's watchers), then gw1 asks it back: gw2's
+    // release waits for that notify.
+    let to_gw2 = write_until_done(
+        &mut crash_login(&a2),
+        &write10(0, 8),
+        4,
+        Duration::from_secs(30),
+    );
+    let to_gw1 = write_until_done(
+        &mut crash_login(&a1),
+        &write10(0, 8),
+        5,
+        Duration::from_secs(30),
+    );
+    println!(
+        "after a non-owner was killed and restarted: hand-overs took {to_gw2:.1?} and {to_gw1:.1?}"
+    );
+    assert!(
+        to_gw1 < Duration::from_millis(2500),
+        "hand-over back to gw1 took {to_gw1:?}: a dead watcher held up the release"
+    );
+
     // A gateway stopped with SIGTERM lets its write locks go as it stops (not when the
     // process exits): the other gateway's first write takes the lock without fencing.
     write_until_done(

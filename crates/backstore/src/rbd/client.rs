@@ -51,6 +51,35 @@ impl Connection {
         }
         Ok(ioctx)
     }
+
+    /// This client's address as the OSDs and the blocklist know it (`ip:port/nonce`).
+    pub(crate) fn address(&self) -> Option<String> {
+        let a = api().ok()?;
+        let mut out: *mut std::ffi::c_char = std::ptr::null_mut();
+        // SAFETY: a connected cluster handle and a valid out-pointer; the string librados
+        // returns is copied, then freed as it asks.
+        unsafe {
+            if (a.rados_getaddrs)(self.cluster, &mut out) < 0 || out.is_null() {
+                return None;
+            }
+            let s = std::ffi::CStr::from_ptr(out).to_string_lossy().into_owned();
+            (a.rados_buffer_free)(out);
+            Some(s)
+        }
+    }
+
+    /// Blocklists the client at `addr` for `seconds` (negative errno on failure).
+    pub(crate) fn blocklist(&self, addr: &str, seconds: u32) -> std::result::Result<(), i32> {
+        let a = api().map_err(|_| -libc::ENOSYS)?;
+        let c = std::ffi::CString::new(addr).map_err(|_| -libc::EINVAL)?;
+        // SAFETY: a connected cluster handle and a NUL-terminated address (librados takes a
+        // mutable pointer but does not write through it).
+        let rc = unsafe { (a.rados_blocklist_add)(self.cluster, c.as_ptr() as *mut _, seconds) };
+        if rc < 0 {
+            return Err(rc);
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Connection {

@@ -81,6 +81,7 @@ api! {
     rados_write_op_create: fn(WriteOp, c_int, *const c_char) -> ();
     rados_write_op_cmpxattr: fn(WriteOp, *const c_char, u8, *const c_char, usize) -> ();
     rados_write_op_setxattr: fn(WriteOp, *const c_char, *const c_char, usize) -> ();
+    rados_write_op_rmxattr: fn(WriteOp, *const c_char) -> ();
     rados_write_op_operate: fn(WriteOp, IoCtx, *const c_char, *mut i64, c_int) -> c_int;
     rados_watch3: fn(IoCtx, *const c_char, *mut u64, WatchCallback, WatchErrorCallback, u32, *mut c_void) -> c_int;
     rados_unwatch2: fn(IoCtx, u64) -> c_int;
@@ -126,6 +127,9 @@ api! {
     rados_getxattrs_next: fn(XattrsIter, *mut *const c_char, *mut *const c_char, *mut usize) -> c_int;
     rados_getxattrs_end: fn(XattrsIter) -> ();
     rados_pool_list: fn(RadosT, *mut c_char, usize) -> c_int;
+    rados_getaddrs: fn(RadosT, *mut *mut c_char) -> c_int;
+    rados_blocklist_add: fn(RadosT, *mut c_char, u32) -> c_int;
+    rados_getxattr: fn(IoCtx, *const c_char, *const c_char, *mut c_char, usize) -> c_int;
 }
 
 static API: OnceLock<Result<Api, String>> = OnceLock::new();

@@ -51,6 +51,8 @@ struct Round {
 pub(super) struct PoolLiveness {
     /// The watch on the presence object; dropped before the ioctx (see Drop).
     state: Option<SharedState>,
+    /// This client's address as recorded for the gateway's next process (predecessor.rs).
+    record: Option<super::predecessor::Record>,
     ioctx: ffi::IoCtx,
     images: Images,
     /// The images whose changes the watch hears.
@@ -70,6 +72,11 @@ impl Drop for PoolLiveness {
     fn drop(&mut self) {
         // The watch goes before the ioctx it lives on.
         self.state = None;
+        if let Some(r) = self.record.take() {
+            // A clean stop: the next process has no predecessor to fence.
+            let oid = CString::new(PRESENCE_OBJECT).expect("no NUL");
+            super::predecessor::forget(self.ioctx, &oid, &r);
+        }
         if let Ok(a) = api() {
             // SAFETY: the ioctx this value created, destroyed once.
             unsafe { (a.rados_ioctx_destroy)(self.ioctx) };
@@ -125,11 +132,12 @@ fn registry() -> &'static Mutex<HashMap<Key, Weak<PoolLiveness>>> {
 
 impl PoolLiveness {
     /// The presence of `conn` in `pool`, watching its presence object if nothing on this
-    /// connection does yet (blocking).
+    /// connection does yet (blocking); recorded as gateway `gateway`'s client there.
     pub fn of(
         conn: &Arc<Connection>,
         pool: &str,
         namespace: Option<&str>,
+        gateway: Option<&str>,
     ) -> Result<Arc<PoolLiveness>> {
         let key = (
             Arc::as_ptr(conn) as usize,
@@ -164,8 +172,13 @@ impl PoolLiveness {
                 return Err(e);
             }
         };
+        let oid = CString::new(PRESENCE_OBJECT).expect("no NUL");
+        let record = gateway.and_then(|name| {
+            super::predecessor::fence_and_record(conn, ioctx, &oid, (pool, namespace), name)
+        });
         let l = Arc::new(PoolLiveness {
             state: Some(state),
+            record,
             ioctx,
             images,
             listeners,

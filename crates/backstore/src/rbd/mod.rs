@@ -11,6 +11,7 @@ mod ffi;
 mod liveness;
 mod objects;
 mod port;
+mod predecessor;
 mod state;
 mod workers;
 
@@ -46,6 +47,9 @@ pub struct RbdConfig {
     /// A RADOS client of its own instead of the one every image of the process shares: for
     /// tests that play two gateways in one process (a client cannot fence itself).
     pub own_client: bool,
+    /// The gateway's name (its host in the config): its client's address is recorded under
+    /// it in the pool, and the gateway's next process fences that client (predecessor.rs).
+    pub gateway: Option<String>,
 }
 
 /// An open image and what it was opened with, closed in order by [`OpenImage::close`].
@@ -186,8 +190,12 @@ impl Handle {
                 ));
             }
             h.update_watch = Some(w);
-            let liveness =
-                liveness::PoolLiveness::of(&h.conn, &cfg.pool, cfg.namespace.as_deref())?;
+            let liveness = liveness::PoolLiveness::of(
+                &h.conn,
+                &cfg.pool,
+                cfg.namespace.as_deref(),
+                cfg.gateway.as_deref(),
+            )?;
             let state = liveness.open_state(h.ioctx, h.image)?;
             liveness.join(&state.key(), presence);
             h.state = Some(state);
