@@ -21,7 +21,7 @@ devices {
         vendor "RBDGW"
         product ".*"
         path_grouping_policy group_by_prio
-        prio alua
+        prio sysfs
         detect_prio no
         hardware_handler "1 alua"
         path_checker tur
