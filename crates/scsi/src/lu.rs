@@ -92,6 +92,11 @@ pub(crate) struct LuState {
     pub seen_generation: u64,
     /// The last reservation notice raised here (`PrState::notices`).
     pub applied_notice: u64,
+    /// The LOGICAL UNIT RESET and CLEAR TASK SET counts (`PrState::resets`, `clears`) whose
+    /// unit attentions and aborts were raised here: each once, however often a count is
+    /// read (a read older than this gateway's own write may show a count again).
+    pub applied_resets: u64,
+    pub applied_clears: u64,
     /// Nexuses that sent PREVENT ALLOW MEDIUM REMOVAL with PREVENT=1 (SBC-3 §5.12).
     pub prevent: HashSet<ItNexus>,
     /// The owning TPG (ALUA Active/Optimized); None means every TPG is optimized.

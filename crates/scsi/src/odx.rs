@@ -55,6 +55,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 .map(TokenRegistry::decode)
                 .unwrap_or_default();
             let out = f(&mut reg)?;
+            reg.version += 1;
             let stored = self
                 .dev
                 .metadata_compare_and_set(
@@ -66,7 +67,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 .await
                 .map_err(|e| self.metadata_error(e))?;
             if stored {
-                self.state().tokens = reg;
+                self.install_tokens(reg);
                 return Ok(out);
             }
         }
@@ -79,8 +80,18 @@ impl<B: BlockDevice> LogicalUnit<B> {
     /// Reloads the token record (after the shared metadata changed).
     pub(crate) async fn reload_tokens(&self) {
         match self.read_tokens().await {
-            Ok(reg) => self.state().tokens = reg,
+            Ok(reg) => self.install_tokens(reg),
             Err(_) => tracing::warn!(lun = self.cfg.lun, "cannot reload the ROD token record"),
+        }
+    }
+
+    /// Keeps `reg` unless the record held is newer: a write's revocation must not be undone
+    /// here by a read that started before it (the next write to the range would not revoke
+    /// the token again).
+    fn install_tokens(&self, reg: TokenRegistry) {
+        let mut st = self.state();
+        if reg.version >= st.tokens.version {
+            st.tokens = reg;
         }
     }
 

@@ -127,6 +127,11 @@ pub struct PrState {
     pub notices: Vec<PrNotice>,
     #[serde(default)]
     pub notice_seq: u64,
+    /// Writes of this state so far, through any gateway: every compare-and-set that changes
+    /// it adds one. A read that started before a write and ended after it returns the older
+    /// state; this tells it from the newer one this gateway already holds.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// A unit attention for the nexuses a registration names.
@@ -174,17 +179,31 @@ fn raise_local(st: &mut LuState, to: &Registration, asc: Asc) {
 }
 
 /// Installs shared state read from the metadata; a reset made through another gateway shows
-/// as a larger reset count and becomes a unit attention here too.
+/// as a larger reset count and becomes a unit attention here too. A state older than the one
+/// held is not installed: a read overtaken by this gateway's own write (the ownership loop's
+/// poll while a PERSISTENT RESERVE OUT is written) would otherwise undo the write here, and
+/// its reset count coming back would raise the reset's unit attention a second time.
 pub(crate) fn install(st: &mut LuState, new: PrState) {
     let first_load = st.seen_generation == u64::MAX;
-    if !first_load && new.resets > st.pr.resets {
+    if !first_load && new.version < st.pr.version {
+        return;
+    }
+    install_read(st, new, first_load);
+}
+
+/// Installs the state a compare-and-set is about to be based on, whatever its version.
+fn install_read(st: &mut LuState, new: PrState, first_load: bool) {
+    let reset = new.resets > st.applied_resets;
+    if !first_load && reset {
         st.ua_all(Asc::BUS_DEVICE_RESET, None);
     }
     // A reset or CLEAR TASK SET through another gateway aborts the tasks here too (SAM-5
     // §7.3, §7.6: one task set per LU).
-    if !first_load && (new.resets > st.pr.resets || new.clears > st.pr.clears) {
+    if !first_load && (reset || new.clears > st.applied_clears) {
         st.aborts.push((AbortScope::All, None));
     }
+    st.applied_resets = st.applied_resets.max(new.resets);
+    st.applied_clears = st.applied_clears.max(new.clears);
     if !first_load {
         let applied = st.applied_notice;
         for n in new.notices.iter().filter(|n| n.seq > applied) {
@@ -379,7 +398,10 @@ impl<B: BlockDevice> LogicalUnit<B> {
         for _ in 0..64 {
             // A try that loses the race must not count its notices as raised: the winner's
             // notices may carry the same numbers.
-            let applied = self.state().applied_notice;
+            let applied = {
+                let st = self.state();
+                (st.applied_notice, st.applied_resets, st.applied_clears)
+            };
             let generation = self.dev.metadata_generation();
             let old = self
                 .dev
@@ -388,11 +410,13 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 .map_err(|e| self.metadata_error(e))?;
             let (result, new, orders) = {
                 let mut st = self.state();
-                install(
+                let first_load = st.seen_generation == u64::MAX;
+                install_read(
                     &mut st,
                     old.as_deref()
                         .and_then(|b| PrState::decode(b).ok())
                         .unwrap_or_default(),
+                    first_load,
                 );
                 st.seen_generation = generation;
                 // Abort orders stand only if the change is written.
@@ -402,22 +426,40 @@ impl<B: BlockDevice> LogicalUnit<B> {
                     st.aborts.truncate(orders);
                     return r;
                 }
-                (r, st.pr.encode(), orders)
+                // This gateway's own reset or clear is raised by its caller.
+                st.applied_resets = st.applied_resets.max(st.pr.resets);
+                st.applied_clears = st.applied_clears.max(st.pr.clears);
+                let mut new = st.pr.encode();
+                if old.as_deref() != Some(&new[..]) {
+                    st.pr.version += 1;
+                    new = st.pr.encode();
+                }
+                (r, new, orders)
             };
             if old.as_deref() == Some(&new[..]) {
                 return result;
             }
+            let written = self.state().pr.clone();
             if self
                 .dev
                 .metadata_compare_and_set(METADATA_KEY, old, new, Publish::SeenByAll)
                 .await
                 .map_err(|e| self.metadata_error(e))?
             {
-                self.state().seen_generation = self.dev.metadata_generation();
+                // A read that began before the write may have installed the older state
+                // meanwhile (`install` keeps a newer one, but this one was not yet
+                // written when it looked).
+                let mut st = self.state();
+                if st.pr.version < written.version {
+                    st.pr = written;
+                }
+                // The next command reads the state again (once): a change through another
+                // gateway whose notice arrived while this one was written must not be
+                // taken as seen.
                 return result;
             }
             let mut st = self.state();
-            st.applied_notice = applied;
+            (st.applied_notice, st.applied_resets, st.applied_clears) = applied;
             st.aborts.truncate(orders);
         }
         Err(SenseData::new(
@@ -919,5 +961,53 @@ mod tests {
         let (name, isid) = parse_transport_id(&t).unwrap();
         assert_eq!(name, "iqn.x");
         assert_eq!(isid, Some([1, 2, 3, 4, 5, 6]));
+    }
+
+    /// The ownership loop's poll reads the shared state while a PERSISTENT RESERVE OUT of
+    /// this gateway writes it: a read that returns the state from before the write must
+    /// neither undo the reservation here nor raise the write's reset a second time.
+    #[test]
+    fn a_read_older_than_the_state_held_changes_nothing() {
+        let nexus = ItNexus {
+            initiator: "iqn.x".into(),
+            isid: [0x40, 0, 0, 0, 0, 1],
+            relative_port: 1,
+        };
+        let mut st = LuState {
+            seen_generation: 0,
+            ..Default::default()
+        };
+        st.seen.insert(nexus.clone());
+        let holder = PrState::identity(&nexus);
+        let older = PrState {
+            version: 6,
+            resets: 1,
+            ..Default::default()
+        };
+        let newer = PrState {
+            version: 7,
+            resets: 2,
+            registrations: vec![holder.clone()],
+            reservation: Some(Reservation {
+                holder,
+                kind: PrType::WriteExclusive,
+            }),
+            ..Default::default()
+        };
+        install(&mut st, newer.clone());
+        assert_eq!(
+            st.ua[&nexus],
+            [Asc::BUS_DEVICE_RESET],
+            "a new reset is raised"
+        );
+        st.ua.clear();
+        install(&mut st, older.clone());
+        assert_eq!(st.pr, newer, "the older read is not installed");
+        // A compare-and-set bases its change on what it read, whatever its age; the
+        // newer state read after it is not a new reset.
+        install_read(&mut st, older, false);
+        install(&mut st, newer.clone());
+        assert_eq!(st.pr, newer);
+        assert!(st.ua.values().all(|q| q.is_empty()), "{:?}", st.ua);
     }
 }

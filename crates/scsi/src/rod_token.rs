@@ -188,6 +188,10 @@ impl TokenRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRegistry {
     pub tokens: Vec<TokenRecord>,
+    /// Writes of the record so far, through any gateway: a reload that read the record
+    /// before this gateway's latest write (and returned after it) is told by a lower one.
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl TokenRegistry {
@@ -393,6 +397,7 @@ mod tests {
 
         let mut reg = TokenRegistry {
             tokens: vec![rec.clone()],
+            ..Default::default()
         };
         assert!(reg.covers(15, 1, 1000));
         assert!(!reg.covers(16, 100, 1000));
