@@ -408,7 +408,7 @@ impl<B: BlockDevice> LogicalUnit<B> {
                 .metadata_get(METADATA_KEY)
                 .await
                 .map_err(|e| self.metadata_error(e))?;
-            let (result, new, orders) = {
+            let (result, new, written, orders) = {
                 let mut st = self.state();
                 let first_load = st.seen_generation == u64::MAX;
                 install_read(
@@ -434,12 +434,11 @@ impl<B: BlockDevice> LogicalUnit<B> {
                     st.pr.version += 1;
                     new = st.pr.encode();
                 }
-                (r, new, orders)
+                (r, new, st.pr.clone(), orders)
             };
             if old.as_deref() == Some(&new[..]) {
                 return result;
             }
-            let written = self.state().pr.clone();
             if self
                 .dev
                 .metadata_compare_and_set(METADATA_KEY, old, new, Publish::SeenByAll)
