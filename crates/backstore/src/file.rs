@@ -831,7 +831,29 @@ impl BlockDevice for FileDevice {
 mod tests {
     use super::*;
 
-    fn tmpdir() -> PathBuf {
+    /// A test's scratch directory, removed with what it holds when the test ends.
+    struct TempDir(PathBuf);
+
+    impl std::ops::Deref for TempDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for TempDir {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tmpdir() -> TempDir {
         let d = std::env::temp_dir().join(format!(
             "rbdgw-bs-{}-{:?}",
             std::process::id(),
@@ -839,7 +861,7 @@ mod tests {
         ));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        d
+        TempDir(d)
     }
 
     /// Gateways starting together on a missing image: every one opens it, none sees it short
