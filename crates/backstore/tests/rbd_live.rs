@@ -297,6 +297,7 @@ async fn rbd_engine_io_on_a_live_cluster() {
     );
     drop(other);
     drop(dev);
+    closed_before_the_cluster_goes();
     drop(cluster);
 }
 
@@ -417,5 +418,16 @@ async fn fenced_client_child() {
     }
     drop(a);
     drop(b);
+    closed_before_the_cluster_goes();
     drop(cluster);
+}
+
+/// Images close on threads of their own (a close waits for the cluster); as the gateway does
+/// before it exits, a test waits for them while the cluster is still there. Left running, a
+/// close met the cluster gone and then the process's exit tearing down librados' globals
+/// under it: `terminate called after throwing an instance of 'boost::bad_get'` (SIGABRT) at
+/// the exit of a test that had passed.
+fn closed_before_the_cluster_goes() {
+    let open = backstore::rbd::wait_for_closes(std::time::Duration::from_secs(60));
+    assert_eq!(open, 0, "images still closing after 60 s");
 }
