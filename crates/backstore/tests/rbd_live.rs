@@ -431,3 +431,132 @@ fn closed_before_the_cluster_goes() {
     let open = backstore::rbd::wait_for_closes(std::time::Duration::from_secs(60));
     assert_eq!(open, 0, "images still closing after 60 s");
 }
+
+/// The address of the client watching `oid` (`rados listwatchers`: `watcher=ADDR client.N
+/// cookie=C`), if exactly one does.
+fn watcher(cluster: &Cluster, oid: &str) -> Option<String> {
+    let out = cluster.try_tool("rados", &["-p", "rbd", "listwatchers", oid])?;
+    let addrs: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("watcher="))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    (addrs.len() == 1).then(|| addrs[0].clone())
+}
+
+/// The gateway's own RADOS objects (the shared config and its watch, the status documents)
+/// live on the client its images use, not on one of their own; when Ceph fences that client
+/// they follow the images to its replacement: the next call is tried again there, and the
+/// broken config watch is renewed there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_share_the_images_client_and_follow_it_when_fenced() {
+    use backstore::rbd::RadosPool;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let cluster = Cluster::start();
+    cluster.rbd(&["create", "shared", "--size", "16M"]);
+    let cfg = RbdConfig {
+        conf: cluster.conf(),
+        id: None,
+        pool: "rbd".into(),
+        namespace: None,
+        image: "shared".into(),
+        create_size: None,
+        own_client: false,
+        gateway: None,
+    };
+    let conf = cluster.conf();
+    let (dev, pool) = tokio::task::spawn_blocking(move || {
+        let dev = RbdDevice::open(&cfg).expect("open the image");
+        let pool = RadosPool::connect(&conf, None, "rbd", None).expect("the pool");
+        (dev, Arc::new(pool))
+    })
+    .await
+    .unwrap();
+    let p = pool.clone();
+    let watch = tokio::task::spawn_blocking(move || {
+        p.write_full("gw.cfg", b"v1").unwrap();
+        p.watch("gw.cfg").unwrap()
+    })
+    .await
+    .unwrap();
+    let images = watcher(&cluster, "rbdgw.presence").expect("the images' client watches");
+    assert_eq!(
+        watcher(&cluster, "gw.cfg").as_deref(),
+        Some(images.as_str()),
+        "the config is watched on the images' client"
+    );
+    assert_eq!(backstore::rbd::open_connections(), 1);
+
+    // Another gateway fences this one.
+    cluster.tool("ceph", &["osd", "blocklist", "add", &images]);
+    let p = pool.clone();
+    let read = tokio::task::spawn_blocking(move || p.read("gw.cfg"))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.expect("read again on the new client").as_deref(),
+        Some(&b"v1"[..])
+    );
+    let t0 = Instant::now();
+    while !watch.is_broken() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the fenced watch breaks"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = watch.generation();
+    let watch = Arc::new(watch);
+    let w = watch.clone();
+    tokio::task::spawn_blocking(move || w.renew())
+        .await
+        .unwrap()
+        .expect("watching again on the new client");
+    assert!(!watch.is_broken());
+    assert_ne!(
+        watch.generation(),
+        seen,
+        "a reader reads again after the move"
+    );
+    let seen = watch.generation();
+    let p = pool.clone();
+    tokio::task::spawn_blocking(move || p.write_full("gw.cfg", b"v2").unwrap())
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    while watch.generation() == seen {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "a change is heard on the new watch"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The image reconnects too, on the same replacement client (the fenced client's
+    // watches time out meanwhile).
+    let t0 = Instant::now();
+    loop {
+        let on_cfg = watcher(&cluster, "gw.cfg");
+        let on_presence = watcher(&cluster, "rbdgw.presence");
+        if dev.available()
+            && on_cfg.is_some()
+            && on_cfg != Some(images.clone())
+            && on_cfg == on_presence
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the image reconnects on the same replacement client: config watched by {on_cfg:?}, \
+             presence by {on_presence:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(backstore::rbd::open_connections(), 1);
+    drop(watch);
+    drop(pool);
+    drop(dev);
+    closed_before_the_cluster_goes();
+    drop(cluster);
+}

@@ -12,7 +12,11 @@
 //! that held its lock on the old client takes it back through the ownership rules, like any
 //! other gateway would.
 //!
-//! A connection is shut down when the last image handle on it is closed, after their
+//! The gateway's own objects ([`super::RadosPool`]: the shared config and its watch, the
+//! status documents, lrbd's objects) use the same connection, and follow it to its
+//! replacement when Ceph refuses it as blocklisted.
+//!
+//! A connection is shut down when the last image handle or pool on it is closed, after their
 //! watches and images (they hold it by `Arc`).
 
 use std::collections::HashMap;

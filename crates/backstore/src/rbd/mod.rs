@@ -275,33 +275,6 @@ unsafe fn connect_cluster(conf_path: &str, id: Option<&str>) -> Result<ffi::Rado
     Ok(cluster)
 }
 
-/// [`connect_cluster`], then opens `pool_name` (and `namespace`).
-///
-/// # Safety
-/// As for [`connect_cluster`]; the caller owns (and must release) both handles.
-unsafe fn connect(
-    conf_path: &str,
-    id: Option<&str>,
-    pool_name: &str,
-    namespace: Option<&str>,
-) -> Result<(ffi::RadosT, ffi::IoCtx)> {
-    let a = api().map_err(BackstoreError::Other)?;
-    // Every name is checked before anything is opened, so nothing leaks on a bad one.
-    let pool = cstr(pool_name)?;
-    let ns = namespace.map(cstr).transpose()?;
-    let cluster = connect_cluster(conf_path, id)?;
-    let mut ioctx: ffi::IoCtx = std::ptr::null_mut();
-    let rc = (a.rados_ioctx_create)(cluster, pool.as_ptr(), &mut ioctx);
-    if rc < 0 {
-        (a.rados_shutdown)(cluster);
-        return Err(ceph_err(&format!("opening pool {pool_name}"), rc as i64));
-    }
-    if let Some(ns) = ns {
-        (a.rados_ioctx_set_namespace)(ioctx, ns.as_ptr());
-    }
-    Ok((cluster, ioctx))
-}
-
 /// The owners of the image's exclusive lock and the lock's mode (none: not locked).
 ///
 /// # Safety
