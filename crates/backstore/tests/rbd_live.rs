@@ -9,21 +9,27 @@ use backstore::{BackstoreError, BlockDevice, Publish};
 use bytes::Bytes;
 use ceph::Cluster;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rbd_engine_io_on_a_live_cluster() {
-    let cluster = Cluster::start();
-    cluster.rbd(&["create", "live", "--size", "64M"]);
-    let cfg = RbdConfig {
+/// Image `image` of pool `rbd` on `cluster`; `own_client`: on a RADOS client of its own
+/// (a device that plays a gateway of its own), else on the shared one.
+fn image_config(cluster: &Cluster, image: &str, own_client: bool) -> RbdConfig {
+    RbdConfig {
         conf: cluster.conf(),
         id: None,
         pool: "rbd".into(),
         namespace: None,
-        image: "live".into(),
+        image: image.into(),
         create_size: None,
-        // Each device plays a gateway of its own.
-        own_client: true,
+        own_client,
         gateway: None,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbd_engine_io_on_a_live_cluster() {
+    let cluster = Cluster::start();
+    cluster.rbd(&["create", "live", "--size", "64M"]);
+    // Each device plays a gateway of its own.
+    let cfg = image_config(&cluster, "live", true);
     let c2 = cfg.clone();
     let dev = tokio::task::spawn_blocking(move || RbdDevice::open(&c2))
         .await
@@ -351,17 +357,8 @@ async fn fenced_client_child() {
     }
     let cluster = Cluster::start();
     cluster.rbd(&["create", "fence", "--size", "16M"]);
-    let cfg = RbdConfig {
-        conf: cluster.conf(),
-        id: None,
-        pool: "rbd".into(),
-        namespace: None,
-        image: "fence".into(),
-        create_size: None,
-        // Each device plays a gateway of its own.
-        own_client: true,
-        gateway: None,
-    };
+    // Each device plays a gateway of its own.
+    let cfg = image_config(&cluster, "fence", true);
     let open = |cfg: &RbdConfig| {
         let c = cfg.clone();
         tokio::task::spawn_blocking(move || RbdDevice::open(&c))
@@ -456,16 +453,7 @@ async fn objects_share_the_images_client_and_follow_it_when_fenced() {
     use std::time::{Duration, Instant};
     let cluster = Cluster::start();
     cluster.rbd(&["create", "shared", "--size", "16M"]);
-    let cfg = RbdConfig {
-        conf: cluster.conf(),
-        id: None,
-        pool: "rbd".into(),
-        namespace: None,
-        image: "shared".into(),
-        create_size: None,
-        own_client: false,
-        gateway: None,
-    };
+    let cfg = image_config(&cluster, "shared", false);
     let conf = cluster.conf();
     let (dev, pool) = tokio::task::spawn_blocking(move || {
         let dev = RbdDevice::open(&cfg).expect("open the image");
