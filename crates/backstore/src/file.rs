@@ -832,36 +832,11 @@ mod tests {
     use super::*;
 
     /// A test's scratch directory, removed with what it holds when the test ends.
-    struct TempDir(PathBuf);
-
-    impl std::ops::Deref for TempDir {
-        type Target = Path;
-        fn deref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl AsRef<Path> for TempDir {
-        fn as_ref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn tmpdir() -> TempDir {
-        let d = std::env::temp_dir().join(format!(
-            "rbdgw-bs-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
+    fn tmpdir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("rbdgw-bs-")
+            .tempdir()
+            .unwrap()
     }
 
     /// Gateways starting together on a missing image: every one opens it, none sees it short
@@ -870,7 +845,7 @@ mod tests {
     fn concurrent_creation_of_a_missing_image() {
         let d = tmpdir();
         for round in 0..20 {
-            let path = d.join(format!("new-{round}.img"));
+            let path = d.path().join(format!("new-{round}.img"));
             let threads: Vec<_> = (0..4)
                 .map(|_| {
                     let p = path.clone();
@@ -965,8 +940,8 @@ mod tests {
     #[tokio::test]
     async fn files_copy_inside_the_kernel() {
         let d = tmpdir();
-        let a = FileDevice::open(&d.join("a"), Some(1 << 20)).unwrap();
-        let b = FileDevice::open(&d.join("b"), Some(1 << 20)).unwrap();
+        let a = FileDevice::open(&d.path().join("a"), Some(1 << 20)).unwrap();
+        let b = FileDevice::open(&d.path().join("b"), Some(1 << 20)).unwrap();
         let data = Bytes::from(vec![0xab; 64 << 10]);
         a.write(4096, data.clone().into(), false).await.unwrap();
         assert!(b.copy_from(&a, 4096, 65536, 64 << 10, true).await.unwrap());
@@ -982,7 +957,7 @@ mod tests {
     #[tokio::test]
     async fn file_device_and_ownership() {
         let d = tmpdir();
-        let p = d.join("img");
+        let p = d.path().join("img");
         assert!(
             FileDevice::open(&p, None).is_err(),
             "missing file without size"
@@ -1010,10 +985,11 @@ mod metadata_tests {
 
     #[tokio::test]
     async fn compare_and_set_and_generation_are_shared_between_opens() {
-        let d = std::env::temp_dir().join(format!("rbdgw-meta-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        let p = d.join("img");
+        let d = tempfile::Builder::new()
+            .prefix("rbdgw-meta-")
+            .tempdir()
+            .unwrap();
+        let p = d.path().join("img");
         let a = FileDevice::open(&p, Some(1 << 20)).unwrap();
         let b = FileDevice::open(&p, None).unwrap();
         let g0 = b.metadata_generation();
@@ -1040,6 +1016,6 @@ mod metadata_tests {
             a.metadata_get("../etc").await.is_err(),
             "keys cannot leave the sidecar"
         );
-        std::fs::remove_dir_all(d).unwrap();
+        d.close().unwrap();
     }
 }
